@@ -1,0 +1,1 @@
+"""The sortbox daemon: watch → queue → decode → classify → decide → place → journal."""

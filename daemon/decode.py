@@ -1,0 +1,86 @@
+"""Read an input once: hash its bytes and turn them into a model input (or a reason it can't be)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+
+import numpy as np
+
+from daemon.intake import Arrival, Identity
+from daemon.place import open_input
+from daemon.preprocess import BadImage, Preprocessing, prepare
+
+
+@dataclass(frozen=True)
+class Decoded:
+    arrival: Arrival
+    identity: Identity | None  # as read (fstat of the open file); None if it could not be opened
+    sha256: str | None
+    pixels: np.ndarray | None
+    problem: str | None  # why it is rejected; None for a usable picture
+    spec: Preprocessing
+
+    @property
+    def readable(self) -> bool:
+        return self.sha256 is not None
+
+
+def read_and_prepare(
+    arrival: Arrival, spec: Preprocessing, max_pixels: int, max_bytes: int
+) -> Decoded:
+    def result(
+        problem: str | None,
+        identity: Identity | None = None,
+        sha256: str | None = None,
+        pixels: np.ndarray | None = None,
+    ) -> Decoded:
+        return Decoded(arrival, identity, sha256, pixels, problem, spec)
+
+    try:
+        fd = open_input(arrival.path)
+    except FileNotFoundError:
+        return result("vanished before it could be read")
+    except PermissionError:
+        return result("unreadable: permission denied")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return result("a symbolic link; sortbox never follows links in the inbox")
+        return result(f"unreadable: {exc.strerror}")
+    try:
+        st = os.fstat(fd)
+        identity = Identity.of(st)
+        if not stat.S_ISREG(st.st_mode):
+            return result("not a regular file", identity)
+        if st.st_size > max_bytes:
+            sha256 = _hash_stream(fd)
+            return result(
+                f"too large: {st.st_size} bytes, the limit is {max_bytes}", identity, sha256
+            )
+        data = _read_all(fd)
+    except OSError as exc:
+        return result(f"unreadable: {exc.strerror}")
+    finally:
+        os.close(fd)
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        return result(None, identity, sha256, prepare(data, spec, max_pixels))
+    except BadImage as exc:
+        return result(str(exc), identity, sha256)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _hash_stream(fd: int) -> str:
+    digest = hashlib.sha256()
+    while chunk := os.read(fd, 1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()

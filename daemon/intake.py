@@ -1,0 +1,73 @@
+"""What enters the pipeline: an input file, where it sits, and its identity on disk."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Cheap proof that a file is the one we already handled: no re-hashing at start-up."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Identity:
+        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    path: Path  # absolute
+    root: Path  # the inbox, or the folder given to `sortbox sort`
+    identity: Identity
+    complete_at: float = field(default=0.0, compare=False)  # monotonic time it became stable
+
+    @property
+    def relative(self) -> str:
+        return self.path.relative_to(self.root).as_posix()
+
+
+def is_ignored(relative: str, patterns: list[str]) -> bool:
+    """True if any component of the path matches an ignore pattern (so `@eaDir/x.jpg` too)."""
+    return any(
+        fnmatch.fnmatchcase(part, pattern) for part in relative.split("/") for pattern in patterns
+    )
+
+
+def inside(path: Path, root: Path) -> bool:
+    """The real location of `path`'s folder is inside `root`: no symlinked folder leads out."""
+    try:
+        return Path(os.path.realpath(path.parent)).is_relative_to(os.path.realpath(root))
+    except OSError:
+        return False
+
+
+def walk_files(root: Path, patterns: list[str]) -> Iterator[Path]:
+    """Every non-ignored non-folder entry below `root`; symlinked folders are not entered."""
+    for folder, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(folder)
+        dirnames[:] = sorted(
+            d for d in dirnames if not is_ignored(d, patterns) and not (base / d).is_symlink()
+        )
+        for name in sorted(filenames):
+            if not is_ignored(name, patterns):
+                yield base / name
+
+
+def identity_of(path: Path) -> Identity | None:
+    """lstat-based identity of a regular file or symlink; None if it is gone or a folder."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    return Identity.of(st)

@@ -1,0 +1,217 @@
+"""The append-only JSONL journal: one line per decision, fsynced per batch.
+
+One pydantic model per event type; `v` is the schema version. Readers skip lines they cannot
+parse (a torn last line after a crash, or a newer schema) instead of failing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, TypeAdapter, ValidationError
+
+SCHEMA_VERSION = 1
+log = structlog.get_logger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(
+        lambda ts: ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ),
+]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: int = SCHEMA_VERSION
+    ts: Timestamp = Field(default_factory=utc_now)
+    event: str  # each event type narrows this to its own literal name
+
+
+class _FileEvent(_Event):
+    src: str  # relative to `root`
+    root: str  # the inbox, or the folder given to `sortbox sort`
+    sha256: str | None
+    size: int | None
+    mtime_ns: int | None = None
+    inode: int | None = None
+    dest: str | None = None  # relative to the library
+    label: str | None = None
+    confidence: float | None = None
+    top3: list[tuple[str, float]] | None = None
+    model: str | None = None
+    reason: str | None = None
+    original_removed: bool = False
+
+
+class Sorted(_FileEvent):
+    event: Literal["sorted"] = "sorted"
+    label: str
+    confidence: float
+
+
+class Review(_FileEvent):
+    event: Literal["review"] = "review"
+    label: str
+    confidence: float
+
+
+class Duplicate(_FileEvent):
+    event: Literal["duplicate"] = "duplicate"
+    reason: str
+
+
+class Rejected(_FileEvent):
+    event: Literal["rejected"] = "rejected"
+    reason: str
+
+
+class Undone(_FileEvent):
+    event: Literal["undone"] = "undone"
+    reason: str
+    restored: bool = False  # the original was put back (on_success = "delete")
+
+
+class ModelLoaded(_Event):
+    event: Literal["model"] = "model"
+    model: str
+    reason: str
+
+
+class TrainingRun(_Event):
+    event: Literal["train"] = "train"
+    outcome: Literal["published", "rejected", "skipped", "failed"]
+    model: str | None = None
+    reason: str
+
+
+Placement = Sorted | Review | Duplicate | Rejected
+Event = Annotated[
+    Sorted | Review | Duplicate | Rejected | Undone | ModelLoaded | TrainingRun,
+    Field(discriminator="event"),
+]
+_EVENT = TypeAdapter(Event)
+
+
+def to_line(event: BaseModel) -> bytes:
+    return (event.model_dump_json() + "\n").encode("utf-8")
+
+
+class Journal:
+    """Appends events; every `append` is durable (fsync) when it returns.
+
+    Other processes (`sortbox sort`, `sortbox undo`) may append to the same file while the
+    daemon runs: appends hold an exclusive flock, and `take_foreign` returns what they wrote.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._torn = False  # a failed write (disk full) may have left half a line
+        self._terminate_torn_line()
+        self._end = os.fstat(self._fd).st_size  # everything before this has been seen
+        self._foreign: list[Event] = []
+
+    def _terminate_torn_line(self) -> None:
+        # A crash mid-write can leave a line without its newline; end it so the next
+        # event starts on a line of its own (readers skip the torn one).
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return
+        with self.path.open("rb") as fh:
+            fh.seek(size - 1)
+            if fh.read(1) != b"\n":
+                os.write(self._fd, b"\n")
+                os.fsync(self._fd)
+
+    def append(self, events: Iterable[BaseModel]) -> None:
+        payload = b"".join(to_line(event) for event in events)
+        if not payload:
+            return
+        if self._torn:
+            payload = b"\n" + payload
+        with self._locked():
+            self._foreign.extend(self._read_since_end())
+            view = memoryview(payload)
+            try:
+                while view:
+                    view = view[os.write(self._fd, view) :]
+                os.fsync(self._fd)
+            except OSError:
+                self._torn = True
+                raise
+            finally:
+                self._end = os.fstat(self._fd).st_size
+            self._torn = False
+
+    def take_foreign(self) -> list[Event]:
+        """Events other processes appended since we last looked."""
+        with self._locked():
+            events = self._foreign + self._read_since_end()
+            self._foreign = []
+            self._end = os.fstat(self._fd).st_size
+        return events
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _read_since_end(self) -> list[Event]:
+        size = os.fstat(self._fd).st_size
+        if size <= self._end:
+            return []
+        with self.path.open("rb") as fh:
+            fh.seek(self._end)
+            return list(parse_lines(fh.read(size - self._end).splitlines()))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def read_journal(path: Path) -> Iterator[Event]:
+    """Every readable event, in order. Unparseable lines are counted and logged, not fatal."""
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        yield from parse_lines(fh, str(path))
+
+
+def parse_lines(lines: Iterable[bytes], source: str = "journal") -> Iterator[Event]:
+    skipped = 0
+    for raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            yield _EVENT.validate_python(json.loads(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError, ValidationError):
+            skipped += 1
+    if skipped:
+        log.warning("journal_lines_skipped", source=source, count=skipped)

@@ -1,0 +1,171 @@
+"""What a published model is: `models_dir/<version>/{model.onnx, manifest.json}`.
+
+`models_dir/current` is a symlink to the version in use; it is switched by renaming a new
+symlink over it, so readers always see either the old or the new model, never a mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import unicodedata
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from daemon.preprocess import Preprocessing
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+CURRENT = "current"
+REVIEW_FOLDER = "needs_review"
+REJECTED_FOLDER = "rejected"
+RESERVED_FOLDERS = frozenset({REVIEW_FOLDER, REJECTED_FOLDER})
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ModelError(Exception):
+    """A model that must not be used; the message says why."""
+
+
+def check_class_name(name: str) -> str:
+    """Class names become folder names: refuse anything that is not one plain folder."""
+    problems = []
+    if not name or len(name) > 100:
+        problems.append("must be 1 to 100 characters")
+    if "/" in name or "\\" in name:
+        problems.append("contains a path separator")
+    if name in (".", "..") or name.startswith("."):
+        problems.append("starts with a dot")
+    if any(unicodedata.category(ch).startswith("C") for ch in name):
+        problems.append("contains a control character")
+    if name in RESERVED_FOLDERS:
+        problems.append("is a reserved folder name")
+    if problems:
+        raise ValueError(f"class name {name!r} " + ", ".join(problems))
+    return name
+
+
+def check_version(version: str) -> str:
+    if not _VERSION.match(version) or version == CURRENT:
+        raise ValueError(f"model version {version!r} must be letters, digits, '.', '_' or '-'")
+    return version
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal[1] = 1
+    version: str
+    created: datetime
+    kind: Literal["default", "trained"] = "trained"
+    classes: list[str] = Field(min_length=1)
+    preprocessing: Preprocessing
+    input_name: str = "input"
+    temperature: float = Field(1.0, gt=0.0)
+    thresholds: dict[str, float]
+    model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    parent: str | None = None
+    training_set_hash: str | None = None
+    expected_review_rate: float | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("version")
+    @classmethod
+    def _version_is_a_folder_name(cls, version: str) -> str:
+        return check_version(version)
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_are_folder_names(cls, classes: list[str]) -> list[str]:
+        for name in classes:
+            check_class_name(name)
+        if len(set(classes)) != len(classes):
+            raise ValueError("classes must be unique")
+        return classes
+
+    @model_validator(mode="after")
+    def _threshold_per_class(self) -> Manifest:
+        if set(self.thresholds) != set(self.classes):
+            raise ValueError("thresholds must name exactly the classes")
+        if any(not 0.0 <= t <= 1.0 for t in self.thresholds.values()):
+            raise ValueError("thresholds must lie between 0 and 1")
+        return self
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    try:
+        raw = json.loads((version_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+        return Manifest.model_validate(raw)
+    except FileNotFoundError:
+        raise ModelError(f"{version_dir}: no {MANIFEST_FILE}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{version_dir / MANIFEST_FILE}: not valid JSON ({exc})") from None
+    except ValidationError as exc:
+        raise ModelError(f"{version_dir / MANIFEST_FILE}: malformed manifest: {exc}") from None
+
+
+def verify_model_file(version_dir: Path, manifest: Manifest) -> Path:
+    model_path = version_dir / MODEL_FILE
+    if not model_path.is_file():
+        raise ModelError(f"{version_dir}: no {MODEL_FILE}")
+    actual = sha256_file(model_path)
+    if actual != manifest.model_sha256:
+        raise ModelError(
+            f"{model_path}: checksum mismatch (manifest says {manifest.model_sha256[:12]}…, "
+            f"file is {actual[:12]}…); refusing a model that is not the one published"
+        )
+    return model_path
+
+
+def current_version(models_dir: Path) -> str | None:
+    try:
+        return check_version(os.readlink(models_dir / CURRENT))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def point_current_to(models_dir: Path, version: str) -> None:
+    """Atomically make `current` name `version` (a relative symlink, renamed into place)."""
+    check_version(version)
+    if not (models_dir / version / MANIFEST_FILE).is_file():
+        raise ModelError(f"no published model {version!r} in {models_dir}")
+    temporary = models_dir / f".{CURRENT}.{os.getpid()}.tmp"
+    temporary.unlink(missing_ok=True)
+    os.symlink(version, temporary)
+    os.replace(temporary, models_dir / CURRENT)
+    fsync_dir(models_dir)
+
+
+def published_versions(models_dir: Path) -> list[tuple[str, Manifest]]:
+    """Every readable published version, oldest first."""
+    found = []
+    if models_dir.is_dir():
+        for entry in models_dir.iterdir():
+            if entry.name.startswith(".") or entry.name == CURRENT or not entry.is_dir():
+                continue
+            try:
+                found.append((entry.name, read_manifest(entry)))
+            except ModelError:
+                continue
+    return sorted(found, key=lambda item: item[1].created)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

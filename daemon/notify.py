@@ -1,0 +1,51 @@
+"""systemd's notify protocol (sd_notify(3)): one datagram per message to $NOTIFY_SOCKET.
+
+A few lines, so no library: READY=1 once the model is loaded and the inbox watched, STATUS=
+with live counters, WATCHDOG=1 pings, STOPPING=1 on shutdown. Without $NOTIFY_SOCKET every
+call is a no-op, so the same code runs in a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+
+class Notifier:
+    def __init__(self, address: str | None = None, watchdog_usec: str | None = None) -> None:
+        self._address = address
+        self._socket: socket.socket | None = None
+        if address:
+            if address.startswith("@"):  # abstract namespace socket
+                self._address = "\0" + address[1:]
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        # systemd wants pings at least every WatchdogSec; ping at half that
+        self.watchdog_interval_s = int(watchdog_usec) / 2e6 if watchdog_usec else None
+
+    @classmethod
+    def from_environment(cls) -> Notifier:
+        return cls(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
+
+    def _send(self, message: str) -> None:
+        if self._socket is None or self._address is None:
+            return
+        with contextlib.suppress(OSError):  # the service manager went away: nothing to do
+            self._socket.sendto(message.encode("utf-8"), self._address)
+
+    def ready(self, status: str) -> None:
+        self._send(f"READY=1\nSTATUS={status}")
+
+    def status(self, status: str) -> None:
+        self._send(f"STATUS={status}")
+
+    def watchdog(self) -> None:
+        self._send("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self._send("STOPPING=1")
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None

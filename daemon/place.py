@@ -1,0 +1,153 @@
+"""Put a copy of an input into the library: atomically, never overwriting, content-addressed.
+
+A copy is written to a temporary file in the destination folder, fsynced, then hard-linked
+to its final name (link fails if the name exists, so there is no exists-then-write race),
+and the folder is fsynced. A half-written file is never visible under its final name.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import secrets
+import unicodedata
+from pathlib import Path
+
+from daemon.manifest import fsync_dir
+
+TEMP_PREFIX = ".sortbox-"
+TEMP_SUFFIX = ".tmp"
+HASH_CHARS = 12
+_MAX_STEM_BYTES = 150
+_EXTENSION = re.compile(r"^[a-z0-9]{1,10}$")
+# <stem>.<12 hex>.<ext>: how the library names what the daemon placed
+LIBRARY_NAME = re.compile(r"^(?P<stem>.+)\.(?P<hash>[0-9a-f]{12})(?:\.[a-z0-9]{1,10})?$")
+_CHUNK = 1 << 20
+
+
+class SourceChanged(Exception):
+    """The input changed between reading and copying it; it will be picked up again."""
+
+
+def library_name(original_name: str, sha256: str, hash_chars: int = HASH_CHARS) -> str:
+    """`<original stem>.<first 12 hex of sha256>.<ext>`, with a safe stem and lower-case ext."""
+    stem, dot, extension = original_name.rpartition(".")
+    if not dot or not stem:
+        stem, extension = original_name, ""
+    extension = extension.lower()
+    if not _EXTENSION.match(extension):
+        stem, extension = original_name, ""
+    stem = _safe_stem(stem)
+    name = f"{stem}.{sha256[:hash_chars]}"
+    return f"{name}.{extension}" if extension else name
+
+
+def _safe_stem(stem: str) -> str:
+    cleaned = "".join(
+        "_" if ch in "/\\" or unicodedata.category(ch).startswith("C") else ch for ch in stem
+    )
+    encoded = cleaned.encode("utf-8")[:_MAX_STEM_BYTES]
+    cleaned = encoded.decode("utf-8", errors="ignore").strip() or "image"
+    # never hidden: hidden files are ignored by file managers and by our own rescans
+    return "_" + cleaned[1:] if cleaned.startswith(".") else cleaned
+
+
+def open_input(path: Path) -> int:
+    """Open an input for reading without following a symlink and without blocking on FIFOs."""
+    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+def copy_into(source: Path, folder: Path, original_name: str, expected_sha256: str) -> Path:
+    """Copy `source` into `folder` atomically under its library name; return the final path.
+
+    If the name is taken by identical content (a copy made before a crash), that file is
+    the result. If it is taken by other content, a longer hash prefix makes the name unique.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = write_verified_temp(source, folder, expected_sha256)
+    try:
+        for hash_chars in (HASH_CHARS, 24, 64):
+            final = folder / library_name(original_name, expected_sha256, hash_chars)
+            try:
+                os.link(temporary, final)
+            except FileExistsError:
+                if same_content(final, expected_sha256):
+                    return final
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                # some FUSE/SMB mounts have no hard links: fall back to an exclusive create
+                _exclusive_copy(temporary, final)
+            fsync_dir(folder)
+            return final
+        raise FileExistsError(f"no free name for {original_name} in {folder}")
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_verified_temp(source: Path, folder: Path, expected_sha256: str) -> Path:
+    temporary = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    digest = hashlib.sha256()
+    source_fd = open_input(source)
+    try:
+        target_fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            while chunk := os.read(source_fd, _CHUNK):
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(target_fd, view) :]
+            os.fsync(target_fd)
+        finally:
+            os.close(target_fd)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(source_fd)
+    if digest.hexdigest() != expected_sha256:
+        temporary.unlink(missing_ok=True)
+        raise SourceChanged(f"{source} changed while it was being sorted")
+    return temporary
+
+
+def _exclusive_copy(temporary: Path, final: Path) -> None:
+    with temporary.open("rb") as src, open(final, "xb") as dst:
+        while chunk := src.read(_CHUNK):
+            dst.write(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+def same_content(path: Path, sha256: str) -> bool:
+    try:
+        return sha256_of(path) == sha256
+    except OSError:
+        return False
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    fd = open_input(path)
+    try:
+        while chunk := os.read(fd, _CHUNK):
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def remove_leftover_temps(library: Path) -> int:
+    """Delete temporary copies a crash left behind (our own files, never inputs)."""
+    removed = 0
+    if not library.is_dir():
+        return 0
+    for folder in [library, *(p for p in library.iterdir() if p.is_dir() and not p.is_symlink())]:
+        for entry in folder.iterdir():
+            if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX):
+                entry.unlink(missing_ok=True)
+                removed += 1
+    return removed

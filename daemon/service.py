@@ -1,0 +1,329 @@
+"""The service lifecycle, all in one place: capture signals → start → main loop → stop.
+
+Threads and queues (data flows one way):
+
+    observer ─notices→ intake (stability, rescans) ─arrivals→ decoders ─decoded→ main loop
+                                                                          (batch, classify,
+                                                                           decide, place, journal)
+
+Signal handlers only set flags. Queues are bounded: when they are full, intake waits and
+the files simply stay in the inbox a little longer; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import structlog
+from watchdog.observers.api import BaseObserver
+
+from daemon.batch import next_batch
+from daemon.classify import Classifier, load_classifier, load_current
+from daemon.decode import Decoded, read_and_prepare
+from daemon.index import DoneIndex
+from daemon.intake import Arrival, Identity, inside, is_ignored, walk_files
+from daemon.journal import Journal, ModelLoaded
+from daemon.manifest import ModelError, current_version
+from daemon.metrics import Metrics, write_textfile
+from daemon.notify import Notifier
+from daemon.place import remove_leftover_temps
+from daemon.settings import Settings
+from daemon.sorter import Sorter
+from daemon.stability import StabilityTracker
+from daemon.watch import Notice, resolve_watch_mode, start_observer
+
+log = structlog.get_logger(__name__)
+
+_STOP = None  # end-of-work marker on the arrivals queue
+_MODEL_CHECK_INTERVAL_S = 1.0
+_DRAIN_TIMEOUT_S = 5.0
+
+
+class Service:
+    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.notifier = notifier or Notifier()
+        self.should_exit = threading.Event()
+        self.force_exit = False
+        self.metrics = Metrics()
+        self.tracker = StabilityTracker(settings.quiet_period_s)
+        self._notices: queue.SimpleQueue[Notice] = queue.SimpleQueue()
+        self._arrivals: queue.Queue[Arrival | None] = queue.Queue(maxsize=settings.queue_size)
+        self._decoded: queue.Queue[Decoded] = queue.Queue(maxsize=2 * settings.batch_size)
+        self._threads: list[threading.Thread] = []
+        self._observer: BaseObserver | None = None
+        self._failed_version: str | None = None
+        self._next_model_check = 0.0
+        self._next_watchdog = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._capture_signals()
+        self.startup()
+        try:
+            self.main_loop()
+        finally:
+            self.shutdown()
+
+    def _capture_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_exit_signal)
+        signal.signal(signal.SIGINT, self._on_exit_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+
+    def _on_exit_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.should_exit.is_set():  # a second Ctrl-C: don't wait for in-flight work
+            self.force_exit = True
+        self.should_exit.set()
+
+    def _on_reload_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._next_model_check = 0.0  # look at models_dir/current now
+
+    def startup(self) -> None:
+        s = self.settings
+        for folder in (s.inbox, s.library, s.models_dir, s.journal.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.classifier = load_current(s.models_dir, s.inference_threads)
+        removed = remove_leftover_temps(s.library)
+        self.index = DoneIndex.load(s.journal, s.library)
+        self.journal = Journal(s.journal)
+        self.sorter = Sorter(s.library, self.index, self.journal, s.on_success)
+        self.journal.append([ModelLoaded(model=self.classifier.version, reason="daemon started")])
+        self.metrics.model = self.classifier.version
+
+        for n in range(s.decode_workers):
+            self._start_thread(self._decode_loop, f"decode-{n}")
+        self._start_thread(self._intake_loop, "intake")
+        mode = resolve_watch_mode(s.watch_mode, s.inbox)
+        self._observer = start_observer(s.inbox, mode, s.poll_interval_s, self._notices)
+
+        log.info(
+            "started",
+            inbox=str(s.inbox),
+            library=str(s.library),
+            model=self.classifier.version,
+            watch_mode=mode,
+            known_contents=self.index.contents,
+            temp_files_removed=removed,
+        )
+        self.notifier.ready(self.metrics.status_line())
+
+    def main_loop(self) -> None:
+        max_wait_s = self.settings.max_wait_ms / 1000
+        while not self.should_exit.is_set():
+            batch = next_batch(
+                self._decoded, self.settings.batch_size, max_wait_s, self.should_exit
+            )
+            if batch:
+                self._sort(batch)
+            self._maybe_switch_model()
+            self._heartbeat()
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        self.should_exit.set()
+        # 1. No new notices: stop the observer.
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=_DRAIN_TIMEOUT_S)
+        # 2. Inputs not yet decoded stay in the inbox for the next start; tell decoders to stop.
+        self._discard_pending_arrivals()
+        for _ in range(self.settings.decode_workers):
+            self._arrivals.put(_STOP)
+        # 3. Finish in-flight work: sort what decoders finish within the timeout.
+        deadline = time.monotonic() + _DRAIN_TIMEOUT_S
+        while not self.force_exit and time.monotonic() < deadline:
+            alive = any(t.is_alive() for t in self._threads)
+            batch = self._drain_decoded()
+            if batch:
+                self._sort(batch)
+            elif not alive:
+                break
+            else:
+                time.sleep(0.02)
+        # 4. Make the journal durable and close it.
+        if hasattr(self, "journal"):
+            self.journal.close()
+        self._write_metrics()
+        self.notifier.close()
+        log.info("stopped", **{k: self.metrics.total(k) for k in ("sorted", "review", "rejected")})
+
+    # -- the stages --------------------------------------------------------------------------
+
+    def _start_thread(self, target: object, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self._threads.append(thread)
+
+    def _intake_loop(self) -> None:
+        """Notices → stability → arrivals. Also the start-up scan and periodic rescans."""
+        next_rescan = 0.0
+        while not self.should_exit.is_set():
+            now = time.monotonic()
+            if now >= next_rescan:
+                self._rescan()
+                next_rescan = now + self.settings.rescan_interval_s
+            due_in = self.tracker.next_due_in()
+            timeout = min(0.5, next_rescan - now, due_in if due_in is not None else 0.5)
+            try:
+                self._notice(*self._notices.get(timeout=max(0.005, timeout)))
+                while True:
+                    self._notice(*self._notices.get_nowait())
+            except queue.Empty:
+                pass
+            for path, identity in self.tracker.take_stable():
+                self._admit(path, identity)
+            self.metrics.queue_depth = self.tracker.waiting
+
+    def _notice(self, kind: str, path: Path) -> None:
+        if not self._wanted(path):
+            return
+        if kind == "opened":
+            self.tracker.opened(path)
+        elif kind == "closed":
+            self.tracker.closed(path)
+        else:
+            self.tracker.touched(path)
+
+    def _wanted(self, path: Path) -> bool:
+        inbox = self.settings.inbox
+        if not path.is_relative_to(inbox) or path == inbox:
+            return False
+        return not is_ignored(path.relative_to(inbox).as_posix(), self.settings.ignore)
+
+    def _rescan(self) -> None:
+        for path in walk_files(self.settings.inbox, self.settings.ignore):
+            if not self.tracker.is_tracked(path):
+                self.tracker.touched(path)
+
+    def _admit(self, path: Path, identity: Identity) -> None:
+        done = self.index.source(path, identity)
+        if done is not None:
+            if done.original_removed:
+                # journaled as placed, but we stopped before removing the original
+                path.unlink(missing_ok=True)
+            self.tracker.finished(path)
+            return
+        if not inside(path, self.settings.inbox):
+            log.warning("outside_inbox_skipped", path=str(path))
+            self.tracker.finished(path)
+            return
+        arrival = Arrival(path, self.settings.inbox, identity, complete_at=time.monotonic())
+        while not self.should_exit.is_set():
+            try:
+                self._arrivals.put(arrival, timeout=0.2)
+                return
+            except queue.Full:
+                continue  # back-pressure: intake waits, the file waits in the inbox
+        self.tracker.finished(path)
+
+    def _decode_loop(self) -> None:
+        s = self.settings
+        max_bytes = int(s.max_file_mb * 1024 * 1024)
+        while (arrival := self._arrivals.get()) is not _STOP:
+            spec = self.classifier.manifest.preprocessing
+            self._decoded.put(read_and_prepare(arrival, spec, s.max_pixels, max_bytes))
+
+    def _sort(self, batch: list[Decoded]) -> None:
+        started = time.monotonic()
+        spec = self.classifier.manifest.preprocessing
+        s = self.settings
+        max_bytes = int(s.max_file_mb * 1024 * 1024)
+        # decoded before a model switch that changed the preprocessing: decode again
+        batch = [
+            d if d.spec == spec else read_and_prepare(d.arrival, spec, s.max_pixels, max_bytes)
+            for d in batch
+        ]
+        try:
+            for event in self.journal.take_foreign():  # `sortbox undo` / `sort` running beside us
+                self.index.record(event)
+            result = self.sorter.sort(batch, self.classifier)
+        except Exception:
+            # The service must not die on one batch (a full disk while journaling, say).
+            # Copies already made have no journal line yet: the next attempt adopts them.
+            log.exception("batch_failed", files=len(batch))
+            self.index = DoneIndex.load(s.journal, s.library)
+            self.sorter = Sorter(s.library, self.index, self.journal, s.on_success)
+            result = None
+        finally:
+            for item in batch:
+                self.tracker.finished(item.arrival.path)
+        if result is None:
+            return
+        elapsed = time.monotonic() - started
+        self.metrics.observe_batch(result.events, elapsed)
+        for event in result.events:
+            log.info(
+                event.event,
+                src=event.src,
+                dest=event.dest,
+                label=event.label,
+                confidence=event.confidence,
+                reason=event.reason,
+            )
+        self._write_metrics()
+
+    def _drain_decoded(self) -> list[Decoded]:
+        batch = []
+        while True:
+            try:
+                batch.append(self._decoded.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _discard_pending_arrivals(self) -> None:
+        while True:
+            try:
+                self._arrivals.get_nowait()
+            except queue.Empty:
+                return
+
+    # -- model switching and health ----------------------------------------------------------
+
+    def _maybe_switch_model(self) -> None:
+        now = time.monotonic()
+        if now < self._next_model_check:
+            return
+        self._next_model_check = now + _MODEL_CHECK_INTERVAL_S
+        version = current_version(self.settings.models_dir)
+        if version is None or version in (self.classifier.version, self._failed_version):
+            return
+        try:
+            new = load_classifier(
+                self.settings.models_dir / version, self.settings.inference_threads
+            )
+        except ModelError as exc:
+            self._failed_version = version
+            log.error("model_refused", version=version, error=str(exc))
+            return
+        self._switch_to(new)
+
+    def _switch_to(self, new: Classifier) -> None:
+        old = self.classifier.version
+        self.classifier = new
+        self.metrics.model = new.version
+        self.journal.append([ModelLoaded(model=new.version, reason=f"switched from {old}")])
+        log.info("model_switched", old=old, new=new.version)
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now < self._next_watchdog:
+            return
+        interval = self.notifier.watchdog_interval_s or 5.0
+        self._next_watchdog = now + min(interval, 5.0)
+        self.notifier.watchdog()
+        self.notifier.status(self.metrics.status_line())
+
+    def _write_metrics(self) -> None:
+        path = self.settings.metrics_textfile
+        if path is None:
+            return
+        try:
+            write_textfile(path, self.metrics.render())
+        except OSError as exc:
+            log.warning("metrics_not_written", path=str(path), error=str(exc))

@@ -1,0 +1,159 @@
+"""The one typed settings object: loaded once from config.toml (+ SORTBOX_* env), passed down.
+
+Relative paths resolve against the folder of the config file, so the same config works
+whether `sortbox` is started from a shell, from systemd or from a test.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_IGNORE = [
+    ".*",  # hidden files and folders: rsync temp files, .DS_Store, .syncthing.*, swap files
+    "*.part",
+    "*.crdownload",
+    "*.tmp",
+    "~$*",
+    "Thumbs.db",
+    "desktop.ini",
+    "@eaDir",
+]
+
+
+class TrainSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_precision: float = Field(0.97, gt=0.0, le=1.0)
+    min_images_per_class: int = Field(5, ge=2)
+    val_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    # auto-sorted files nobody touched are not labels unless this is on (no self-confirmation)
+    trust_auto_sorted: bool = False
+    augmented_views: int = Field(3, ge=0, le=16)
+    head_epochs: int = Field(60, ge=1)
+    finetune_epochs: int = Field(15, ge=0)
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+    keep_versions: int = Field(5, ge=1)
+    max_macro_f1_drop: float = Field(0.005, ge=0.0, le=1.0)
+    # perceptual-hash Hamming distance at or below which two pictures count as near-duplicates
+    near_duplicate_distance: int = Field(4, ge=0, le=64)
+    threads: int = Field(2, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SORTBOX_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    inbox: Path
+    library: Path
+    journal: Path
+    models_dir: Path
+    dataset: Path | None = None
+    cache_dir: Path | None = None
+
+    on_success: Literal["keep", "delete"] = "keep"
+    watch_mode: Literal["auto", "inotify", "poll"] = "auto"
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+    quiet_period_s: float = Field(1.0, ge=0.0)
+    poll_interval_s: float = Field(2.0, gt=0.0)
+    rescan_interval_s: float = Field(300.0, gt=0.0)
+
+    batch_size: int = Field(8, ge=1, le=256)
+    max_wait_ms: int = Field(100, ge=0)
+    queue_size: int = Field(64, ge=1)
+    decode_workers: int = Field(2, ge=1, le=32)
+    inference_threads: int = Field(2, ge=1, le=64)
+
+    max_pixels: int = Field(100_000_000, ge=1)
+    max_file_mb: float = Field(512.0, gt=0.0)
+
+    metrics_textfile: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    train: TrainSettings = Field(default_factory=TrainSettings)
+
+    @model_validator(mode="after")
+    def _folders_do_not_nest(self) -> Settings:
+        inbox, library = self.inbox.absolute(), self.library.absolute()
+        if inbox == library or inbox.is_relative_to(library) or library.is_relative_to(inbox):
+            raise ValueError("inbox and library must not contain one another")
+        return self
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or self.models_dir / ".cache"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; the environment must win over them.
+        return (env_settings, init_settings)
+
+
+PATH_KEYS = (
+    "inbox",
+    "library",
+    "journal",
+    "models_dir",
+    "dataset",
+    "cache_dir",
+    "metrics_textfile",
+)
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the key and the problem."""
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("SORTBOX_CONFIG", "config.toml"))
+
+
+def load_settings(config_path: Path | None = None) -> Settings:
+    path = (config_path or default_config_path()).absolute()
+    try:
+        with path.open("rb") as fh:
+            values: dict[str, Any] = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc)}") from None
+    return _resolve_paths(settings, path.parent)
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        problems.append(f"{key}: {message}")
+    return "; ".join(problems)
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    update = {}
+    for key in PATH_KEYS:
+        value = getattr(settings, key)
+        if value is not None:
+            update[key] = Path(os.path.normpath(base / value.expanduser()))
+    return settings.model_copy(update=update)

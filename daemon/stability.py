@@ -1,0 +1,103 @@
+"""Decide when a file in the inbox is complete. Kept apart from the watch loop.
+
+A file is complete when no writer has it open (inotify open/close events, where we get them)
+and its size and mtime have not changed for a quiet period. Polling mode (network
+filesystems) has no open/close events, so there the quiet period alone decides.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.intake import Identity, identity_of
+
+
+@dataclass
+class _Candidate:
+    identity: Identity | None
+    changed_at: float
+    writers: int = 0
+
+
+class StabilityTracker:
+    def __init__(self, quiet_period_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.quiet_period_s = quiet_period_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._candidates: dict[Path, _Candidate] = {}
+        self._queued: set[Path] = set()
+
+    def touched(self, path: Path) -> None:
+        """Created, written, moved in or found by a rescan: (re)start its quiet period."""
+        with self._lock:
+            candidate = self._candidates.get(path)
+            identity = identity_of(path)
+            if candidate is None:
+                self._candidates[path] = _Candidate(identity, self._clock())
+            elif identity != candidate.identity:
+                candidate.identity = identity
+                candidate.changed_at = self._clock()
+
+    def opened(self, path: Path) -> None:
+        with self._lock:
+            candidate = self._candidates.setdefault(path, _Candidate(None, self._clock()))
+            candidate.writers += 1
+
+    def closed(self, path: Path) -> None:
+        """Closed after writing or reading; a writer we never saw open is clamped at zero."""
+        with self._lock:
+            candidate = self._candidates.get(path)
+            if candidate is None:
+                return
+            candidate.writers = max(0, candidate.writers - 1)
+        self.touched(path)
+
+    def take_stable(self) -> list[tuple[Path, Identity]]:
+        """Candidates that are complete now; they stay `queued` until `finished`."""
+        now = self._clock()
+        stable = []
+        with self._lock:
+            for path, candidate in list(self._candidates.items()):
+                if path in self._queued or candidate.writers > 0:
+                    continue
+                if now - candidate.changed_at < self.quiet_period_s:
+                    continue
+                identity = identity_of(path)
+                if identity is None:
+                    del self._candidates[path]  # gone (renamed away, deleted)
+                elif identity != candidate.identity:
+                    candidate.identity, candidate.changed_at = identity, now
+                else:
+                    del self._candidates[path]
+                    self._queued.add(path)
+                    stable.append((path, identity))
+        return stable
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the earliest candidate could be stable; None when there is none."""
+        with self._lock:
+            waiting = [
+                c.changed_at
+                for p, c in self._candidates.items()
+                if c.writers == 0 and p not in self._queued
+            ]
+        if not waiting:
+            return None
+        return max(0.0, min(waiting) + self.quiet_period_s - self._clock())
+
+    def finished(self, path: Path) -> None:
+        with self._lock:
+            self._queued.discard(path)
+
+    def is_tracked(self, path: Path) -> bool:
+        with self._lock:
+            return path in self._candidates or path in self._queued
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._candidates) + len(self._queued)

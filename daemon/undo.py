@@ -1,0 +1,116 @@
+"""Reverse placements recorded in the journal, newest first.
+
+A copy is removed only if it is still where the daemon put it, byte for byte; a file the
+user has moved or edited since is left alone. Where the original was removed
+(on_success = "delete"), it is put back first, never over an existing file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from daemon.intake import identity_of
+from daemon.journal import (
+    Duplicate,
+    Journal,
+    Placement,
+    Rejected,
+    Review,
+    Sorted,
+    Undone,
+    read_journal,
+)
+from daemon.manifest import fsync_dir
+from daemon.place import same_content, write_verified_temp
+
+
+@dataclass(frozen=True)
+class UndoOutcome:
+    event: Placement
+    undone: Undone | None  # None: nothing could be done; `message` says why
+    message: str
+
+
+def undoable(journal: Path, last: int | None, since: datetime | None) -> list[Placement]:
+    """Placements not yet undone, newest first: the last `last`, or those since `since`."""
+    placements: list[Placement] = []
+    undone: set[tuple[str, str, str | None]] = set()
+    for event in read_journal(journal):
+        if isinstance(event, Undone):
+            undone.add((event.root, event.src, event.sha256))
+        elif isinstance(event, Sorted | Review | Rejected | Duplicate):
+            placements.append(event)
+    candidates = [
+        e
+        for e in placements
+        if (e.root, e.src, e.sha256) not in undone and (e.original_removed or _made_copy(e))
+    ]
+    if since is not None:
+        candidates = [e for e in candidates if e.ts >= since]
+    if last is not None:
+        candidates = candidates[-last:] if last > 0 else []
+    return list(reversed(candidates))
+
+
+def _made_copy(event: Placement) -> bool:
+    return event.dest is not None and not isinstance(event, Duplicate)
+
+
+def undo_one(event: Placement, library: Path, journal: Journal | None) -> UndoOutcome:
+    """`journal=None` is a dry run."""
+    copy = library / event.dest if event.dest else None
+    copy_intact = copy is not None and event.sha256 is not None and same_content(copy, event.sha256)
+    original = Path(event.root) / event.src
+    restored = False
+    if event.original_removed:
+        if not copy_intact:
+            return UndoOutcome(
+                event, None, f"cannot restore {original}: the library copy was moved or edited"
+            )
+        if original.exists():
+            return UndoOutcome(
+                event, None, f"cannot restore {original}: something is already there"
+            )
+        if journal is not None:
+            _restore(copy, original, event.sha256)  # type: ignore[arg-type]
+        restored = True
+    removed = False
+    if _made_copy(event):
+        if copy_intact:
+            if journal is not None:
+                copy.unlink()  # type: ignore[union-attr]
+                fsync_dir(copy.parent)  # type: ignore[union-attr]
+            removed = True
+        elif not restored:
+            return UndoOutcome(event, None, f"left alone: {event.dest} was moved or edited since")
+    identity = identity_of(original) if restored and journal is not None else None
+    undone = Undone(
+        src=event.src,
+        root=event.root,
+        sha256=event.sha256,
+        size=identity.size if identity else event.size,
+        mtime_ns=identity.mtime_ns if identity else event.mtime_ns,
+        inode=identity.inode if identity else event.inode,
+        dest=event.dest,
+        label=event.label,
+        reason=f"undo of {event.event}",
+        restored=restored,
+    )
+    if journal is not None:
+        journal.append([undone])
+    parts = [f"removed {event.dest}" if removed else "", f"restored {original}" if restored else ""]
+    return UndoOutcome(event, undone, "; ".join(p for p in parts if p))
+
+
+def _restore(copy: Path, original: Path, sha256: str) -> None:
+    """Put the library copy back under the original's exact name, never overwriting."""
+    original.parent.mkdir(parents=True, exist_ok=True)
+    temporary = write_verified_temp(copy, original.parent, sha256)  # hidden: the daemon ignores it
+    try:
+        os.link(temporary, original)  # exclusive: fails if a file appeared there meanwhile
+    finally:
+        temporary.unlink()
+        fsync_dir(original.parent)

@@ -1,0 +1,96 @@
+"""Watch the inbox: a watchdog observer whose handler only enqueues (kind, path).
+
+inotify where it works; a polling observer on network and FUSE filesystems, where inotify
+never hears about files written by other machines.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from pathlib import Path
+from typing import Literal
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileClosedNoWriteEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileOpenedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+EventKind = Literal["touched", "opened", "closed"]
+Notice = tuple[EventKind, Path]
+
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs", "lustre", "davfs"}
+)
+
+
+class EnqueueHandler(FileSystemEventHandler):
+    """Runs on the observer thread: no stat, no I/O, just hand the path over."""
+
+    def __init__(self, notices: queue.SimpleQueue[Notice]) -> None:
+        self._notices = notices
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        if isinstance(event, FileMovedEvent):
+            if event.dest_path:
+                self._notices.put(("touched", Path(os.fsdecode(event.dest_path))))
+            return
+        path = Path(os.fsdecode(event.src_path))
+        if isinstance(event, FileOpenedEvent):
+            self._notices.put(("opened", path))
+        elif isinstance(event, FileClosedEvent | FileClosedNoWriteEvent):
+            self._notices.put(("closed", path))
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
+            self._notices.put(("touched", path))
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem `path` lives on, from the mount table ('' if unknown)."""
+    target = os.path.realpath(path)
+    best, fstype = "", ""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                mount_point = fields[1].replace("\\040", " ")
+                inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best):
+                    best, fstype = mount_point, fields[2]
+    except OSError:
+        return ""
+    return fstype
+
+
+def needs_polling(path: Path) -> bool:
+    fstype = filesystem_type(path)
+    return fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse")
+
+
+def resolve_watch_mode(mode: Literal["auto", "inotify", "poll"], inbox: Path) -> str:
+    if mode == "auto":
+        return "poll" if needs_polling(inbox) else "inotify"
+    return mode
+
+
+def start_observer(
+    inbox: Path, mode: str, poll_interval_s: float, notices: queue.SimpleQueue[Notice]
+) -> BaseObserver:
+    observer: BaseObserver = (
+        PollingObserver(timeout=poll_interval_s) if mode == "poll" else Observer()
+    )
+    observer.schedule(EnqueueHandler(notices), str(inbox), recursive=True)
+    observer.start()
+    return observer
