@@ -1,0 +1,273 @@
+"""Bad input, crashes, model swaps, undo, dry runs and the lifecycle: the daemon never loses a file."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import (
+    Daemon,
+    Home,
+    jpeg_bytes,
+    make_home,
+    publish_rgb_model,
+    sortbox,
+    wait_until,
+    write_picture,
+)
+
+
+def by_src(home: Home) -> dict[str, dict]:
+    return {e["src"]: e for e in home.file_events()}
+
+
+def test_every_kind_of_bad_input_is_rejected_with_a_reason(tmp_path: Path) -> None:
+    home = make_home(tmp_path, max_pixels=200_000)
+    publish_rgb_model(home.models, "v1")
+    daemon = Daemon(home).start()
+    try:
+        good = jpeg_bytes("red", 1)
+        inbox = home.inbox
+        (inbox / "empty.jpg").write_bytes(b"")
+        (inbox / "truncated.jpg").write_bytes(good[: len(good) // 2])
+        (inbox / "notes.jpg").write_text("this is a text file, not a picture\n")
+        (inbox / "drawing.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+        Image.new("RGB", (1000, 1000), "red").save(inbox / "huge.png")
+        os.mkfifo(inbox / "pipe.jpg")
+        os.symlink("/etc/hostname", inbox / "escape.jpg")
+        (inbox / "after.jpg").write_bytes(good)
+
+        wait_until(lambda: len(home.file_events()) == 8, 20, "8 journal lines")
+        events = by_src(home)
+        expected_reasons = {
+            "empty.jpg": "empty file",
+            "truncated.jpg": "cannot decode",
+            "notes.jpg": "not an image",
+            "drawing.svg": "not an image",
+            "huge.png": "too many pixels",
+            "pipe.jpg": "not a regular file",
+            "escape.jpg": "symbolic link",
+        }
+        for src, reason in expected_reasons.items():
+            assert events[src]["event"] == "rejected", events[src]
+            assert reason in events[src]["reason"], events[src]
+        # what could be read is kept in library/rejected under the usual naming scheme
+        for src in ("empty.jpg", "truncated.jpg", "notes.jpg", "drawing.svg", "huge.png"):
+            dest = events[src]["dest"]
+            assert dest.startswith("rejected/")
+            assert (home.library / dest).read_bytes() == (inbox / src).read_bytes()
+        assert events["escape.jpg"]["dest"] is None  # never followed out of the inbox
+        assert events["pipe.jpg"]["dest"] is None
+        assert events["after.jpg"]["event"] == "sorted"  # and the daemon carried on
+        assert daemon.process.poll() is None
+        assert "rejected" in daemon.log_text()
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read a mode-000 file")
+def test_unreadable_file_is_rejected(home: Home, daemon: Daemon) -> None:
+    daemon.start()
+    locked = write_picture(home.inbox / "locked.jpg", "red", 2)
+    locked.chmod(0)
+    wait_until(lambda: "locked.jpg" in by_src(home), 20)
+    assert "permission denied" in by_src(home)["locked.jpg"]["reason"]
+
+
+def test_kill_9_during_a_burst_then_restart_finishes_the_work(home: Home) -> None:
+    count = 60
+    colours = ["red", "green", "blue"]
+    # a few identical contents under different names, to check no duplicate copies appear
+    contents = {f"burst-{n:02}.jpg": jpeg_bytes(colours[n % 3], n % 50) for n in range(count)}
+    daemon = Daemon(home).start()
+    writer = threading.Thread(
+        target=lambda: [(home.inbox / k).write_bytes(v) for k, v in contents.items()]
+    )
+    writer.start()
+    wait_until(lambda: len(home.file_events()) >= 5, 20, "the burst to be under way")
+    daemon.kill()
+    writer.join()
+    handled_before = len(home.file_events())
+    assert handled_before < count, "the kill came too late to test anything"
+
+    restarted = Daemon(home).start()
+    try:
+        wait_until(lambda: len({e["src"] for e in home.file_events()}) == count, 30, "all inputs")
+        time.sleep(1.0)  # let a rescan or late events show any double handling
+    finally:
+        restarted.stop()
+
+    events = home.file_events()
+    srcs = [e["src"] for e in events]
+    assert sorted(srcs) == sorted(contents), "every input exactly one journal line"
+    unique_contents = {hashlib.sha256(v).hexdigest() for v in contents.values()}
+    library = home.library_files()
+    assert len(library) == len(unique_contents), "one copy per content, no duplicates"
+    assert not [p for p in home.library.rglob(".sortbox-*")], "no temporary files left"
+    journaled = {e["dest"] for e in events if e["event"] in ("sorted", "review")}
+    assert {p.relative_to(home.library).as_posix() for p in library} == journaled
+    for path in library:
+        assert hashlib.sha256(path.read_bytes()).hexdigest() in unique_contents
+
+
+def test_sigterm_stops_cleanly_within_seconds(home: Home) -> None:
+    daemon = Daemon(home).start()
+    for n in range(10):
+        write_picture(home.inbox / f"f{n}.jpg", "green", n)
+    time.sleep(0.3)
+    started = time.monotonic()
+    code = daemon.stop(signal.SIGTERM)
+    assert code == 0
+    assert time.monotonic() - started < 6
+    assert any("STOPPING=1" in m for m in daemon.messages)
+    # whatever was not sorted is still in the inbox and is sorted at the next start
+    again = Daemon(home).start()
+    try:
+        wait_until(lambda: len(home.file_events()) == 10, 20, "all ten sorted")
+    finally:
+        again.stop()
+
+
+def test_model_swap_while_running_and_a_bad_model_is_refused(home: Home, daemon: Daemon) -> None:
+    daemon.start()
+    write_picture(home.inbox / "before.jpg", "red", 1)
+    wait_until(lambda: "before.jpg" in by_src(home), 20)
+    assert by_src(home)["before.jpg"]["dest"].startswith("red/")
+
+    publish_rgb_model(home.models, "v2", classes=["rouge", "vert", "bleu"])
+    wait_until(lambda: any(e.get("model") == "v2" for e in home.events("model")), 20, "switch")
+    write_picture(home.inbox / "after.jpg", "red", 2)
+    wait_until(lambda: "after.jpg" in by_src(home), 20)
+    assert by_src(home)["after.jpg"]["dest"].startswith("rouge/")
+    assert by_src(home)["after.jpg"]["model"] == "v2"
+
+    # a published model whose file does not match its manifest is refused; v2 stays
+    publish_rgb_model(home.models, "v3", classes=["a", "b", "c"])
+    with (home.models / "v3" / "model.onnx").open("ab") as fh:
+        fh.write(b"tampered")
+    time.sleep(2.0)
+    write_picture(home.inbox / "later.jpg", "blue", 3)
+    wait_until(lambda: "later.jpg" in by_src(home), 20)
+    assert by_src(home)["later.jpg"]["dest"].startswith("bleu/")
+    assert "checksum mismatch" in daemon.log_text()
+
+
+def test_undo_removes_copies_but_never_a_file_the_user_moved(home: Home) -> None:
+    for n, colour in enumerate(["red", "green", "blue"]):
+        write_picture(home.inbox / f"u{n}.jpg", colour, n)
+    assert sortbox("sort", str(home.inbox), config=home.config).returncode == 0
+    placed = by_src(home)
+    moved = home.library / placed["u0.jpg"]["dest"]
+    moved.rename(home.library / "blue" / moved.name)  # the user re-files u0
+
+    result = sortbox("undo", "--last", "3", config=home.config)
+    assert result.returncode == 1, result.stdout + result.stderr  # one could not be undone
+    assert "left alone" in result.stdout
+    assert not (home.library / placed["u1.jpg"]["dest"]).exists()
+    assert not (home.library / placed["u2.jpg"]["dest"]).exists()
+    assert (home.library / "blue" / moved.name).exists()
+    assert {e["src"] for e in home.events("undone")} == {"u1.jpg", "u2.jpg"}
+    assert all((home.inbox / f"u{n}.jpg").exists() for n in range(3))
+
+
+def test_undo_in_delete_mode_restores_the_original(tmp_path: Path) -> None:
+    home = make_home(tmp_path, on_success="delete")
+    publish_rgb_model(home.models, "v1")
+    data = jpeg_bytes("green", 7)
+    (home.inbox / "keepsake.jpg").write_bytes(data)
+    daemon = Daemon(home).start()
+    try:
+        wait_until(lambda: not (home.inbox / "keepsake.jpg").exists(), 20, "original removed")
+    finally:
+        daemon.stop()
+    event = by_src(home)["keepsake.jpg"]
+    assert event["original_removed"] and (home.library / event["dest"]).read_bytes() == data
+
+    result = sortbox("undo", "--since", "1h", config=home.config)
+    assert result.returncode == 0, result.stderr
+    assert (home.inbox / "keepsake.jpg").read_bytes() == data
+    assert not (home.library / event["dest"]).exists()
+    assert home.events("undone")[0]["restored"] is True
+
+    # the daemon does not sort the restored file again
+    daemon = Daemon(home).start()
+    try:
+        time.sleep(1.5)
+    finally:
+        daemon.stop()
+    assert (home.inbox / "keepsake.jpg").exists()
+    assert len(home.file_events()) == 1
+
+
+def test_sort_dry_run_touches_nothing_then_sort_does_it(home: Home, tmp_path: Path) -> None:
+    folder = tmp_path / "old photos"
+    write_picture(folder / "a.jpg", "red", 1)
+    write_picture(folder / "deeper" / "b.jpg", "blue", 2)
+    (folder / "deeper" / "broken.jpg").write_bytes(b"\xff\xd8 nope")
+
+    dry = sortbox("sort", str(folder), "--dry-run", config=home.config)
+    assert dry.returncode == 0, dry.stderr
+    assert "would be sorted" in dry.stdout and "would be rejected" in dry.stdout
+    assert home.library_files() == [] and not home.journal.exists()
+
+    real = sortbox("sort", str(folder), config=home.config)
+    assert real.returncode == 0, real.stderr
+    events = by_src(home)
+    assert events["a.jpg"]["dest"].startswith("red/")
+    assert events["deeper/b.jpg"]["dest"].startswith("blue/")
+    assert events["deeper/broken.jpg"]["event"] == "rejected"
+    assert (folder / "a.jpg").exists()
+    # already done: a second run does nothing
+    again = sortbox("sort", str(folder), config=home.config)
+    assert "0 files" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ('inbox = "i"\nlibrary = "l"\njournal = "j"\nmodels_dir = "m"\ncolour = 3\n', "colour: unknown key"),
+        ('inbox = "i"\nlibrary = "l"\njournal = "j"\nmodels_dir = "m"\nbatch_size = 0\n', "batch_size"),
+        ('inbox = "i"\nlibrary = "l"\njournal = "j"\n', "models_dir: Field required"),
+        ('inbox = "i"\nlibrary = "i/lib"\njournal = "j"\nmodels_dir = "m"\n', "must not contain"),
+        ("inbox = \n", "not valid TOML"),
+    ],
+)
+def test_config_errors_exit_2_naming_the_key(tmp_path: Path, config: str, message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(config)
+    result = sortbox("run", config=path)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    result = sortbox("run", config=home.config, env={"SORTBOX_BATCH_SIZE": "-1"})
+    assert result.returncode == 2 and "batch_size" in result.stderr
+
+
+def test_unusable_model_is_refused_with_a_clear_message(home: Home) -> None:
+    (home.models / "v1" / "manifest.json").write_text('{"version": "v1"}')
+    result = sortbox("run", config=home.config)
+    assert result.returncode == 1
+    assert "malformed manifest" in result.stderr
+
+
+def test_grey_pictures_go_to_review_with_their_best_guess(home: Home) -> None:
+    pixels = np.full((40, 40, 3), 127, np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    (home.inbox / "grey.png").write_bytes(buffer.getvalue())
+    assert sortbox("sort", str(home.inbox), config=home.config).returncode == 0
+    event = by_src(home)["grey.png"]
+    assert event["event"] == "review" and event["dest"].startswith("needs_review/")
+    assert event["label"] in ("red", "green", "blue") and len(event["top3"]) == 3
