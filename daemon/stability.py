@@ -48,13 +48,15 @@ class StabilityTracker:
             candidate.writers += 1
 
     def closed(self, path: Path) -> None:
-        """Closed after writing or reading; a writer we never saw open is clamped at zero."""
+        """Closed after writing or reading: the quiet period starts now.
+        A writer we never saw open (it opened before we started) is clamped at zero."""
         with self._lock:
             candidate = self._candidates.get(path)
             if candidate is None:
                 return
             candidate.writers = max(0, candidate.writers - 1)
-        self.touched(path)
+            candidate.identity = identity_of(path)
+            candidate.changed_at = self._clock()
 
     def take_stable(self) -> list[tuple[Path, Identity]]:
         """Candidates that are complete now; they stay `queued` until `finished`."""

@@ -1,0 +1,273 @@
+"""The pure parts, on real bytes and real files: preprocessing, naming, decisions, stability,
+journal reading, settings."""
+
+from __future__ import annotations
+
+import io
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from daemon.decide import decide
+from daemon.decode import read_and_prepare
+from daemon.intake import Arrival, Identity, is_ignored
+from daemon.journal import Journal, Sorted, read_journal
+from daemon.manifest import Manifest, check_class_name
+from daemon.place import LIBRARY_NAME, copy_into, library_name
+from daemon.preprocess import BadImage, Preprocessing, decode_rgb, prepare
+from daemon.settings import ConfigError, load_settings
+from daemon.stability import StabilityTracker
+
+SPEC = Preprocessing(resize=64, crop=56)
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+# -- preprocessing -----------------------------------------------------------------------------
+
+
+def _red_rgba() -> Image.Image:
+    image = Image.new("RGBA", (80, 60), (255, 0, 0, 255))
+    image.paste((0, 0, 0, 0), (0, 0, 40, 60))  # left half fully transparent
+    return image
+
+
+@pytest.mark.parametrize(
+    ("name", "image", "fmt"),
+    [
+        ("RGBA", _red_rgba(), "PNG"),
+        ("LA", _red_rgba().convert("LA"), "PNG"),
+        ("P+transparency", _red_rgba().convert("P"), "PNG"),
+        ("CMYK", Image.new("RGB", (80, 60), (255, 0, 0)).convert("CMYK"), "JPEG"),
+        ("1-bit", Image.new("1", (80, 60), 1), "PNG"),
+        ("I;16", Image.fromarray(np.full((60, 80), 65535, np.uint16)), "PNG"),
+        ("L", Image.new("L", (80, 60), 200), "TIFF"),
+    ],
+)
+def test_every_mode_becomes_sensible_rgb(name: str, image: Image.Image, fmt: str) -> None:
+    rgb = decode_rgb(encode(image, fmt), 64, 10**8)
+    assert rgb.mode == "RGB" and rgb.size == (80, 60)
+    right = rgb.getpixel((70, 30))
+    if name in ("RGBA", "P+transparency", "CMYK"):
+        assert right[0] > 200 and right[1] < 60, right  # still red
+    if name in ("RGBA", "LA", "P+transparency"):
+        assert rgb.getpixel((5, 30)) == (255, 255, 255)  # transparency flattened onto white
+    if name in ("1-bit", "I;16"):
+        assert right == (255, 255, 255)  # 16-bit white stays white, not clipped junk
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (120, 60), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 60, 60))  # red on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    rgb = decode_rgb(encode(image, "JPEG", exif=exif), 32, 10**8)
+    assert rgb.size == (60, 120)
+    top = rgb.getpixel((30, 10))
+    assert top[0] > 200 and top[2] < 60, top  # red ends up on top
+
+
+def test_large_jpeg_is_draft_decoded_not_at_full_size() -> None:
+    big = Image.new("RGB", (4000, 3000), (10, 200, 10))
+    rgb = decode_rgb(encode(big, "JPEG"), 256, 10**8)
+    assert rgb.size == (500, 375)  # 1/8 scale: still >= 256 on the short side
+    assert prepare(encode(big, "JPEG"), Preprocessing(), 10**8).shape == (3, 224, 224)
+
+
+def test_prepare_is_scaled_as_the_manifest_says() -> None:
+    data = encode(Image.new("RGB", (70, 90), (255, 127, 0)), "PNG")
+    array = prepare(data, SPEC, 10**8)
+    assert array.shape == (3, 56, 56) and array.dtype == np.float32
+    assert np.allclose(array[:, 28, 28], [(255 - 127) / 128, 0.0, -127 / 128], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (encode(Image.new("RGB", (64, 64), "red"), "PNG")[:80], "cannot decode"),
+        (b"%PDF-1.4 hello", "not an image"),
+    ],
+)
+def test_bad_bytes_raise_a_readable_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(BadImage, match=reason):
+        prepare(data, SPEC, 10**8)
+
+
+def test_decompression_bomb_limit() -> None:
+    data = encode(Image.new("L", (3000, 3000)), "PNG")
+    with pytest.raises(BadImage, match="too many pixels"):
+        prepare(data, SPEC, 1_000_000)
+
+
+def test_vanished_file_is_a_reason_not_a_crash(tmp_path: Path) -> None:
+    arrival = Arrival(tmp_path / "gone.jpg", tmp_path, Identity(1, 1, 1))
+    decoded = read_and_prepare(arrival, SPEC, 10**8, 10**9)
+    assert decoded.problem == "vanished before it could be read" and decoded.sha256 is None
+
+
+# -- naming and placement ------------------------------------------------------------------------
+
+SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("original", "expected"),
+    [
+        ("IMG_0001.JPG", "IMG_0001.abababababab.jpg"),
+        ("holiday.photo.Jpeg", "holiday.photo.abababababab.jpeg"),
+        ("no_extension", "no_extension.abababababab"),
+        (".hidden.png", "_hidden.abababababab.png"),
+        ("line\nbreak.png", "line_break.abababababab.png"),
+        ("weird.ext-with-dash", "weird.ext-with-dash.abababababab"),
+    ],
+)
+def test_library_names(original: str, expected: str) -> None:
+    assert library_name(original, SHA) == expected
+    assert LIBRARY_NAME.match(expected)
+
+
+def test_long_names_are_cut_to_fit_the_filesystem() -> None:
+    name = library_name("é" * 300 + ".jpg", SHA)
+    assert len(name.encode()) < 255 and name.endswith(".abababababab.jpg")
+
+
+def test_copy_never_overwrites_other_content(tmp_path: Path) -> None:
+    source = tmp_path / "in.jpg"
+    source.write_bytes(b"new content")
+    import hashlib
+
+    sha = hashlib.sha256(b"new content").hexdigest()
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    squatter = folder / library_name("in.jpg", sha)
+    squatter.write_bytes(b"someone else's file")
+    final = copy_into(source, folder, "in.jpg", sha)
+    assert final != squatter and final.read_bytes() == b"new content"
+    assert squatter.read_bytes() == b"someone else's file"
+    assert copy_into(source, folder, "in.jpg", sha) == final  # identical content: no second copy
+    assert sorted(p.name for p in folder.iterdir()) == sorted([squatter.name, final.name])
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "", ".hidden", "needs_review", "tab\there"])
+def test_class_names_that_are_not_plain_folders_are_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        check_class_name(name)
+
+
+# -- decisions -----------------------------------------------------------------------------------
+
+
+def manifest(temperature: float = 1.0, threshold: float = 0.8) -> Manifest:
+    return Manifest(
+        version="t1",
+        created=datetime.now(UTC),
+        classes=["cats", "dogs", "cars"],
+        preprocessing=Preprocessing(),
+        temperature=temperature,
+        thresholds={"cats": threshold, "dogs": 0.5, "cars": 0.5},
+        model_sha256="0" * 64,
+    )
+
+
+def test_decide_uses_temperature_and_per_class_thresholds() -> None:
+    logits = np.array([2.0, 0.0, 0.0], np.float32)
+    confident = decide(logits, manifest(temperature=0.5))
+    assert confident.folder == "cats" and confident.confidence > 0.95
+    unsure = decide(logits, manifest(temperature=2.0))
+    assert unsure.folder == "needs_review" and unsure.label == "cats"
+    assert [label for label, _ in unsure.top3][0] == "cats" and len(unsure.top3) == 3
+
+
+# -- stability, with an injected clock ----------------------------------------------------------
+
+
+def test_stability_waits_for_writers_and_quiet(tmp_path: Path) -> None:
+    now = [0.0]
+    tracker = StabilityTracker(quiet_period_s=1.0, clock=lambda: now[0])
+    path = tmp_path / "x.jpg"
+    path.write_bytes(b"1")
+    tracker.opened(path)
+    tracker.touched(path)
+    now[0] = 5.0
+    assert tracker.take_stable() == []  # still open for writing
+    tracker.closed(path)
+    assert tracker.take_stable() == []  # quiet period not over
+    now[0] = 5.5
+    path.write_bytes(b"12")  # changed during the quiet period
+    now[0] = 6.1
+    assert tracker.take_stable() == []
+    now[0] = 7.2
+    taken = tracker.take_stable()
+    assert [p for p, _ in taken] == [path]
+    tracker.touched(path)
+    now[0] = 20.0
+    assert tracker.take_stable() == []  # queued until finished
+    tracker.finished(path)
+    assert [p for p, _ in tracker.take_stable()] == [path]
+
+
+@pytest.mark.parametrize(
+    ("path", "ignored"),
+    [
+        ("a.jpg", False),
+        ("x.jpg.part", True),
+        ("dl.crdownload", True),
+        (".DS_Store", True),
+        ("@eaDir/a.jpg", True),
+        ("sub/.syncthing.a.jpg.tmp", True),
+        ("~$report.docx", True),
+        ("Thumbs.db", True),
+    ],
+)
+def test_ignore_patterns(path: str, ignored: bool) -> None:
+    from daemon.settings import DEFAULT_IGNORE
+
+    assert is_ignored(path, DEFAULT_IGNORE) is ignored
+
+
+# -- journal -------------------------------------------------------------------------------------
+
+
+def test_torn_last_line_is_tolerated_and_terminated(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    event = Sorted(src="a.jpg", root="/in", sha256="0" * 64, size=1, label="cats", confidence=0.9)
+    with Journal(path) as journal:
+        journal.append([event])
+    with path.open("ab") as fh:
+        fh.write(b'{"v":1,"ts":"2026-11-22T10:00:00Z","event":"sor')  # power cut mid-write
+    assert [e.src for e in read_journal(path)] == ["a.jpg"]
+    with Journal(path) as journal:
+        journal.append([event.model_copy(update={"src": "b.jpg"})])
+    assert [e.src for e in read_journal(path)] == ["a.jpg", "b.jpg"]
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "etc" / "sortbox.toml"
+    config.parent.mkdir()
+    config.write_text('inbox = "in"\nlibrary = "/srv/lib"\njournal = "j.jsonl"\nmodels_dir = "m"\n')
+    monkeypatch.chdir("/")
+    monkeypatch.setenv("SORTBOX_TRAIN__TARGET_PRECISION", "0.9")
+    settings = load_settings(config)
+    assert settings.inbox == tmp_path / "etc" / "in"
+    assert settings.library == Path("/srv/lib")
+    assert settings.train.target_precision == 0.9
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_the_shipped_config_is_valid() -> None:
+    settings = load_settings(Path(__file__).parent.parent / "config.toml")
+    assert settings.on_success == "keep" and settings.train.target_precision == 0.97
+    assert os.path.isabs(settings.inbox)
