@@ -88,7 +88,12 @@ def publish_rgb_model(
 
 # -- real images -------------------------------------------------------------------------------
 
-COLOURS = {"red": (230, 20, 20), "green": (20, 220, 30), "blue": (25, 30, 230), "grey": (127, 127, 127)}
+COLOURS = {
+    "red": (230, 20, 20),
+    "green": (20, 220, 30),
+    "blue": (25, 30, 230),
+    "grey": (127, 127, 127),
+}
 
 
 def picture(colour: str, seed: int = 0, size: tuple[int, int] = (96, 64)) -> Image.Image:
@@ -189,7 +194,9 @@ def home(tmp_path: Path) -> Home:
 # -- the daemon as a real subprocess -----------------------------------------------------------
 
 
-def sortbox(*args: str, config: Path, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+def sortbox(
+    *args: str, config: Path, timeout: float = 120, env: dict | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "daemon.cli", *args, "--config", str(config)],
         capture_output=True,
@@ -244,7 +251,9 @@ class Daemon:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"daemon exited {self.process.returncode}:\n{self.log_text()}")
-        raise AssertionError(f"no matching notify message in {timeout}s; got {self.messages}\n{self.log_text()}")
+        raise AssertionError(
+            f"no matching notify message in {timeout}s; got {self.messages}\n{self.log_text()}"
+        )
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -273,7 +282,9 @@ def daemon(home: Home) -> Iterator[Daemon]:
         running.stop()
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 20, what: str = "condition") -> object:
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 20, what: str = "condition"
+) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

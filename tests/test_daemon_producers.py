@@ -21,7 +21,9 @@ def wait_for_src(home: Home, src: str, timeout: float = 20) -> dict:
     return found[0]  # type: ignore[index]
 
 
-def test_every_producer_lands_exactly_once_and_complete(home: Home, daemon: Daemon, tmp_path: Path) -> None:
+def test_every_producer_lands_exactly_once_and_complete(
+    home: Home, daemon: Daemon, tmp_path: Path
+) -> None:
     daemon.start()
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -75,9 +77,14 @@ def test_every_producer_lands_exactly_once_and_complete(home: Home, daemon: Daem
 
     dests = [e["dest"] for e in home.file_events()]
     assert len(dests) == len(set(dests)) == len(expected)
-    assert home.library / "red" / "-leading-dash.{}.jpg".format(
-        hashlib.sha256(expected["-leading-dash.jpg"]).hexdigest()[:12]
-    ) in home.library_files()
+    assert (
+        home.library
+        / "red"
+        / "-leading-dash.{}.jpg".format(
+            hashlib.sha256(expected["-leading-dash.jpg"]).hexdigest()[:12]
+        )
+        in home.library_files()
+    )
     odd = next(e for e in home.file_events() if e["src"] == "tab\tand\nnewline.jpg")
     assert "\n" not in odd["dest"] and "\t" not in odd["dest"]
     upper = next(e for e in home.file_events() if e["src"] == "фото ü 😀.JPG")
@@ -118,7 +125,9 @@ def test_a_file_written_slowly_is_taken_only_when_complete(home: Home, daemon: D
     assert (home.library / event["dest"]).read_bytes() == data
 
 
-def test_duplicates_under_new_names_and_same_name_with_new_content(home: Home, daemon: Daemon) -> None:
+def test_duplicates_under_new_names_and_same_name_with_new_content(
+    home: Home, daemon: Daemon
+) -> None:
     daemon.start()
     first = jpeg_bytes("green", 20)
     (home.inbox / "original.jpg").write_bytes(first)

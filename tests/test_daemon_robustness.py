@@ -1,4 +1,4 @@
-"""Bad input, crashes, model swaps, undo, dry runs and the lifecycle: the daemon never loses a file."""
+"""Bad input, crashes, model swaps, undo, dry runs, lifecycle: the daemon never loses a file."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import (
     Daemon,
     Home,
@@ -24,6 +22,7 @@ from conftest import (
     wait_until,
     write_picture,
 )
+from PIL import Image
 
 
 def by_src(home: Home) -> dict[str, dict]:
@@ -234,8 +233,14 @@ def test_sort_dry_run_touches_nothing_then_sort_does_it(home: Home, tmp_path: Pa
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ('inbox = "i"\nlibrary = "l"\njournal = "j"\nmodels_dir = "m"\ncolour = 3\n', "colour: unknown key"),
-        ('inbox = "i"\nlibrary = "l"\njournal = "j"\nmodels_dir = "m"\nbatch_size = 0\n', "batch_size"),
+        (
+            'inbox = "i"\nlibrary = "l"\njournal = "j"\nmodels_dir = "m"\ncolour = 3\n',
+            "colour: unknown key",
+        ),
+        (
+            'inbox = "i"\nlibrary = "l"\njournal = "j"\nmodels_dir = "m"\nbatch_size = 0\n',
+            "batch_size",
+        ),
         ('inbox = "i"\nlibrary = "l"\njournal = "j"\n', "models_dir: Field required"),
         ('inbox = "i"\nlibrary = "i/lib"\njournal = "j"\nmodels_dir = "m"\n', "must not contain"),
         ("inbox = \n", "not valid TOML"),

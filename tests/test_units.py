@@ -184,7 +184,7 @@ def test_decide_uses_temperature_and_per_class_thresholds() -> None:
     assert confident.folder == "cats" and confident.confidence > 0.95
     unsure = decide(logits, manifest(temperature=2.0))
     assert unsure.folder == "needs_review" and unsure.label == "cats"
-    assert [label for label, _ in unsure.top3][0] == "cats" and len(unsure.top3) == 3
+    assert unsure.top3[0][0] == "cats" and len(unsure.top3) == 3
 
 
 # -- stability, with an injected clock ----------------------------------------------------------
@@ -253,7 +253,9 @@ def test_torn_last_line_is_tolerated_and_terminated(tmp_path: Path) -> None:
 # -- settings ------------------------------------------------------------------------------------
 
 
-def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_resolve_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "etc" / "sortbox.toml"
     config.parent.mkdir()
     config.write_text('inbox = "in"\nlibrary = "/srv/lib"\njournal = "j.jsonl"\nmodels_dir = "m"\n')

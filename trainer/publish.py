@@ -44,10 +44,12 @@ def publish(
     extra_files: dict[str, bytes] | None = None,
     make_current: bool = True,
     keep: int = 5,
+    rejected: bool = False,
 ) -> Path:
-    """Write `models_dir/<version>/` (or `rejected/<version>/` when not `make_current`)."""
+    """Write `models_dir/<version>/`, or `models_dir/rejected/<version>/` for a candidate the
+    gate refused (kept for its report, never made current)."""
     version = manifest_fields["version"]
-    parent_dir = models_dir if make_current else models_dir / REJECTED_DIR
+    parent_dir = models_dir / REJECTED_DIR if rejected else models_dir
     parent_dir.mkdir(parents=True, exist_ok=True)
     staging = parent_dir / f".staging-{version}-{os.getpid()}"
     staging.mkdir()
@@ -68,8 +70,9 @@ def publish(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if make_current:
+    if make_current and not rejected:
         point_current_to(models_dir, version)
+    if not rejected:
         prune(models_dir, keep)
     return final
 

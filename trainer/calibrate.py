@@ -1,0 +1,124 @@
+"""Confidence calibration on the validation split: one temperature, then a threshold per class.
+
+Temperature scaling (Guo et al., 2017) fixes over-confidence without changing any prediction.
+Thresholds are chosen so that pictures auto-sorted into a class reach `target_precision` on
+validation; a class with too little validation data uses the pooled threshold of all classes,
+never less than a floor.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from daemon.decide import softmax
+
+MIN_PREDICTIONS = 10  # fewer validation predictions than this: a class's own threshold is noise
+FLOOR = 0.5
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    probabilities = softmax(logits, temperature)
+    return float(-np.mean(np.log(probabilities[np.arange(len(labels)), labels] + 1e-12)))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising validation NLL: a coarse log-grid, then a fine one around it."""
+    if len(labels) == 0:
+        return 1.0
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
+    best = min(grid, key=lambda t: nll(logits, labels, t))
+    fine = best * np.exp(np.linspace(-0.06, 0.06, 41))
+    return float(min(fine, key=lambda t: nll(logits, labels, t)))
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = 15
+) -> float:
+    if len(labels) == 0:
+        return 0.0
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    error = 0.0
+    for low, high in itertools.pairwise(edges):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            error += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(error)
+
+
+def lowest_safe_threshold(
+    confidence: np.ndarray, correct: np.ndarray, target: float
+) -> float | None:
+    """Smallest t such that predictions with confidence >= t', for every t' >= t, are at least
+    `target` precise. None when not even the most confident prediction is right."""
+    order = np.argsort(-confidence)
+    confidence, correct = confidence[order], correct[order]
+    precision = np.cumsum(correct) / np.arange(1, len(correct) + 1)
+    safe = precision >= target
+    if not len(safe) or not safe[0]:
+        return None
+    # the run of safe prefixes from the top: stop at the first unsafe one
+    last = len(safe) if safe.all() else int(np.argmin(safe))
+    return float(confidence[last - 1])
+
+
+@dataclass(frozen=True)
+class Calibration:
+    temperature: float
+    thresholds: dict[str, float]
+    expected_auto_share: float  # share of validation pictures that would be auto-sorted
+    expected_auto_precision: float
+
+
+def calibrate(
+    logits: np.ndarray, labels: np.ndarray, classes: list[str], target: float
+) -> Calibration:
+    temperature = fit_temperature(logits, labels)
+    probabilities = softmax(logits, temperature)
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    correct = predicted == labels
+
+    pooled = lowest_safe_threshold(confidence, correct, target)
+    pooled = max(FLOOR, pooled if pooled is not None else 1.0)
+    thresholds = {}
+    for index, name in enumerate(classes):
+        mine = predicted == index
+        own = (
+            lowest_safe_threshold(confidence[mine], correct[mine], target)
+            if mine.sum() >= MIN_PREDICTIONS
+            else None
+        )
+        thresholds[name] = round(max(FLOOR, own if own is not None else pooled), 6)
+
+    auto = (
+        confidence >= np.array([thresholds[classes[p]] for p in predicted])
+        if len(labels)
+        else np.zeros(0, bool)
+    )
+    share = float(auto.mean()) if len(labels) else 0.0
+    precision = float(correct[auto].mean()) if auto.any() else 1.0
+    return Calibration(temperature, thresholds, share, precision)
+
+
+def precision_coverage(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    steps: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99),
+) -> list[dict[str, float]]:
+    """For one global threshold at a time: how many are auto-sorted, and how precisely."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    rows = []
+    for threshold in steps:
+        auto = confidence >= threshold
+        rows.append({
+            "threshold": threshold,
+            "coverage": float(auto.mean()) if len(labels) else 0.0,
+            "precision": float(correct[auto].mean()) if auto.any() else 1.0,
+        })  # fmt: skip
+    return rows

@@ -1,0 +1,17 @@
+"""The trainer's side of the `sortbox` command (imported only when torch is installed)."""
+
+from __future__ import annotations
+
+from daemon.settings import Settings
+from trainer.default_model import create_default_model
+from trainer.train import run_training
+
+
+def init(settings: Settings) -> int:
+    version = create_default_model(settings)
+    print(f"default model {version} published in {settings.models_dir}")
+    return 0
+
+
+def train(settings: Settings, force: bool, dry_run: bool) -> int:
+    return run_training(settings, force=force, dry_run=dry_run)

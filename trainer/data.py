@@ -1,0 +1,278 @@
+"""The training set: labelled folders and the library, where the folder is the label.
+
+A library file is a human label when the journal shows the daemon put it in needs_review or in
+another class (a correction), or has no record of it (the user added it). Files the daemon
+auto-sorted that nobody moved are not labels unless `train.trust_auto_sorted` is on.
+
+Hygiene: unreadable files are reported and skipped, exact duplicates count once, a picture
+under two labels is reported and left out, near-duplicates share a split, splits depend only on
+content, and classes with too few pictures are reported and left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from daemon.journal import Review, Sorted, Undone, read_journal
+from daemon.manifest import RESERVED_FOLDERS, check_class_name
+from daemon.place import sha256_of
+from daemon.preprocess import BadImage, decode_rgb
+from daemon.settings import Settings
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Example:
+    path: Path
+    sha256: str
+    label: str
+    origin: str  # "dataset", "user added", "reviewed", "corrected", "auto-sorted (trusted)"
+
+
+@dataclass
+class TrainingSet:
+    train: list[Example]
+    val: list[Example]
+    classes: list[str]
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (path or class, why)
+    conflicts: list[tuple[str, list[str]]] = field(default_factory=list)  # (sha256, labels)
+
+    @property
+    def fingerprint(self) -> str:
+        """Same images with the same labels and split → same fingerprint: nothing to retrain."""
+        lines = sorted(
+            f"{e.sha256} {e.label} {s}"
+            for s, part in (("t", self.train), ("v", self.val))
+            for e in part
+        )
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        return {
+            c: (sum(e.label == c for e in self.train), sum(e.label == c for e in self.val))
+            for c in self.classes
+        }
+
+    def origins(self) -> dict[str, int]:
+        tally: dict[str, int] = defaultdict(int)
+        for example in self.train + self.val:
+            tally[example.origin] += 1
+        return dict(tally)
+
+
+def gather(settings: Settings) -> TrainingSet:
+    hashes = HashCache(settings.resolved_cache_dir / "hashes.json")
+    excluded: list[tuple[str, str]] = []
+    candidates: list[tuple[Path, str, str]] = []  # (path, label, origin)
+    if settings.dataset is not None:
+        candidates += _labelled_folders(settings.dataset, excluded)
+    candidates += _library_labels(settings, hashes, excluded)
+
+    by_content: dict[str, list[tuple[Path, str, str]]] = defaultdict(list)
+    fingerprints: dict[str, int] = {}
+    for path, label, origin in candidates:
+        entry = hashes.get(path)
+        if entry is None:
+            excluded.append((str(path), "unreadable: not a picture Pillow can decode"))
+            continue
+        sha256, dhash = entry
+        by_content[sha256].append((path, label, origin))
+        fingerprints[sha256] = dhash
+    hashes.save()
+
+    examples, conflicts = [], []
+    for sha256, entries in by_content.items():
+        labels = sorted({label for _, label, _ in entries})
+        if len(labels) > 1:
+            conflicts.append((sha256, labels))
+            for path, _, _ in entries:
+                excluded.append((str(path), f"same picture labelled {', '.join(labels)}"))
+            continue
+        path, label, origin = entries[0]  # exact duplicates count once
+        examples.append(Example(path, sha256, label, origin))
+
+    counts: dict[str, int] = defaultdict(int)
+    for example in examples:
+        counts[example.label] += 1
+    minimum = settings.train.min_images_per_class
+    too_small = {c for c, n in counts.items() if n < minimum}
+    for name in sorted(too_small):
+        excluded.append((name, f"class has {counts[name]} pictures, fewer than {minimum}"))
+    examples = [e for e in examples if e.label not in too_small]
+
+    in_val = validation_split(
+        examples, fingerprints, settings.train.val_fraction, settings.train.near_duplicate_distance
+    )
+    return TrainingSet(
+        train=[e for e in examples if e.sha256 not in in_val],
+        val=[e for e in examples if e.sha256 in in_val],
+        classes=sorted({e.label for e in examples}),
+        excluded=excluded,
+        conflicts=conflicts,
+    )
+
+
+def _labelled_folders(root: Path, excluded: list[tuple[str, str]]) -> list[tuple[Path, str, str]]:
+    found = []
+    if not root.is_dir():
+        excluded.append((str(root), "dataset folder does not exist"))
+        return found
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not _usable_class(folder.name, excluded):
+            continue
+        found += [(path, folder.name, "dataset") for path in _images_in(folder)]
+    return found
+
+
+def _library_labels(
+    settings: Settings, hashes: HashCache, excluded: list[tuple[str, str]]
+) -> list[tuple[Path, str, str]]:
+    placed = _daemon_placements(settings)
+    found = []
+    library = settings.library
+    if not library.is_dir():
+        return found
+    for folder in sorted(p for p in library.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if folder.name in RESERVED_FOLDERS or not _usable_class(folder.name, excluded):
+            continue
+        for path in _images_in(folder):
+            entry = hashes.get(path)
+            if entry is None:
+                excluded.append((str(path), "unreadable: not a picture Pillow can decode"))
+                continue
+            record = placed.get(entry[0])
+            if record is None:
+                origin = "user added"
+            elif record[0] == "review":
+                origin = "reviewed"
+            elif record[1] != folder.name:
+                origin = "corrected"
+            elif settings.train.trust_auto_sorted:
+                origin = "auto-sorted (trusted)"
+            else:
+                continue  # auto-sorted and untouched: not a confirmed label
+            found.append((path, folder.name, origin))
+    return found
+
+
+def _daemon_placements(settings: Settings) -> dict[str, tuple[str, str]]:
+    """sha256 → (event, folder) of the daemon's latest placement of that content."""
+    placed: dict[str, tuple[str, str]] = {}
+    for event in read_journal(settings.journal):
+        if isinstance(event, Sorted | Review) and event.sha256 and event.dest:
+            placed[event.sha256] = (event.event, event.dest.split("/", 1)[0])
+        elif isinstance(event, Undone) and event.sha256:
+            placed.pop(event.sha256, None)
+    return placed
+
+
+def _usable_class(name: str, excluded: list[tuple[str, str]]) -> bool:
+    try:
+        check_class_name(name)
+    except ValueError as exc:
+        excluded.append((name, str(exc)))
+        return False
+    return True
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not p.is_symlink()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+# -- hashing, cached by (path, size, mtime) -----------------------------------------------------
+
+
+class HashCache:
+    """sha256 and perceptual hash per file; re-read only when size or mtime change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._entries: dict[str, list] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            self._entries = {}
+
+    def get(self, file: Path) -> tuple[str, int] | None:
+        try:
+            st = file.stat()
+        except OSError:
+            return None
+        key = str(file)
+        cached = self._entries.get(key)
+        if cached and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
+            return (cached[2], cached[3]) if cached[2] else None
+        try:
+            data = file.read_bytes()
+            entry = (hashlib.sha256(data).hexdigest(), difference_hash(data))
+        except (OSError, BadImage):
+            entry = None
+        self._entries[key] = [st.st_size, st.st_mtime_ns, *(entry or (None, None))]
+        return entry
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(self._entries))
+        os.replace(temporary, self.path)
+
+
+def difference_hash(data: bytes) -> int:
+    """64-bit dHash: robust to resizing and re-compression, cheap to compare."""
+    image = decode_rgb(data, 64, 10**9).convert("L").resize((9, 8), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.int16)
+    bits = (pixels[:, 1:] > pixels[:, :-1]).flatten()
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+# -- splits --------------------------------------------------------------------------------------
+
+
+def validation_split(
+    examples: list[Example], dhashes: dict[str, int], fraction: float, max_distance: int
+) -> set[str]:
+    """sha256s of the validation pictures: near-duplicate groups go together, by content hash."""
+    shas = sorted({e.sha256 for e in examples})
+    parent = {s: s for s in shas}
+
+    def root(s: str) -> str:
+        while parent[s] != s:
+            parent[s] = parent[parent[s]]
+            s = parent[s]
+        return s
+
+    codes = np.array([dhashes[s] for s in shas], dtype=np.uint64)
+    for i in range(len(shas)):
+        distances = _popcount(codes[i + 1 :] ^ codes[i])
+        for j in np.nonzero(distances <= max_distance)[0]:
+            a, b = root(shas[i]), root(shas[i + 1 + int(j)])
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return {s for s in shas if _in_validation(root(s), fraction)}
+
+
+def _in_validation(group_key: str, fraction: float) -> bool:
+    bucket = int(hashlib.sha256(f"split:{group_key}".encode()).hexdigest()[:8], 16)
+    return bucket / 0xFFFFFFFF < fraction
+
+
+def _popcount(values: np.ndarray) -> np.ndarray:
+    return np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+__all__ = ["Example", "TrainingSet", "gather", "sha256_of"]

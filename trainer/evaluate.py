@@ -1,0 +1,192 @@
+"""Held-out metrics, the publishing gate, and the per-version report (report.md / report.json /
+confusion.png)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, dict[str, float]]
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    most_confused: list[tuple[str, str, int]]
+
+
+def f1_scores(
+    true: list[str], predicted: list[str], classes: list[str]
+) -> dict[str, dict[str, float]]:
+    scores = {}
+    for name in classes:
+        tp = sum(t == name and p == name for t, p in zip(true, predicted, strict=True))
+        fp = sum(t != name and p == name for t, p in zip(true, predicted, strict=True))
+        fn = sum(t == name and p != name for t, p in zip(true, predicted, strict=True))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores[name] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+    return scores
+
+
+def evaluate(probabilities: np.ndarray, labels: np.ndarray, classes: list[str]) -> Evaluation:
+    predicted = probabilities.argmax(axis=1)
+    true_names = [classes[i] for i in labels]
+    predicted_names = [classes[i] for i in predicted]
+    per_class = f1_scores(true_names, predicted_names, classes)
+    confusion = np.zeros((len(classes), len(classes)), dtype=int)
+    for t, p in zip(labels, predicted, strict=True):
+        confusion[t, p] += 1
+    pairs = [
+        (classes[t], classes[p], int(confusion[t, p]))
+        for t in range(len(classes))
+        for p in range(len(classes))
+        if t != p and confusion[t, p]
+    ]
+    return Evaluation(
+        accuracy=float((predicted == labels).mean()) if len(labels) else 0.0,
+        macro_f1=float(np.mean([s["f1"] for s in per_class.values()])) if classes else 0.0,
+        per_class=per_class,
+        confusion=confusion.tolist(),
+        most_confused=sorted(pairs, key=lambda x: -x[2])[:10],
+    )
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    reason: str
+    common_classes: list[str]
+    candidate_macro_f1: float | None
+    current_macro_f1: float | None
+
+
+def gate(
+    true: list[str],
+    candidate: list[str],
+    current: list[str] | None,
+    current_classes: list[str],
+    max_drop: float,
+) -> GateResult:
+    """Publish only if, on the same validation pictures and the classes both models know, the
+    candidate's macro-F1 is at most `max_drop` below the current model's."""
+    if current is None:
+        return GateResult(True, "no current model", [], None, None)
+    common = sorted(set(current_classes) & set(true))
+    if not common:
+        return GateResult(True, "the current model knows none of these classes", [], None, None)
+    keep = [i for i, t in enumerate(true) if t in common]
+
+    def macro_f1(predicted: list[str]) -> float:
+        scores = f1_scores([true[i] for i in keep], [predicted[i] for i in keep], common)
+        return float(np.mean([s["f1"] for s in scores.values()]))
+
+    new, old = macro_f1(candidate), macro_f1(current)
+    passed = new >= old - max_drop
+    verdict = "not worse" if passed else "worse"
+    reason = (
+        f"macro-F1 on {len(common)} shared classes: "
+        f"candidate {new:.4f}, current {old:.4f} ({verdict})"
+    )
+    return GateResult(passed, reason, common, new, old)
+
+
+def confusion_png(confusion: list[list[int]], classes: list[str]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a server
+    import matplotlib.pyplot as plt
+
+    matrix = np.array(confusion)
+    size = max(4.0, 0.6 * len(classes) + 2)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(matrix, cmap="Blues")
+    axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axes.set_yticks(range(len(classes)), classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    for (row, column), value in np.ndenumerate(matrix):
+        colour = "white" if value > matrix.max() / 2 else "black"
+        axes.text(column, row, str(value), ha="center", va="center", color=colour)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def report_files(
+    report: dict[str, Any], classes: list[str], evaluation: Evaluation
+) -> dict[str, bytes]:
+    return {
+        "report.json": json.dumps(report, indent=2, default=str).encode(),
+        "report.md": report_markdown(report, classes, evaluation).encode(),
+        "confusion.png": confusion_png(evaluation.confusion, classes),
+    }
+
+
+def report_markdown(report: dict[str, Any], classes: list[str], evaluation: Evaluation) -> str:
+    cal = report["calibration"]
+    lines = [
+        f"# Model {report['version']}",
+        "",
+        f"Created {report['created']}; parent {report.get('parent') or 'none'}; "
+        f"{report['data']['train']} training and {report['data']['val']} validation pictures.",
+        "",
+        f"**Outcome: {report['outcome']}** — {report['gate']['reason']}",
+        "",
+        "## Held-out results",
+        "",
+        f"- accuracy **{evaluation.accuracy:.3f}**, macro-F1 **{evaluation.macro_f1:.3f}**",
+        f"- temperature {cal['temperature']:.3f}; expected calibration error "
+        f"{cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after scaling",
+        f"- at the calibrated thresholds (target precision {cal['target_precision']}): "
+        f"{cal['expected_auto_share']:.1%} auto-sorted "
+        f"at {cal['expected_auto_precision']:.1%} precision; "
+        f"the rest go to needs_review",
+        "",
+        "| class | precision | recall | F1 | support | threshold |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in classes:
+        s = evaluation.per_class[name]
+        lines.append(
+            f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | "
+            f"{int(s['support'])} | {cal['thresholds'][name]:.3f} |"
+        )
+    lines += [
+        "",
+        "## Confusion matrix (rows: true, columns: predicted)",
+        "",
+        "![confusion](confusion.png)",
+        "",
+    ]
+    lines.append("| true \\ predicted | " + " | ".join(classes) + " |")
+    lines.append("|---" * (len(classes) + 1) + "|")
+    for name, row in zip(classes, evaluation.confusion, strict=True):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "## Most confused pairs", ""]
+    lines += [f"- {t} taken for {p}: {n}" for t, p, n in evaluation.most_confused] or ["- none"]
+    lines += [
+        "",
+        "## Precision against coverage (one global threshold)",
+        "",
+        "| threshold | auto-sorted | precision |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {r['threshold']:.2f} | {r['coverage']:.1%} | {r['precision']:.1%} |"
+        for r in report["precision_coverage"]
+    ]
+    lines += ["", "## Validation pictures it got wrong", ""]
+    lines += [
+        f"- `{w['path']}`: {w['true']} taken for {w['predicted']} ({w['confidence']:.2f})"
+        for w in report["wrong"]
+    ] or ["- none"]
+    return "\n".join(lines) + "\n"

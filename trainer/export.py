@@ -1,0 +1,55 @@
+"""Export to ONNX and prove ONNX Runtime computes what PyTorch computes before anything ships."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from daemon.classify import open_session
+from daemon.decide import softmax
+
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportMismatch(Exception):
+    pass
+
+
+def export_onnx(model: torch.nn.Module, crop: int, path: Path, output: str = "logits") -> Path:
+    model.eval()  # before export: dropout off, BatchNorm on running statistics
+    sample = torch.zeros(1, 3, crop, crop)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with warnings.catch_warnings():
+        # the TorchScript exporter warns that the "same" padding is traced as constants: it is
+        # meant to be, the input size is fixed by the manifest
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (sample,), temporary, input_names=["input"], output_names=[output],
+            dynamic_axes={"input": {0: "N"}, output: {0: "N"}}, dynamo=False, opset_version=17,
+        )  # fmt: skip
+    onnx.checker.check_model(onnx.load(temporary))
+    os.replace(temporary, path)
+    return path
+
+
+def check_parity(
+    model: torch.nn.Module, onnx_path: Path, inputs: np.ndarray, temperature: float
+) -> float:
+    """Largest difference between PyTorch's and ONNX Runtime's probabilities; raises if it is
+    above PARITY_TOLERANCE."""
+    model.eval()
+    with torch.no_grad():
+        expected = softmax(model(torch.from_numpy(inputs)).numpy(), temperature)
+    (logits,) = open_session(onnx_path, 2).run(None, {"input": inputs})
+    difference = float(np.abs(softmax(logits, temperature) - expected).max())
+    if not difference <= PARITY_TOLERANCE:
+        raise ExportMismatch(
+            f"ONNX Runtime and PyTorch disagree by {difference:.2e} in probability "
+            f"(limit {PARITY_TOLERANCE:.0e}); refusing to publish"
+        )
+    return difference
