@@ -102,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = command("models", models_list_command, "list published models")
     models_sub = models.add_subparsers(metavar="ACTION")
     listing = models_sub.add_parser("list", help="list versions (the default)")
+    listing.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     listing.set_defaults(handler=models_list_command)
     rollback = models_sub.add_parser("rollback", help="switch `current` back to an earlier version")
+    rollback.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     rollback.add_argument("version", nargs="?", help="default: the current model's parent")
     rollback.set_defaults(handler=models_rollback_command)
     return parser

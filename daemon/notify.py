@@ -20,6 +20,9 @@ class Notifier:
             if address.startswith("@"):  # abstract namespace socket
                 self._address = "\0" + address[1:]
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never let a manager that stopped reading stall sorting: a full socket buffer
+            # drops the message (the next ping follows within seconds) instead of blocking.
+            self._socket.setblocking(False)
         # systemd wants pings at least every WatchdogSec; ping at half that
         self.watchdog_interval_s = int(watchdog_usec) / 2e6 if watchdog_usec else None
 
@@ -30,7 +33,7 @@ class Notifier:
     def _send(self, message: str) -> None:
         if self._socket is None or self._address is None:
             return
-        with contextlib.suppress(OSError):  # the service manager went away: nothing to do
+        with contextlib.suppress(OSError):  # gone or not reading (EAGAIN): nothing to do
             self._socket.sendto(message.encode("utf-8"), self._address)
 
     def ready(self, status: str) -> None:

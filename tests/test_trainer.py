@@ -1,0 +1,321 @@
+"""The trainer on real photos (clothing10, small budgets), real ONNX exports and a real daemon."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch", reason="the trainer needs the train extra")
+
+from conftest import CLOTHING10, Daemon, Home, make_home, sortbox, wait_until  # noqa: E402
+
+from daemon.journal import Journal, Review, Sorted  # noqa: E402
+from daemon.manifest import current_version, read_manifest  # noqa: E402
+from daemon.preprocess import Preprocessing, normalise, resize_and_crop  # noqa: E402
+from daemon.settings import load_settings  # noqa: E402
+from trainer.calibrate import calibrate, expected_calibration_error, fit_temperature  # noqa: E402
+from trainer.data import gather  # noqa: E402
+from trainer.export import ExportMismatch, check_parity, export_onnx  # noqa: E402
+from trainer.imagenet_groups import imagenet_groups  # noqa: E402
+from trainer.model import imagenet_lite0, map_weights  # noqa: E402
+from trainer.publish import prune, publish  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not CLOTHING10.is_dir(), reason=f"needs {CLOTHING10}")
+SMALL = {"head_epochs": 25, "finetune_epochs": 2, "augmented_views": 1, "threads": 2}
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Features depend only on picture content, so tests share one cache."""
+    return tmp_path_factory.mktemp("feature-cache")
+
+
+def copy_photos(target: Path, per_class: dict[str, int], skip: int = 0) -> None:
+    for name, count in per_class.items():
+        (target / name).mkdir(parents=True, exist_ok=True)
+        for photo in sorted((CLOTHING10 / name).iterdir())[skip : skip + count]:
+            shutil.copy(photo, target / name / photo.name)
+
+
+def trainer_home(root: Path, cache: Path, **train: object) -> Home:
+    home = make_home(root, dataset="dataset", cache_dir=str(cache))
+    settings = {**SMALL, **train}
+    with home.config.open("a") as fh:
+        fh.write("[train]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()))
+    return home
+
+
+# -- the backbone --------------------------------------------------------------------------------
+
+
+def skimage_photo(name: str) -> Image.Image:
+    data = pytest.importorskip("skimage.data", reason="scikit-image ships the test photos")
+    return Image.fromarray(getattr(data, name)()).convert("RGB")
+
+
+def test_backbone_mapping_still_recognises_real_photos() -> None:
+    network = imagenet_lite0()
+    spec = Preprocessing()  # 256 resize, 224 centre crop, (x - 127) / 128
+    batch = np.stack(
+        [normalise(resize_and_crop(skimage_photo(n), spec), spec) for n in ("chelsea", "coffee")]
+    )
+    with torch.no_grad():
+        top = network(torch.from_numpy(batch)).argmax(dim=1).tolist()
+    assert 281 <= top[0] <= 285, f"chelsea should be a cat class, got {top[0]}"
+    assert top[1] == 967, f"coffee should be espresso, got {top[1]}"
+
+
+def test_weight_mapping_refuses_unknown_keys() -> None:
+    with pytest.raises(KeyError, match="_se_reduce"):
+        map_weights({"_blocks.0._se_reduce.weight": torch.zeros(1)})
+
+
+def test_imagenet_groups_cover_every_class_exactly_once() -> None:
+    groups = imagenet_groups()
+    indices = sorted(i for members in groups.values() for i in members)
+    assert indices == list(range(1000))
+    assert 281 in groups["animals"] and 967 in groups["food"] and 817 in groups["vehicles"]
+
+
+def test_default_model_sorts_real_photos_into_everyday_folders(tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    assert sortbox("init", config=home.config).returncode == 0
+    manifest = read_manifest(home.models / current_version(home.models))
+    assert manifest.kind == "default" and "animals" in manifest.classes
+    skimage_photo("chelsea").save(home.inbox / "cat.jpg")
+    skimage_photo("coffee").save(home.inbox / "espresso.png")
+    result = sortbox("sort", str(home.inbox), config=home.config)
+    assert result.returncode == 0, result.stderr
+    labels = {e["src"]: e["label"] for e in home.file_events()}
+    assert labels == {"cat.jpg": "animals", "espresso.png": "food"}
+
+
+# -- the data rules ------------------------------------------------------------------------------
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_training_set_rules(tmp_path: Path, feature_cache: Path) -> None:
+    home = trainer_home(tmp_path, feature_cache, min_images_per_class=5)
+    dataset = tmp_path / "dataset"
+    copy_photos(dataset, {"hat": 10, "pants": 10, "shoes": 3})
+    hats = sorted((dataset / "hat").iterdir())
+    pants = sorted((dataset / "pants").iterdir())
+    # the same picture under two labels: reported, left out
+    shutil.copy(pants[0], dataset / "hat" / "also-pants.jpg")
+    # a resized re-encoded copy: a near-duplicate, must share its original's split
+    original = Image.open(hats[1])
+    (dataset / "hat" / "smaller-copy.jpg").write_bytes(jpeg(original.resize((200, 266))))
+    # unreadable
+    (dataset / "hat" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+
+    library = home.library
+    for folder in ("hat", "pants", "needs_review"):
+        (library / folder).mkdir(parents=True)
+    extra = sorted((CLOTHING10 / "hat").iterdir())[50:54]
+    reviewed, corrected, untouched, added = (
+        library / "hat" / "r.jpg",
+        library / "pants" / "c.jpg",
+        library / "hat" / "u.jpg",
+        library / "pants" / "a.jpg",
+    )
+    for src, dst in zip(extra, (reviewed, corrected, untouched, added), strict=True):
+        shutil.copy(src, dst)
+    # an exact duplicate of a dataset picture in the library: counted once
+    shutil.copy(hats[2], library / "hat" / "dup.jpg")
+    from daemon.place import sha256_of
+
+    def placed(kind: type, path: Path, folder: str) -> object:
+        return kind(
+            src=path.name,
+            root="/inbox",
+            sha256=sha256_of(path),
+            size=1,
+            dest=f"{folder}/{path.name}",
+            label="hat",
+            confidence=0.5,
+        )
+
+    with Journal(home.journal) as journal:
+        journal.append(
+            [
+                placed(Review, reviewed, "needs_review"),
+                placed(Sorted, corrected, "hat"),
+                placed(Sorted, untouched, "hat"),
+            ]
+        )
+
+    settings = load_settings(home.config)
+    data = gather(settings)
+    by_path = {e.path.name: e for e in data.train + data.val}
+    assert data.classes == ["hat", "pants"]  # shoes: too few
+    assert any(what == "shoes" and "fewer than 5" in why for what, why in data.excluded)
+    assert by_path["r.jpg"].origin == "reviewed" and by_path["r.jpg"].label == "hat"
+    assert by_path["c.jpg"].origin == "corrected" and by_path["c.jpg"].label == "pants"
+    assert by_path["a.jpg"].origin == "user added"
+    assert "u.jpg" not in by_path, "auto-sorted and untouched is not a label"
+    assert "dup.jpg" not in by_path or hats[2].name not in by_path  # counted once
+    assert len(data.conflicts) == 1 and data.conflicts[0][1] == ["hat", "pants"]
+    assert "also-pants.jpg" not in by_path and pants[0].name not in by_path
+    assert any("broken.jpg" in what and "unreadable" in why for what, why in data.excluded)
+    val = {e.path.name for e in data.val}
+    assert (hats[1].name in val) == ("smaller-copy.jpg" in val), "near-duplicates split together"
+
+    # deterministic: same split again, and adding pictures moves none of the old ones
+    again = gather(settings)
+    assert {e.sha256 for e in again.val} == {e.sha256 for e in data.val}
+    copy_photos(dataset, {"hat": 5, "pants": 5}, skip=60)
+    grown = gather(settings)
+    old = {e.sha256 for e in data.train + data.val}
+    assert {e.sha256 for e in grown.val} & old == {e.sha256 for e in data.val}
+
+    trusting = load_settings(home.config).model_copy(
+        update={"train": settings.train.model_copy(update={"trust_auto_sorted": True})}
+    )
+    assert "u.jpg" in {e.path.name for e in gather(trusting).train + gather(trusting).val}
+
+    dry = sortbox("train", "--dry-run", config=home.config)
+    assert dry.returncode == 0 and "excluded shoes" in dry.stdout and "1 corrected" in dry.stdout
+    assert not home.models.exists() or current_version(home.models) is None
+
+
+# -- calibration ---------------------------------------------------------------------------------
+
+
+def test_temperature_scaling_recovers_overconfidence_and_thresholds_hit_the_target() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2.0, size=(4000, 4))
+    probabilities = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(4, p=p) for p in probabilities])
+    overconfident = true_logits * 3.0
+    assert fit_temperature(overconfident, labels) == pytest.approx(3.0, rel=0.1)
+
+    classes = ["a", "b", "c", "d"]
+    calibration = calibrate(overconfident, labels, classes, target=0.9)
+    scaled = np.exp(overconfident / calibration.temperature)
+    scaled /= scaled.sum(axis=1, keepdims=True)
+    assert expected_calibration_error(scaled, labels) < expected_calibration_error(
+        np.exp(overconfident) / np.exp(overconfident).sum(axis=1, keepdims=True), labels
+    )
+    predicted, confidence = scaled.argmax(axis=1), scaled.max(axis=1)
+    auto = confidence >= np.array([calibration.thresholds[classes[p]] for p in predicted])
+    assert (predicted[auto] == labels[auto]).mean() >= 0.9
+    assert calibration.expected_auto_share == pytest.approx(auto.mean())
+    assert 0.1 < calibration.expected_auto_share < 1.0
+
+
+# -- export and publishing -----------------------------------------------------------------------
+
+
+def test_parity_check_fails_loudly_when_onnx_differs(tmp_path: Path) -> None:
+    network = imagenet_lite0()
+    onnx_path = export_onnx(network, 224, tmp_path / "model.onnx")
+    inputs = np.random.default_rng(0).uniform(-1, 1, (2, 3, 224, 224)).astype(np.float32)
+    assert check_parity(network, onnx_path, inputs, 1.0) < 1e-4
+    with torch.no_grad():
+        network.classifier.bias += torch.linspace(0, 3, 1000)
+    with pytest.raises(ExportMismatch, match="disagree"):
+        check_parity(network, onnx_path, inputs, 1.0)
+
+
+def test_publish_is_atomic_and_pruning_keeps_the_current(tmp_path: Path) -> None:
+    from conftest import tiny_onnx_model
+
+    models = tmp_path / "models"
+    models.mkdir()
+    onnx_path = tiny_onnx_model(tmp_path / "m.onnx", np.eye(3), 32)
+    fields = {
+        "created": datetime.now(UTC),
+        "classes": ["a", "b", "c"],
+        "preprocessing": {"resize": 36, "crop": 32},
+        "thresholds": {"a": 0.5, "b": 0.5, "c": 0.5},
+    }
+    publish(models, onnx_path, {**fields, "version": "v1"})
+    with pytest.raises(ValueError):
+        publish(models, onnx_path, {**fields, "version": "v2", "classes": ["a", "../b", "c"]})
+    assert current_version(models) == "v1"
+    assert sorted(p.name for p in models.iterdir()) == ["current", "v1"], "no half-published folder"
+    for n in range(2, 6):
+        publish(
+            models,
+            onnx_path,
+            {**fields, "version": f"v{n}", "created": datetime(2030, 1, n, tzinfo=UTC)},
+        )
+    from daemon.manifest import point_current_to
+
+    point_current_to(models, "v1")
+    assert sorted(prune(models, keep=2)) == ["v2", "v3"]
+    assert sorted(p.name for p in models.iterdir()) == ["current", "v1", "v4", "v5"]
+
+
+def test_train_publish_skip_gate_rollback_with_a_running_daemon(
+    tmp_path: Path, feature_cache: Path
+) -> None:
+    home = trainer_home(tmp_path, feature_cache)
+    copy_photos(tmp_path / "dataset", {"hat": 14, "pants": 14, "shoes": 14})
+    assert sortbox("init", config=home.config).returncode == 0
+    default = current_version(home.models)
+    daemon = Daemon(home).start()
+    try:
+        first = sortbox("train", config=home.config, timeout=600)
+        assert first.returncode == 0, first.stdout + first.stderr
+        trained = current_version(home.models)
+        assert trained != default
+        manifest = read_manifest(home.models / trained)
+        assert manifest.classes == ["hat", "pants", "shoes"] and manifest.parent == default
+        assert manifest.metrics["accuracy"] >= 0.7
+        report = json.loads((home.models / trained / "report.json").read_text())
+        assert report["training"]["onnx_parity_max_diff"] < 1e-4
+        assert {"report.md", "confusion.png", "model.onnx"} <= {
+            p.name for p in (home.models / trained).iterdir()
+        }
+        # the running daemon switches to it without a restart
+        wait_until(
+            lambda: any(e.get("model") == trained for e in home.events("model")), 20, "switch"
+        )
+        shutil.copy(sorted((CLOTHING10 / "shoes").iterdir())[100], home.inbox / "new-shoe.jpg")
+        wait_until(lambda: home.file_events(), 20, "the shoe to be sorted")
+        assert home.file_events()[0]["model"] == trained
+
+        # nothing changed: skipped, quickly
+        again = sortbox("train", config=home.config)
+        assert again.returncode == 0 and "skipped" in again.stdout
+
+        # a much weaker candidate on changed data: the gate keeps the current model
+        copy_photos(tmp_path / "dataset", {"hat": 2}, skip=80)
+        weak = sortbox(
+            "train",
+            config=home.config,
+            timeout=600,
+            env={
+                "SORTBOX_TRAIN__HEAD_EPOCHS": "1",
+                "SORTBOX_TRAIN__FINETUNE_EPOCHS": "0",
+                "SORTBOX_TRAIN__MAX_MACRO_F1_DROP": "0",
+            },
+        )
+        assert weak.returncode == 3, weak.stdout + weak.stderr
+        assert current_version(home.models) == trained
+        rejected = next((home.models / "rejected").iterdir())
+        assert "(worse)" in (rejected / "report.md").read_text()
+
+        # rollback to the parent, atomically, and the daemon follows
+        back = sortbox("models", "rollback", config=home.config)
+        assert back.returncode == 0 and current_version(home.models) == default
+        wait_until(lambda: home.events("model")[-1]["model"] == default, 20, "switch back")
+        listing = sortbox("models", "list", config=home.config).stdout
+        assert trained in listing and f"* {default}" in listing
+        runs = home.events("train")
+        assert [r["outcome"] for r in runs] == ["published", "skipped", "rejected"]
+    finally:
+        daemon.stop()
