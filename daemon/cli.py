@@ -108,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     rollback.add_argument("version", nargs="?", help="default: the current model's parent")
     rollback.set_defaults(handler=models_rollback_command)
+    status = command(
+        "status", status_command, "model, recent counts, review rate, last training, inbox"
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    command("doctor", doctor_command, "check the setup and say what to fix")
+
+    units = command("install-units", install_units_command, "write systemd units for this install")
+    units.add_argument("--user", action="store_true", help="user units (~/.config/systemd/user)")
+    units.add_argument("--target", type=Path, help="write into this folder instead")
     return parser
 
 
@@ -277,6 +287,35 @@ def models_rollback_command(settings: Settings, args: argparse.Namespace) -> int
     verify_model_file(settings.models_dir / target, read_manifest(settings.models_dir / target))
     point_current_to(settings.models_dir, target)
     print(json.dumps({"current": target}))
+    return EXIT_OK
+
+
+def status_command(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.status import gather_status, render
+
+    status = gather_status(settings)
+    print(json.dumps(status, indent=2, default=str) if args.json else render(status))
+    return EXIT_OK
+
+
+def doctor_command(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.doctor import check, render
+
+    findings = check(settings)
+    print(render(findings))
+    return EXIT_FAILURE if any(f.level == "fail" for f in findings) else EXIT_OK
+
+
+def install_units_command(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.settings import default_config_path
+    from daemon.units import install_units, unit_folder
+
+    config = (args.config or default_config_path()).absolute()
+    commands = install_units(settings, config, args.user, args.target)
+    print(f"wrote sortbox.service, sortbox-train.service, sortbox-train.timer to "
+          f"{args.target or unit_folder(args.user)}; nothing was started. Next:")  # fmt: skip
+    for line in commands:
+        print(f"  {line}")
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ line ("orphans"), so they are adopted rather than copied a second time.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +32,12 @@ class DoneIndex:
 
     @classmethod
     def load(cls, journal: Path, library: Path) -> DoneIndex:
+        return cls.from_events(read_journal(journal), library)
+
+    @classmethod
+    def from_events(cls, events: Iterable[Event], library: Path) -> DoneIndex:
         index = cls()
-        for event in read_journal(journal):
+        for event in events:
             index.record(event)
         index._orphans = index._find_orphans(library)
         return index

@@ -1,0 +1,126 @@
+"""`sortbox doctor`: check a setup and say what to fix, one line each."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from daemon.classify import load_current
+from daemon.manifest import ModelError
+from daemon.settings import Settings
+from daemon.watch import filesystem_type, needs_polling
+
+MIN_FREE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Literal["ok", "warn", "fail"]
+    message: str
+
+
+def check(settings: Settings) -> list[Finding]:
+    findings = [*_folders(settings), _same_filesystem(settings), _inotify(settings)]
+    findings += [_network(settings), _model(settings), _disk(settings)]
+    return findings
+
+
+def _folders(settings: Settings) -> list[Finding]:
+    found = []
+    for name, path in (
+        ("inbox", settings.inbox),
+        ("library", settings.library),
+        ("journal folder", settings.journal.parent),
+        ("models_dir", settings.models_dir),
+    ):
+        if not path.exists():
+            found.append(
+                Finding("warn", f"{name} {path} does not exist yet (sortbox run creates it)")
+            )
+        elif not os.access(path, os.W_OK | os.X_OK):
+            found.append(
+                Finding(
+                    "fail", f"{name} {path} is not writable by this user: fix its owner or mode"
+                )
+            )
+        else:
+            found.append(Finding("ok", f"{name} {path} exists and is writable"))
+    return found
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _same_filesystem(settings: Settings) -> Finding:
+    inbox, library = _existing(settings.inbox), _existing(settings.library)
+    if os.stat(inbox).st_dev == os.stat(library).st_dev:
+        message = (
+            "inbox and library share a filesystem: copies are local, and "
+            'on_success = "delete" frees the inbox space'
+        )
+    else:
+        message = (
+            "inbox and library are on different filesystems: every picture is copied across "
+            "(still atomic: the temp file and the rename both happen inside the library)"
+        )
+    return Finding("ok", message)
+
+
+def _inotify(settings: Settings) -> Finding:
+    try:
+        limit = int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+    except (OSError, ValueError):
+        return Finding("warn", "cannot read the inotify watch limit")
+    folders = sum(1 for _ in os.walk(settings.inbox)) if settings.inbox.is_dir() else 1
+    if folders * 2 > limit:
+        return Finding(
+            "fail",
+            f"inbox has {folders} folders but the inotify limit is {limit}: "
+            'raise fs.inotify.max_user_watches, or set watch_mode = "poll"',
+        )
+    return Finding("ok", f"inotify: {folders} folders to watch, limit {limit}")
+
+
+def _network(settings: Settings) -> Finding:
+    fstype = filesystem_type(_existing(settings.inbox)) or "unknown"
+    if needs_polling(_existing(settings.inbox)):
+        mode = (
+            "polling"
+            if settings.watch_mode in ("auto", "poll")
+            else "inotify (will miss remote writes!)"
+        )
+        level = "ok" if settings.watch_mode != "inotify" else "fail"
+        return Finding(level, f"inbox is on a network/FUSE filesystem ({fstype}): using {mode}")
+    return Finding(
+        "ok", f"inbox is on a local filesystem ({fstype}): watch mode {settings.watch_mode}"
+    )
+
+
+def _model(settings: Settings) -> Finding:
+    try:
+        classifier = load_current(settings.models_dir, 1)
+    except ModelError as exc:
+        return Finding("fail", f"model: {exc}")
+    manifest = classifier.manifest
+    return Finding("ok", f"model {manifest.version} loads and matches its checksum "
+                   f"({len(manifest.classes)} classes)")  # fmt: skip
+
+
+def _disk(settings: Settings) -> Finding:
+    usage = shutil.disk_usage(_existing(settings.library))
+    free_gb = usage.free / 2**30
+    if usage.free < MIN_FREE_BYTES or usage.free < usage.total * 0.02:
+        return Finding("fail", f"only {free_gb:.1f} GiB free for the library: sorted copies will "
+                       "fail (inputs stay safely in the inbox)")  # fmt: skip
+    return Finding("ok", f"{free_gb:.1f} GiB free for the library")
+
+
+def render(findings: list[Finding]) -> str:
+    marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+    return "\n".join(f"{marks[f.level]} {f.message}" for f in findings)

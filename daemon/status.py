@@ -1,0 +1,141 @@
+"""`sortbox status`: how the sorter is doing, from the journal, the models and the inbox."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from daemon.index import DoneIndex
+from daemon.intake import identity_of, walk_files
+from daemon.journal import (
+    Duplicate,
+    Event,
+    Rejected,
+    Review,
+    Sorted,
+    TrainingRun,
+    read_journal,
+    utc_now,
+)
+from daemon.manifest import ModelError, current_version, read_manifest
+from daemon.settings import Settings
+
+COUNTED = {"sorted": Sorted, "review": Review, "rejected": Rejected, "duplicate": Duplicate}
+MIN_FILES_FOR_DRIFT = 20
+
+
+def gather_status(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
+    now = now or utc_now()
+    events = list(read_journal(settings.journal))
+    status: dict[str, Any] = {"model": _model(settings, now)}
+    status["last_hour"] = _counts(events, now - timedelta(hours=1))
+    status["last_day"] = _counts(events, now - timedelta(days=1))
+    status["review_rate"] = _review_rate(
+        status["last_day"], status["model"].get("expected_review_rate")
+    )
+    status["last_training"] = _last_training(events)
+    status["inbox_waiting"] = _waiting(settings, events)
+    return status
+
+
+def _model(settings: Settings, now: datetime) -> dict[str, Any]:
+    version = current_version(settings.models_dir)
+    if version is None:
+        return {"version": None, "problem": "no current model (run `sortbox init`)"}
+    try:
+        manifest = read_manifest(settings.models_dir / version)
+    except ModelError as exc:
+        return {"version": version, "problem": str(exc)}
+    return {
+        "version": version,
+        "kind": manifest.kind,
+        "created": manifest.created.isoformat(),
+        "age_days": round((now - manifest.created).total_seconds() / 86400, 2),
+        "classes": manifest.classes,
+        "expected_review_rate": manifest.expected_review_rate,
+    }
+
+
+def _counts(events: list[Event], since: datetime) -> dict[str, int]:
+    return {
+        name: sum(isinstance(e, kind) and e.ts >= since for e in events)
+        for name, kind in COUNTED.items()
+    }
+
+
+def _review_rate(counts: dict[str, int], expected: float | None) -> dict[str, Any]:
+    decided = counts["sorted"] + counts["review"]
+    observed = counts["review"] / decided if decided else None
+    drift = False
+    if observed is not None and expected is not None and decided >= MIN_FILES_FOR_DRIFT:
+        # clearly higher: 3 standard errors above what validation predicted, and 5 points
+        spread = math.sqrt(max(expected * (1 - expected), 1e-4) / decided)
+        drift = observed - expected > max(3 * spread, 0.05)
+    return {"observed": observed, "expected": expected, "files": decided, "drift": drift}
+
+
+def _last_training(events: list[Event]) -> dict[str, Any] | None:
+    runs = [e for e in events if isinstance(e, TrainingRun)]
+    if not runs:
+        return None
+    last = runs[-1]
+    return {
+        "ts": last.ts.isoformat(),
+        "outcome": last.outcome,
+        "model": last.model,
+        "reason": last.reason,
+    }
+
+
+def _waiting(settings: Settings, events: list[Event]) -> int:
+    if not settings.inbox.is_dir():
+        return 0
+    index = DoneIndex.from_events(events, Path("/nonexistent"))
+    waiting = 0
+    for path in walk_files(settings.inbox, settings.ignore):
+        identity = identity_of(path)
+        if identity is not None and index.source(path, identity) is None:
+            waiting += 1
+    return waiting
+
+
+def render(status: dict[str, Any]) -> str:
+    model = status["model"]
+    lines = []
+    if model.get("problem"):
+        lines.append(f"model:          {model.get('version') or '-'}: {model['problem']}")
+    else:
+        lines.append(
+            f"model:          {model['version']} ({model['kind']}, "
+            f"{model['age_days']:.1f} days old, {len(model['classes'])} classes)"
+        )
+    for key, title in (("last_hour", "last hour"), ("last_day", "last day")):
+        c = status[key]
+        lines.append(
+            f"{title + ':':15} {c['sorted']} sorted, {c['review']} to review, "
+            f"{c['rejected']} rejected, {c['duplicate']} duplicates"
+        )
+    rate = status["review_rate"]
+    if rate["observed"] is None:
+        lines.append("review rate:    no files in the last day")
+    else:
+        expected = f"{rate['expected']:.0%}" if rate["expected"] is not None else "unknown"
+        lines.append(
+            f"review rate:    {rate['observed']:.0%} of {rate['files']} (model expected {expected})"
+        )
+        if rate["drift"]:
+            lines.append(
+                "WARNING:        far more pictures go to review than the model expected: "
+                "the pictures changed; review them and run `sortbox train`"
+            )
+    training = status["last_training"]
+    if training is None:
+        lines.append("last training:  never")
+    else:
+        lines.append(
+            f"last training:  {training['ts']}: {training['outcome']} ({training['reason']})"
+        )
+    lines.append(f"inbox waiting:  {status['inbox_waiting']} files")
+    return "\n".join(lines)

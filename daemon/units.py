@@ -1,0 +1,114 @@
+"""`sortbox install-units`: write the systemd units with this install's real paths.
+
+It never starts anything: it prints the systemctl commands for the user to run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from daemon.settings import Settings
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "systemd"
+UNITS = ("sortbox.service", "sortbox-train.service", "sortbox-train.timer")
+
+
+def sortbox_executable() -> Path:
+    found = Path(sys.executable).parent / "sortbox"
+    if found.exists():
+        return found
+    which = shutil.which("sortbox")
+    return Path(which) if which else found
+
+
+def render_units(
+    settings: Settings, config: Path, user_mode: bool, executable: Path
+) -> dict[str, str]:
+    # the journal file itself, not its folder (by default the folder holding config.toml);
+    # "-": not an error if it does not exist yet
+    journal = f"-{_quote(settings.journal)}"
+    cache = settings.resolved_cache_dir
+    daemon_paths = owned_folders(settings)
+    if settings.metrics_textfile is not None:
+        daemon_paths = _unique([*daemon_paths, settings.metrics_textfile.parent])
+    train_paths = _unique([settings.models_dir, cache])
+    watched = [*daemon_paths, settings.journal, config.parent, executable.parent]
+    under_home = any(str(p).startswith(("/home/", "/root/")) for p in watched)
+    values = {
+        "@REPO@": str(TEMPLATES.parent),
+        "@SORTBOX@": str(executable),
+        "@CONFIG@": str(config),
+        "@INBOX@": str(settings.inbox),
+        "@MOUNTS@": " ".join(_quote(p) for p in daemon_paths),
+        "@READ_WRITE@": " ".join([*(_quote(p) for p in daemon_paths), journal]),
+        "@TRAIN_READ_WRITE@": " ".join([*(_quote(p) for p in train_paths), journal]),
+        # paths under /home must stay visible; read-only except the ReadWritePaths above
+        "@PROTECT_HOME@": "read-only" if under_home else "yes",
+        "@IDENTITY@": "" if user_mode else "User=sortbox\nGroup=sortbox",
+        "@WANTED_BY@": "default.target" if user_mode else "multi-user.target",
+    }
+    units = {}
+    for name in UNITS:
+        template = (
+            TEMPLATES / (name + ".in")
+            if (TEMPLATES / (name + ".in")).exists()
+            else TEMPLATES / name
+        )
+        text = template.read_text(encoding="utf-8")
+        for key, value in values.items():
+            text = text.replace(key, value)
+        units[name] = text
+    return units
+
+
+def owned_folders(settings: Settings) -> list[Path]:
+    return _unique([settings.inbox, settings.library, settings.models_dir])
+
+
+def _unique(paths: list[Path]) -> list[Path]:
+    return list(dict.fromkeys(paths))
+
+
+def _quote(path: Path) -> str:
+    text = str(path)
+    # systemd unit syntax: spaces need quoting, specifiers need doubling
+    text = text.replace("%", "%%")
+    return f'"{text}"' if " " in text else text
+
+
+def unit_folder(user_mode: bool) -> Path:
+    if user_mode:
+        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        return Path(base) / "systemd" / "user"
+    return Path("/etc/systemd/system")
+
+
+def install_units(
+    settings: Settings, config: Path, user_mode: bool, target: Path | None = None
+) -> list[str]:
+    """Write the units; return the commands the user should run next."""
+    folder = target or unit_folder(user_mode)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in render_units(settings, config, user_mode, sortbox_executable()).items():
+        temporary = folder / f".{name}.tmp"
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, folder / name)
+    ctl = "systemctl --user" if user_mode else "sudo systemctl"
+    commands = []
+    if not user_mode:
+        folders = " ".join(_quote(p) for p in owned_folders(settings))
+        journal = _quote(settings.journal)
+        commands += [
+            "sudo useradd --system --no-create-home --shell /usr/sbin/nologin sortbox",
+            f"sudo mkdir -p {folders} && sudo touch {journal}",
+            f"sudo chown -R sortbox:sortbox {folders} && sudo chown sortbox:sortbox {journal}",
+        ]
+    commands += [
+        f"{ctl} daemon-reload",
+        f"{ctl} enable --now sortbox.service sortbox-train.timer",
+        f"{ctl} status sortbox.service",
+    ]
+    return commands
