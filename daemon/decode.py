@@ -6,7 +6,7 @@ import errno
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,10 +23,16 @@ class Decoded:
     pixels: np.ndarray | None
     problem: str | None  # why it is rejected; None for a usable picture
     spec: Preprocessing
+    content: bytes | None = field(default=None, repr=False)  # the bytes hashed, if small enough
 
     @property
     def readable(self) -> bool:
         return self.sha256 is not None
+
+
+# Inputs up to this size are kept in memory from hashing to copying (one read, one hash);
+# larger ones are streamed again and re-hashed at copy time.
+KEEP_BYTES = 32 * 1024 * 1024
 
 
 def read_and_prepare(
@@ -37,8 +43,9 @@ def read_and_prepare(
         identity: Identity | None = None,
         sha256: str | None = None,
         pixels: np.ndarray | None = None,
+        content: bytes | None = None,
     ) -> Decoded:
-        return Decoded(arrival, identity, sha256, pixels, problem, spec)
+        return Decoded(arrival, identity, sha256, pixels, problem, spec, content)
 
     try:
         fd = open_input(arrival.path)
@@ -66,10 +73,11 @@ def read_and_prepare(
     finally:
         os.close(fd)
     sha256 = hashlib.sha256(data).hexdigest()
+    content = data if len(data) <= KEEP_BYTES else None
     try:
-        return result(None, identity, sha256, prepare(data, spec, max_pixels))
+        return result(None, identity, sha256, prepare(data, spec, max_pixels), content)
     except BadImage as exc:
-        return result(str(exc), identity, sha256)
+        return result(str(exc), identity, sha256, content=content)
 
 
 def _read_all(fd: int) -> bytes:

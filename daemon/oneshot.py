@@ -62,7 +62,9 @@ def decode_ahead(
 def sort_paths(
     settings: Settings, paths: list[Path], dry_run: bool, progress: bool = True
 ) -> list[Placement]:
-    classifier = load_current(settings.models_dir, settings.inference_threads)
+    classifier = load_current(
+        settings.models_dir, settings.inference_threads, settings.inference_run_size
+    )
     index = DoneIndex.load(settings.journal, settings.library)
     arrivals = [a for a in collect(paths, settings) if index.source(a.path, a.identity) is None]
     journal = None if dry_run else Journal(settings.journal)
@@ -79,7 +81,7 @@ def sort_paths(
                 pool,
                 lambda a: read_and_prepare(a, spec, settings.max_pixels, max_bytes),
                 arrivals,
-                window=2 * settings.batch_size,
+                window=settings.batch_size + settings.decode_workers,
             )
             while batch := list(islice(decoded, settings.batch_size)):
                 events += sorter.sort(batch, classifier).events

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import unicodedata
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from daemon.manifest import fsync_dir
@@ -59,14 +60,25 @@ def open_input(path: Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
-def copy_into(source: Path, folder: Path, original_name: str, expected_sha256: str) -> Path:
+def copy_into(
+    source: Path,
+    folder: Path,
+    original_name: str,
+    expected_sha256: str,
+    content: bytes | None = None,
+) -> Path:
     """Copy `source` into `folder` atomically under its library name; return the final path.
 
+    `content` is the source's bytes as already read and hashed: writing exactly those makes
+    the copy the very bytes that were classified, and saves reading and hashing again.
     If the name is taken by identical content (a copy made before a crash), that file is
     the result. If it is taken by other content, a longer hash prefix makes the name unique.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    temporary = write_verified_temp(source, folder, expected_sha256)
+    if content is not None:
+        temporary = _write_temp(folder, [content])
+    else:
+        temporary = write_verified_temp(source, folder, expected_sha256)
     try:
         for hash_chars in (HASH_CHARS, 24, 64):
             final = folder / library_name(original_name, expected_sha256, hash_chars)
@@ -89,28 +101,39 @@ def copy_into(source: Path, folder: Path, original_name: str, expected_sha256: s
 
 
 def write_verified_temp(source: Path, folder: Path, expected_sha256: str) -> Path:
-    temporary = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    """Stream `source` into a temporary file in `folder`, checking it still has that hash."""
     digest = hashlib.sha256()
     source_fd = open_input(source)
     try:
-        target_fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
+
+        def chunks() -> Iterator[bytes]:
             while chunk := os.read(source_fd, _CHUNK):
                 digest.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(target_fd, view) :]
-            os.fsync(target_fd)
-        finally:
-            os.close(target_fd)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+                yield chunk
+
+        temporary = _write_temp(folder, chunks())
     finally:
         os.close(source_fd)
     if digest.hexdigest() != expected_sha256:
         temporary.unlink(missing_ok=True)
         raise SourceChanged(f"{source} changed while it was being sorted")
+    return temporary
+
+
+def _write_temp(folder: Path, chunks: Iterable[bytes]) -> Path:
+    temporary = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    target_fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(target_fd, view) :]
+        os.fsync(target_fd)
+    except BaseException:
+        os.close(target_fd)
+        temporary.unlink(missing_ok=True)
+        raise
+    os.close(target_fd)
     return temporary
 
 

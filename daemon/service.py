@@ -54,7 +54,8 @@ class Service:
         self.tracker = StabilityTracker(settings.quiet_period_s)
         self._notices: queue.SimpleQueue[Notice] = queue.SimpleQueue()
         self._arrivals: queue.Queue[Arrival | None] = queue.Queue(maxsize=settings.queue_size)
-        self._decoded: queue.Queue[Decoded] = queue.Queue(maxsize=2 * settings.batch_size)
+        # one batch ahead: decoded items hold their file's bytes until they are copied
+        self._decoded: queue.Queue[Decoded] = queue.Queue(maxsize=settings.batch_size)
         self._threads: list[threading.Thread] = []
         self._observer: BaseObserver | None = None
         self._failed_version: str | None = None
@@ -88,7 +89,7 @@ class Service:
         s = self.settings
         for folder in (s.inbox, s.library, s.models_dir, s.journal.parent):
             folder.mkdir(parents=True, exist_ok=True)
-        self.classifier = load_current(s.models_dir, s.inference_threads)
+        self.classifier = load_current(s.models_dir, s.inference_threads, s.inference_run_size)
         removed = remove_leftover_temps(s.library)
         self.index = DoneIndex.load(s.journal, s.library)
         self.journal = Journal(s.journal)
@@ -295,7 +296,9 @@ class Service:
             return
         try:
             new = load_classifier(
-                self.settings.models_dir / version, self.settings.inference_threads
+                self.settings.models_dir / version,
+                self.settings.inference_threads,
+                self.settings.inference_run_size,
             )
         except ModelError as exc:
             self._failed_version = version

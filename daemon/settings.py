@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     on_success: Literal["keep", "delete"] = "keep"
     watch_mode: Literal["auto", "inotify", "poll"] = "auto"
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
-    quiet_period_s: float = Field(1.0, ge=0.0)
+    quiet_period_s: float = Field(0.25, ge=0.0)
     poll_interval_s: float = Field(2.0, gt=0.0)
     rescan_interval_s: float = Field(300.0, gt=0.0)
 
@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     queue_size: int = Field(64, ge=1)
     decode_workers: int = Field(2, ge=1, le=32)
     inference_threads: int = Field(2, ge=1, le=64)
+    inference_run_size: int = Field(1, ge=1, le=256)
 
     max_pixels: int = Field(100_000_000, ge=1)
     max_file_mb: float = Field(512.0, gt=0.0)

@@ -125,7 +125,11 @@ class Sorter:
             name = library_name(item.arrival.path.name, item.sha256)
             return f"{folder}/{name}"
         final = copy_into(
-            item.arrival.path, self.library / folder, item.arrival.path.name, item.sha256
+            item.arrival.path,
+            self.library / folder,
+            item.arrival.path.name,
+            item.sha256,
+            item.content,
         )
         if item.identity is not None:
             # keep the capture time photo tools sort by; best effort

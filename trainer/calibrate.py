@@ -51,19 +51,22 @@ def expected_calibration_error(
 
 
 def lowest_safe_threshold(
-    confidence: np.ndarray, correct: np.ndarray, target: float
+    confidence: np.ndarray, correct: np.ndarray, target: float, min_support: int = MIN_PREDICTIONS
 ) -> float | None:
-    """Smallest t such that predictions with confidence >= t', for every t' >= t, are at least
-    `target` precise. None when not even the most confident prediction is right."""
+    """Smallest t such that the predictions with confidence >= t' are at least `target`
+    precise for every t' >= t, counting only sets of at least `min_support` predictions (one
+    early mistake among the first few must not decide the threshold). None if even the
+    `min_support` most confident predictions miss the target."""
+    if len(confidence) < min_support:
+        return None
     order = np.argsort(-confidence)
     confidence, correct = confidence[order], correct[order]
     precision = np.cumsum(correct) / np.arange(1, len(correct) + 1)
-    safe = precision >= target
-    if not len(safe) or not safe[0]:
+    safe = precision[min_support - 1 :] >= target
+    if not safe[0]:
         return None
-    # the run of safe prefixes from the top: stop at the first unsafe one
-    last = len(safe) if safe.all() else int(np.argmin(safe))
-    return float(confidence[last - 1])
+    run = len(safe) if safe.all() else int(np.argmin(safe))  # safe sets before the first unsafe
+    return float(confidence[min_support - 1 + run - 1])
 
 
 @dataclass(frozen=True)
@@ -88,12 +91,12 @@ def calibrate(
     thresholds = {}
     for index, name in enumerate(classes):
         mine = predicted == index
-        own = (
-            lowest_safe_threshold(confidence[mine], correct[mine], target)
-            if mine.sum() >= MIN_PREDICTIONS
-            else None
-        )
-        thresholds[name] = round(max(FLOOR, own if own is not None else pooled), 6)
+        if mine.sum() < MIN_PREDICTIONS:
+            threshold = pooled  # too little evidence for a threshold of its own
+        else:
+            own = lowest_safe_threshold(confidence[mine], correct[mine], target)
+            threshold = own if own is not None else 1.0  # never precise enough: always review
+        thresholds[name] = round(max(FLOOR, threshold), 6)
 
     auto = (
         confidence >= np.array([thresholds[classes[p]] for p in predicted])

@@ -11,7 +11,6 @@ The network is split where the trainer needs it: `trunk` (frozen, its output cac
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -35,16 +34,22 @@ TAIL_BLOCKS = 1  # blocks fine-tuned on cached trunk outputs (plus the head conv
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow 'same' padding: asymmetric (more on the bottom/right) if odd."""
+    """Conv2d with TensorFlow 'same' padding (asymmetric: the extra pixel goes bottom/right).
+
+    TF pads max(kernel - stride, 0) in total when the input size is a multiple of the stride,
+    which holds for every layer at the 224-pixel crop the manifest fixes. Precomputing it
+    keeps the ONNX graph free of per-layer shape arithmetic (about 900 nodes, and a third of
+    the inference time on 2 cores).
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        (kernel, _), (stride, _) = self.kernel_size, self.stride
+        total = max(kernel - stride, 0)
+        self.same_padding = (total // 2, total - total // 2) * 2  # left, right, top, bottom
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size, kernel, stride in zip(
-            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
-        ):
-            total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-            pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads) if any(pads) else x)
+        return super().forward(F.pad(x, self.same_padding) if any(self.same_padding) else x)
 
 
 class ConvBN(nn.Sequential):

@@ -113,7 +113,10 @@ def run_training(
             loss.backward()
             head_optimizer.step()
     with torch.no_grad():
-        stage1_val_loss = F.cross_entropy(network.classifier(pooled_val), y_val).item()
+        stage1_logits = network.classifier(pooled_val)
+        stage1_val_loss = F.cross_entropy(stage1_logits, y_val).item()
+        # a logistic regression on frozen features: the baseline fine-tuning has to beat
+        stage1_accuracy = (stage1_logits.argmax(dim=1) == y_val).float().mean().item()
     timings["head_s"] = time.monotonic() - clock - sum(timings.values())
 
     # 4. Stage 2: fine-tune the last block + head conv + classifier on augmented cached views.
@@ -206,6 +209,7 @@ def run_training(
             "precision_coverage": precision_coverage(probabilities, labels),
             "wrong": wrong_answers(data.val, predicted, probabilities),
             "training": {
+                "frozen_features_val_accuracy": stage1_accuracy,
                 "epochs_finetuned": epochs_run,
                 "best_val_loss": best_loss,
                 "onnx_parity_max_diff": parity,
