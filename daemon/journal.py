@@ -58,31 +58,33 @@ class _FileEvent(_Event):
     original_removed: bool = False
 
 
-class Sorted(_FileEvent):
+class _Classified(_FileEvent):
+    label: str
+    confidence: float
+
+
+class _Explained(_FileEvent):
+    reason: str
+
+
+class Sorted(_Classified):
     event: Literal["sorted"] = "sorted"
-    label: str
-    confidence: float
 
 
-class Review(_FileEvent):
+class Review(_Classified):
     event: Literal["review"] = "review"
-    label: str
-    confidence: float
 
 
-class Duplicate(_FileEvent):
+class Duplicate(_Explained):
     event: Literal["duplicate"] = "duplicate"
-    reason: str
 
 
-class Rejected(_FileEvent):
+class Rejected(_Explained):
     event: Literal["rejected"] = "rejected"
-    reason: str
 
 
-class Undone(_FileEvent):
+class Undone(_Explained):
     event: Literal["undone"] = "undone"
-    reason: str
     restored: bool = False  # the original was put back (on_success = "delete")
 
 

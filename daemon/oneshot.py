@@ -68,7 +68,8 @@ def sort_paths(
     index = DoneIndex.load(settings.journal, settings.library)
     arrivals = [a for a in collect(paths, settings) if index.source(a.path, a.identity) is None]
     journal = None if dry_run else Journal(settings.journal)
-    sorter = Sorter(settings.library, index, journal, settings.on_success)
+    # on_success = "delete" is for the inbox: files given to `sort` are the user's own, kept
+    sorter = Sorter(settings.library, index, journal, on_success="keep")
     spec = classifier.manifest.preprocessing
     max_bytes = int(settings.max_file_mb * 1024 * 1024)
     events: list[Placement] = []

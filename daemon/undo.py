@@ -59,11 +59,21 @@ def _made_copy(event: Placement) -> bool:
     return event.dest is not None and not isinstance(event, Duplicate)
 
 
+def below(base: Path, relative: str) -> Path | None:
+    """`base/relative` if it stays inside `base`: journal lines are data, not trusted paths."""
+    candidate = Path(relative)
+    if candidate.is_absolute() or ".." in candidate.parts or not relative:
+        return None
+    return base / candidate
+
+
 def undo_one(event: Placement, library: Path, journal: Journal | None) -> UndoOutcome:
     """`journal=None` is a dry run."""
-    copy = library / event.dest if event.dest else None
+    original = below(Path(event.root), event.src)
+    copy = below(library, event.dest) if event.dest else None
+    if original is None or (event.dest and copy is None):
+        return UndoOutcome(event, None, "refused: the journal line names a path outside its folder")
     copy_intact = copy is not None and event.sha256 is not None and same_content(copy, event.sha256)
-    original = Path(event.root) / event.src
     restored = False
     if event.original_removed:
         if not copy_intact:

@@ -273,3 +273,11 @@ def test_the_shipped_config_is_valid() -> None:
     settings = load_settings(Path(__file__).parent.parent / "config.toml")
     assert settings.on_success == "keep" and settings.train.target_precision == 0.97
     assert os.path.isabs(settings.inbox)
+
+
+@pytest.mark.parametrize("relative", ["../outside.jpg", "/etc/passwd", "a/../../b", ""])
+def test_undo_refuses_paths_from_the_journal_that_leave_their_folder(relative: str) -> None:
+    from daemon.undo import below
+
+    assert below(Path("/srv/library"), relative) is None
+    assert below(Path("/srv/library"), "cats/x.jpg") == Path("/srv/library/cats/x.jpg")
