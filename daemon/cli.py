@@ -312,8 +312,10 @@ def install_units_command(settings: Settings, args: argparse.Namespace) -> int:
 
     config = (args.config or default_config_path()).absolute()
     commands = install_units(settings, config, args.user, args.target)
-    print(f"wrote sortbox.service, sortbox-train.service, sortbox-train.timer to "
-          f"{args.target or unit_folder(args.user)}; nothing was started. Next:")  # fmt: skip
+    print(
+        f"wrote sortbox.service, sortbox-train.service, sortbox-train.timer to "
+        f"{args.target or unit_folder(args.user)}; nothing was started. Next:"
+    )
     for line in commands:
         print(f"  {line}")
     return EXIT_OK

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import stat
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +80,20 @@ def read_and_prepare(
         return result(None, identity, sha256, prepare(data, spec, max_pixels), content)
     except BadImage as exc:
         return result(str(exc), identity, sha256, content=content)
+
+
+DECODER_NICENESS = 10
+
+
+def lower_thread_priority() -> None:
+    """Run the calling decoder thread at a lower priority than the model's threads.
+
+    Inference is the bottleneck on 2 cores; when both compete, decoding should fill the gaps
+    rather than preempt it (+5% images/s on 12-megapixel JPEGs, benchmarks/bench_daemon.py).
+    Linux applies niceness per thread; raising it needs no privilege.
+    """
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICENESS)
 
 
 def _read_all(fd: int) -> bytes:

@@ -108,16 +108,22 @@ def _model(settings: Settings) -> Finding:
     except ModelError as exc:
         return Finding("fail", f"model: {exc}")
     manifest = classifier.manifest
-    return Finding("ok", f"model {manifest.version} loads and matches its checksum "
-                   f"({len(manifest.classes)} classes)")  # fmt: skip
+    return Finding(
+        "ok",
+        f"model {manifest.version} loads and matches its checksum "
+        f"({len(manifest.classes)} classes)",
+    )
 
 
 def _disk(settings: Settings) -> Finding:
     usage = shutil.disk_usage(_existing(settings.library))
     free_gb = usage.free / 2**30
     if usage.free < MIN_FREE_BYTES or usage.free < usage.total * 0.02:
-        return Finding("fail", f"only {free_gb:.1f} GiB free for the library: sorted copies will "
-                       "fail (inputs stay safely in the inbox)")  # fmt: skip
+        return Finding(
+            "fail",
+            f"only {free_gb:.1f} GiB free for the library: sorted copies will "
+            "fail (inputs stay safely in the inbox)",
+        )
     return Finding("ok", f"{free_gb:.1f} GiB free for the library")
 
 

@@ -12,7 +12,7 @@ from typing import TypeVar
 from tqdm import tqdm
 
 from daemon.classify import load_current
-from daemon.decode import read_and_prepare
+from daemon.decode import lower_thread_priority, read_and_prepare
 from daemon.index import DoneIndex
 from daemon.intake import Arrival, identity_of, walk_files
 from daemon.journal import Journal, Placement
@@ -75,7 +75,7 @@ def sort_paths(
     events: list[Placement] = []
     try:
         with (
-            ThreadPoolExecutor(settings.decode_workers) as pool,
+            ThreadPoolExecutor(settings.decode_workers, initializer=lower_thread_priority) as pool,
             tqdm(total=len(arrivals), unit="img", disable=not progress) as bar,
         ):
             decoded = decode_ahead(

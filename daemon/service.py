@@ -24,7 +24,7 @@ from watchdog.observers.api import BaseObserver
 
 from daemon.batch import next_batch
 from daemon.classify import Classifier, load_classifier, load_current
-from daemon.decode import Decoded, read_and_prepare
+from daemon.decode import Decoded, lower_thread_priority, read_and_prepare
 from daemon.index import DoneIndex
 from daemon.intake import Arrival, Identity, inside, is_ignored, walk_files
 from daemon.journal import Journal, ModelLoaded
@@ -226,6 +226,7 @@ class Service:
     def _decode_loop(self) -> None:
         s = self.settings
         max_bytes = int(s.max_file_mb * 1024 * 1024)
+        lower_thread_priority()
         while (arrival := self._arrivals.get()) is not _STOP:
             spec = self.classifier.manifest.preprocessing
             self._decoded.put(read_and_prepare(arrival, spec, s.max_pixels, max_bytes))

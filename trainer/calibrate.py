@@ -119,9 +119,11 @@ def precision_coverage(
     rows = []
     for threshold in steps:
         auto = confidence >= threshold
-        rows.append({
-            "threshold": threshold,
-            "coverage": float(auto.mean()) if len(labels) else 0.0,
-            "precision": float(correct[auto].mean()) if auto.any() else 1.0,
-        })  # fmt: skip
+        rows.append(
+            {
+                "threshold": threshold,
+                "coverage": float(auto.mean()) if len(labels) else 0.0,
+                "precision": float(correct[auto].mean()) if auto.any() else 1.0,
+            }
+        )
     return rows

@@ -23,7 +23,6 @@ from PIL import Image
 
 from daemon.journal import Review, Sorted, Undone, read_journal
 from daemon.manifest import RESERVED_FOLDERS, check_class_name
-from daemon.place import sha256_of
 from daemon.preprocess import BadImage, decode_rgb
 from daemon.settings import Settings
 
@@ -273,6 +272,3 @@ def _in_validation(group_key: str, fraction: float) -> bool:
 
 def _popcount(values: np.ndarray) -> np.ndarray:
     return np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
-
-
-__all__ = ["Example", "TrainingSet", "gather", "sha256_of"]

@@ -29,9 +29,15 @@ def export_onnx(model: torch.nn.Module, crop: int, path: Path, output: str = "lo
         # meant to be, the input size is fixed by the manifest
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (sample,), temporary, input_names=["input"], output_names=[output],
-            dynamic_axes={"input": {0: "N"}, output: {0: "N"}}, dynamo=False, opset_version=17,
-        )  # fmt: skip
+            model,
+            (sample,),
+            temporary,
+            input_names=["input"],
+            output_names=[output],
+            dynamic_axes={"input": {0: "N"}, output: {0: "N"}},
+            dynamo=False,
+            opset_version=17,
+        )
     onnx.checker.check_model(onnx.load(temporary))
     os.replace(temporary, path)
     return path

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from daemon.manifest import (
-    CURRENT,
     MANIFEST_FILE,
     MODEL_FILE,
     Manifest,
@@ -93,6 +92,3 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-__all__ = ["CURRENT", "REJECTED_DIR", "new_version", "prune", "publish"]
