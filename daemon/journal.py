@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -128,6 +129,8 @@ class Journal:
         self._terminate_torn_line()
         self._end = os.fstat(self._fd).st_size  # everything before this has been seen
         self._foreign: list[Event] = []
+        # flock excludes other processes; this excludes our own threads (placer, model switch)
+        self._thread_lock = threading.Lock()
 
     def _terminate_torn_line(self) -> None:
         # A crash mid-write can leave a line without its newline; end it so the next
@@ -145,11 +148,9 @@ class Journal:
         payload = b"".join(to_line(event) for event in events)
         if not payload:
             return
-        if self._torn:
-            payload = b"\n" + payload
         with self._locked():
             self._foreign.extend(self._read_since_end())
-            view = memoryview(payload)
+            view = memoryview(b"\n" + payload if self._torn else payload)
             try:
                 while view:
                     view = view[os.write(self._fd, view) :]
@@ -171,11 +172,12 @@ class Journal:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        with self._thread_lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _read_since_end(self) -> list[Event]:
         size = os.fstat(self._fd).st_size

@@ -17,7 +17,7 @@ from daemon.index import DoneIndex
 from daemon.intake import Arrival, identity_of, walk_files
 from daemon.journal import Journal, Placement
 from daemon.settings import Settings
-from daemon.sorter import Sorter
+from daemon.sorter import BatchResult, Sorter
 
 T = TypeVar("T")
 
@@ -76,6 +76,7 @@ def sort_paths(
     try:
         with (
             ThreadPoolExecutor(settings.decode_workers, initializer=lower_thread_priority) as pool,
+            ThreadPoolExecutor(1) as placer,  # places batch N while batch N+1 is classified
             tqdm(total=len(arrivals), unit="img", disable=not progress) as bar,
         ):
             decoded = decode_ahead(
@@ -84,9 +85,15 @@ def sort_paths(
                 arrivals,
                 window=settings.batch_size + settings.decode_workers,
             )
+            placing: Future[BatchResult] | None = None
             while batch := list(islice(decoded, settings.batch_size)):
-                events += sorter.sort(batch, classifier).events
+                classified = sorter.classify(batch, classifier)
+                if placing is not None:
+                    events += placing.result().events
+                placing = placer.submit(sorter.place, classified)
                 bar.update(len(batch))
+            if placing is not None:
+                events += placing.result().events
     finally:
         if journal is not None:
             journal.close()

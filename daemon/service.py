@@ -2,9 +2,10 @@
 
 Threads and queues (data flows one way):
 
-    observer ─notices→ intake (stability, rescans) ─arrivals→ decoders ─decoded→ main loop
-                                                                          (batch, classify,
-                                                                           decide, place, journal)
+    observer ─notices→ intake ─arrivals→ decoders ─decoded→ main loop ─classified→ placer
+                  (stability, rescans)             (batch, classify, decide)   (place, journal)
+
+The placer writes one batch while the main loop classifies the next: disk and CPU overlap.
 
 Signal handlers only set flags. Queues are bounded: when they are full, intake waits and
 the files simply stay in the inbox a little longer; nothing is dropped.
@@ -16,6 +17,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -33,7 +35,7 @@ from daemon.metrics import Metrics, write_textfile
 from daemon.notify import Notifier
 from daemon.place import remove_leftover_temps
 from daemon.settings import Settings
-from daemon.sorter import Sorter
+from daemon.sorter import Classified, Sorter
 from daemon.stability import StabilityTracker
 from daemon.watch import Notice, resolve_watch_mode, start_observer
 
@@ -56,7 +58,9 @@ class Service:
         self._arrivals: queue.Queue[Arrival | None] = queue.Queue(maxsize=settings.queue_size)
         # one batch ahead: decoded items hold their file's bytes until they are copied
         self._decoded: queue.Queue[Decoded] = queue.Queue(maxsize=settings.batch_size)
-        self._threads: list[threading.Thread] = []
+        self._classified: queue.Queue[Classified | None] = queue.Queue(maxsize=1)
+        self._decoders: list[threading.Thread] = []
+        self._placer: threading.Thread | None = None
         self._observer: BaseObserver | None = None
         self._failed_version: str | None = None
         self._next_model_check = 0.0
@@ -97,8 +101,10 @@ class Service:
         self.journal.append([ModelLoaded(model=self.classifier.version, reason="daemon started")])
         self.metrics.model = self.classifier.version
 
-        for n in range(s.decode_workers):
-            self._start_thread(self._decode_loop, f"decode-{n}")
+        self._placer = self._start_thread(self._placer_loop, "placer")
+        self._decoders = [
+            self._start_thread(self._decode_loop, f"decode-{n}") for n in range(s.decode_workers)
+        ]
         self._start_thread(self._intake_loop, "intake")
         mode = resolve_watch_mode(s.watch_mode, s.inbox)
         self._observer = start_observer(s.inbox, mode, s.poll_interval_s, self._notices)
@@ -121,7 +127,7 @@ class Service:
                 self._decoded, self.settings.batch_size, max_wait_s, self.should_exit
             )
             if batch:
-                self._sort(batch)
+                self._classify(batch)
             self._maybe_switch_model()
             self._heartbeat()
 
@@ -136,17 +142,20 @@ class Service:
         self._discard_pending_arrivals()
         for _ in range(self.settings.decode_workers):
             self._arrivals.put(_STOP)
-        # 3. Finish in-flight work: sort what decoders finish within the timeout.
+        # 3. Finish in-flight work within the timeout: classify what the decoders finish,
+        #    and let the placer place and journal it.
         deadline = time.monotonic() + _DRAIN_TIMEOUT_S
         while not self.force_exit and time.monotonic() < deadline:
-            alive = any(t.is_alive() for t in self._threads)
             batch = self._drain_decoded()
             if batch:
-                self._sort(batch)
-            elif not alive:
+                self._classify(batch)
+            elif not any(t.is_alive() for t in self._decoders):
                 break
             else:
                 time.sleep(0.02)
+        if self._placer is not None:
+            self._classified.put(None)
+            self._placer.join(timeout=max(0.1, deadline - time.monotonic()))
         # 4. Make the journal durable and close it.
         if hasattr(self, "journal"):
             self.journal.close()
@@ -156,10 +165,10 @@ class Service:
 
     # -- the stages --------------------------------------------------------------------------
 
-    def _start_thread(self, target: object, name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+    def _start_thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
-        self._threads.append(thread)
+        return thread
 
     def _intake_loop(self) -> None:
         """Notices → stability → arrivals. Also the start-up scan and periodic rescans."""
@@ -231,8 +240,8 @@ class Service:
             spec = self.classifier.manifest.preprocessing
             self._decoded.put(read_and_prepare(arrival, spec, s.max_pixels, max_bytes))
 
-    def _sort(self, batch: list[Decoded]) -> None:
-        started = time.monotonic()
+    def _classify(self, batch: list[Decoded]) -> None:
+        """Main loop: run the model, then hand the batch to the placer (waits if it is busy)."""
         spec = self.classifier.manifest.preprocessing
         s = self.settings
         max_bytes = int(s.max_file_mb * 1024 * 1024)
@@ -242,23 +251,39 @@ class Service:
             for d in batch
         ]
         try:
+            classified = self.sorter.classify(batch, self.classifier)
+        except Exception:
+            # The service must not die on one batch; its files stay in the inbox for a rescan.
+            log.exception("classification_failed", files=len(batch))
+            for item in batch:
+                self.tracker.finished(item.arrival.path)
+            return
+        self._classified.put(classified)
+
+    def _placer_loop(self) -> None:
+        while (classified := self._classified.get()) is not None:
+            self._place(classified)
+
+    def _place(self, classified: Classified) -> None:
+        started = time.monotonic()
+        s = self.settings
+        try:
             for event in self.journal.take_foreign():  # `sortbox undo` / `sort` running beside us
                 self.index.record(event)
-            result = self.sorter.sort(batch, self.classifier)
+            result = self.sorter.place(classified)
         except Exception:
-            # The service must not die on one batch (a full disk while journaling, say).
-            # Copies already made have no journal line yet: the next attempt adopts them.
-            log.exception("batch_failed", files=len(batch))
+            # A full disk while journaling, say. Copies already made have no journal line yet:
+            # the next attempt adopts them. The inputs stay in the inbox.
+            log.exception("batch_failed", files=len(classified.items))
             self.index = DoneIndex.load(s.journal, s.library)
             self.sorter = Sorter(s.library, self.index, self.journal, s.on_success)
             result = None
         finally:
-            for item in batch:
+            for item in classified.items:
                 self.tracker.finished(item.arrival.path)
         if result is None:
             return
-        elapsed = time.monotonic() - started
-        self.metrics.observe_batch(result.events, elapsed)
+        self.metrics.observe_batch(result.events, time.monotonic() - started)
         for event in result.events:
             log.info(
                 event.event,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,13 @@ from daemon.manifest import REJECTED_FOLDER, REVIEW_FOLDER
 from daemon.place import SourceChanged, copy_into, library_name, same_content
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Classified:
+    items: list[Decoded]
+    decisions: list[Decision | None]  # None: bad input, or content the library already has
+    model: str
 
 
 @dataclass
@@ -52,61 +60,74 @@ class Sorter:
         return self.journal is None
 
     def sort(self, batch: list[Decoded], classifier: Classifier) -> BatchResult:
+        return self.place(self.classify(batch, classifier))
+
+    def classify(self, batch: list[Decoded], classifier: Classifier) -> Classified:
+        """The compute half: no I/O, so it can run while the previous batch is being placed.
+
+        Pictures whose content the library already holds are not run through the model;
+        `place` makes the final duplicate check in order, so this is only a saving."""
+        wanted = [
+            n
+            for n, item in enumerate(batch)
+            if item.problem is None and not (item.sha256 and self.index.copy_of(item.sha256))
+        ]
+        decisions: list[Decision | None] = [None] * len(batch)
+        if wanted:
+            logits = classifier.logits(np.stack([batch[n].pixels for n in wanted]))
+            for n, row in zip(wanted, logits, strict=True):
+                decisions[n] = decide(row, classifier.manifest)
+        return Classified(batch, decisions, classifier.version)
+
+    def place(self, classified: Classified) -> BatchResult:
+        """The I/O half, strictly in order: duplicates, rejections, copies, then the journal,
+        then (on_success = "delete") the originals."""
         result = BatchResult()
-        pictures: list[Decoded] = []
-        repeats: list[Decoded] = []  # same content twice in this batch: decided after the first
-        seen: set[str] = set()
-        for item in batch:
-            if item.sha256 is not None:
-                earlier = self.index.copy_of(item.sha256)
-                if earlier is not None:
-                    result.events.append(self._duplicate(item, earlier))
-                    continue
-                if item.sha256 in seen:
-                    repeats.append(item)
-                    continue
-                seen.add(item.sha256)
-            if item.problem is None:
-                pictures.append(item)
-            else:
-                self._keep(result, item, lambda item=item: self._reject(item))
-
-        if pictures:
-            logits = classifier.logits(np.stack([item.pixels for item in pictures]))
-            for item, row in zip(pictures, logits, strict=True):
-                decision = decide(row, classifier.manifest)
-                self._keep(
-                    result, item, lambda i=item, d=decision: self._place(i, d, classifier.version)
-                )
-
-        for item in repeats:
-            earlier = next(
-                (e.dest for e in result.events if e.sha256 == item.sha256 and e.dest), None
+        placed_now: dict[str, str] = {}  # sha256 -> dest, for repeats within this batch
+        for item, decision in zip(classified.items, classified.decisions, strict=True):
+            earlier = item.sha256 and (
+                self.index.copy_of(item.sha256) or placed_now.get(item.sha256)
             )
-            if earlier is None:
-                result.retry.append(item.arrival)
-            else:
+            if earlier:
                 result.events.append(self._duplicate(item, earlier))
+                continue
+            if item.problem is not None:
+                event = self._attempt(result, item, lambda i=item: self._reject(i))
+            elif decision is None:
+                # skipped as a duplicate, but that copy was undone since: sort it next time
+                result.retry.append(item.arrival)
+                continue
+            else:
+                event = self._attempt(
+                    result, item, lambda i=item, d=decision: self._place(i, d, classified.model)
+                )
+            if event is not None and event.dest and item.sha256:
+                placed_now[item.sha256] = event.dest
 
         if self.journal is not None:
             self.journal.append(result.events)
         for event in result.events:
             self.index.record(event)
         if self.remove_originals:
-            self._remove_originals(result.events, batch)
+            self._remove_originals(result.events, classified.items)
         return result
 
-    def _keep(self, result: BatchResult, item: Decoded, place: Any) -> None:
+    def _attempt(
+        self, result: BatchResult, item: Decoded, place: Callable[[], Placement]
+    ) -> Placement | None:
         """Run one placement; a failure leaves the input where it is, to be retried."""
         try:
-            result.events.append(place())
+            event = place()
         except SourceChanged:
             log.info("changed_while_sorting", path=str(item.arrival.path))
-            result.retry.append(item.arrival)
         except OSError as exc:
             # disk full, permissions, a vanished library folder: the input stays in the inbox
             log.error("placement_failed", path=str(item.arrival.path), error=str(exc))
-            result.retry.append(item.arrival)
+        else:
+            result.events.append(event)
+            return event
+        result.retry.append(item.arrival)
+        return None
 
     def _fields(self, item: Decoded) -> dict[str, Any]:
         identity = item.identity or item.arrival.identity
