@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from daemon.manifest import current_version
 from daemon.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "systemd"
@@ -98,6 +99,9 @@ def install_units(
         os.replace(temporary, folder / name)
     ctl = "systemctl --user" if user_mode else "sudo systemctl"
     commands = []
+    if current_version(settings.models_dir) is None:
+        # the service cannot build it: PyTorch needs writable+executable memory, the unit denies it
+        commands.append(f"{_quote(sortbox_executable())} init --config {_quote(config)}")
     if not user_mode:
         folders = " ".join(_quote(p) for p in owned_folders(settings))
         journal = _quote(settings.journal)

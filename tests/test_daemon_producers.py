@@ -55,14 +55,16 @@ def test_every_producer_lands_exactly_once_and_complete(
     shutil.move(str(album), home.inbox / "album")
 
     # unicode and odd names
-    for n, (name, colour) in enumerate([
-        ("фото ü 😀.JPG", "red"),
-        ("name with  spaces.jpeg", "green"),
-        ("multi.dot.name.png", "blue"),
-        ("-leading-dash.jpg", "red"),
-        ("no_extension", "green"),
-        ("tab\tand\nnewline.jpg", "blue"),
-    ]):
+    for n, (name, colour) in enumerate(
+        [
+            ("фото ü 😀.JPG", "red"),
+            ("name with  spaces.jpeg", "green"),
+            ("multi.dot.name.png", "blue"),
+            ("-leading-dash.jpg", "red"),
+            ("no_extension", "green"),
+            ("tab\tand\nnewline.jpg", "blue"),
+        ]
+    ):
         data = jpeg_bytes(colour, 200 + n)
         (home.inbox / name).write_bytes(data)
         expected[name] = data

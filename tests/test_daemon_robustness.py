@@ -6,6 +6,8 @@ import hashlib
 import io
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -276,3 +278,32 @@ def test_grey_pictures_go_to_review_with_their_best_guess(home: Home) -> None:
     event = by_src(home)["grey.png"]
     assert event["event"] == "review" and event["dest"].startswith("needs_review/")
     assert event["label"] in ("red", "green", "blue") and len(event["top3"]) == 3
+
+
+NO_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorch())
+from daemon.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def without_torch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_daemon_needs_no_torch_and_the_trainer_says_how_to_install_it(home: Home) -> None:
+    write_picture(home.inbox / "a.jpg", "red", 1)
+    sorted_without = without_torch("sort", str(home.inbox), "--config", str(home.config))
+    assert sorted_without.returncode == 0, sorted_without.stderr
+    assert by_src(home)["a.jpg"]["dest"].startswith("red/")
+    for command in ("init", "train"):
+        result = without_torch(command, "--config", str(home.config))
+        assert result.returncode == 1
+        assert "pip install -e '.[train]'" in result.stderr

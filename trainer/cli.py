@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from daemon.settings import Settings
 from trainer.default_model import create_default_model
 from trainer.train import run_training
@@ -14,4 +16,5 @@ def init(settings: Settings) -> int:
 
 
 def train(settings: Settings, force: bool, dry_run: bool) -> int:
-    return run_training(settings, force=force, dry_run=dry_run)
+    # progress bars for people at a terminal, not for the timer's journald
+    return run_training(settings, force=force, dry_run=dry_run, progress=sys.stderr.isatty())
