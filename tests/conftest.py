@@ -210,9 +210,12 @@ def sortbox(
 class Daemon:
     """`sortbox run` in a subprocess; `start()` returns once it has sent READY=1."""
 
-    def __init__(self, home: Home, extra_env: dict | None = None) -> None:
+    def __init__(
+        self, home: Home, extra_env: dict | None = None, as_user: list[str] | None = None
+    ) -> None:
         self.home = home
         self.extra_env = extra_env or {}
+        self.as_user = as_user or []  # e.g. setpriv ... to run the daemon unprivileged
         self.process: subprocess.Popen | None = None
         self.messages: list[str] = []
         self.log = home.root / "daemon.log"
@@ -221,11 +224,20 @@ class Daemon:
         address = str(self.home.root / f"notify-{time.monotonic_ns()}.sock")
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._socket.bind(address)
+        os.chmod(address, 0o777)  # the daemon may run as another user
         self._socket.settimeout(0.2)
         env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000", **self.extra_env}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "daemon.cli", "run", "--config", str(self.home.config)],
+                [
+                    *self.as_user,
+                    sys.executable,
+                    "-m",
+                    "daemon.cli",
+                    "run",
+                    "--config",
+                    str(self.home.config),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
