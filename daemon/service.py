@@ -157,8 +157,7 @@ class Service:
             self._classified.put(None)
             self._placer.join(timeout=max(0.1, deadline - time.monotonic()))
         # 4. Make the journal durable and close it.
-        if hasattr(self, "journal"):
-            self.journal.close()
+        self.journal.close()
         self._write_metrics()
         self.notifier.close()
         log.info("stopped", **{k: self.metrics.total(k) for k in ("sorted", "review", "rejected")})
