@@ -27,10 +27,6 @@ class Decoded:
     spec: Preprocessing
     content: bytes | None = field(default=None, repr=False)  # the bytes hashed, if small enough
 
-    @property
-    def readable(self) -> bool:
-        return self.sha256 is not None
-
 
 # Inputs up to this size are kept in memory from hashing to copying (one read, one hash);
 # larger ones are streamed again and re-hashed at copy time.
