@@ -15,16 +15,12 @@ from pathlib import Path
 import structlog
 
 from daemon.manifest import ModelError
-from daemon.settings import ConfigError, Settings, load_settings
+from daemon.settings import ConfigError, Settings, UsageError, load_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_PUBLISHED = 0, 1, 2, 3
 TRAINER_MISSING = (
     "this command needs the trainer, which is not installed: run  pip install -e '.[train]'"
 )
-
-
-class UsageError(Exception):
-    pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,12 +169,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 def sort_command(settings: Settings, args: argparse.Namespace) -> int:
     from daemon import oneshot
 
-    try:
-        events = oneshot.sort_paths(
-            settings, args.paths, dry_run=args.dry_run, progress=sys.stderr.isatty()
-        )
-    except oneshot.UsageError as exc:
-        raise UsageError(str(exc)) from None
+    events = oneshot.sort_paths(
+        settings, args.paths, dry_run=args.dry_run, progress=sys.stderr.isatty()
+    )
     for event in events:
         where = event.dest or "(not copied)"
         detail = (

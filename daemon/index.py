@@ -35,11 +35,13 @@ class DoneIndex:
         return cls.from_events(read_journal(journal), library)
 
     @classmethod
-    def from_events(cls, events: Iterable[Event], library: Path) -> DoneIndex:
+    def from_events(cls, events: Iterable[Event], library: Path | None = None) -> DoneIndex:
+        """`library=None`: skip looking for orphans (read-only uses such as `status`)."""
         index = cls()
         for event in events:
             index.record(event)
-        index._orphans = index._find_orphans(library)
+        if library is not None:
+            index._orphans = index._find_orphans(library)
         return index
 
     def record(self, event: Event) -> None:

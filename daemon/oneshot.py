@@ -16,14 +16,10 @@ from daemon.decode import lower_thread_priority, read_and_prepare
 from daemon.index import DoneIndex
 from daemon.intake import Arrival, identity_of, walk_files
 from daemon.journal import Journal, Placement
-from daemon.settings import Settings
+from daemon.settings import Settings, UsageError
 from daemon.sorter import BatchResult, Sorter
 
 T = TypeVar("T")
-
-
-class UsageError(Exception):
-    pass
 
 
 def collect(paths: list[Path], settings: Settings) -> list[Arrival]:
@@ -71,7 +67,6 @@ def sort_paths(
     # on_success = "delete" is for the inbox: files given to `sort` are the user's own, kept
     sorter = Sorter(settings.library, index, journal, on_success="keep")
     spec = classifier.manifest.preprocessing
-    max_bytes = int(settings.max_file_mb * 1024 * 1024)
     events: list[Placement] = []
     try:
         with (
@@ -81,7 +76,7 @@ def sort_paths(
         ):
             decoded = decode_ahead(
                 pool,
-                lambda a: read_and_prepare(a, spec, settings.max_pixels, max_bytes),
+                lambda a: read_and_prepare(a, spec, settings.max_pixels, settings.max_file_bytes),
                 arrivals,
                 window=settings.batch_size + settings.decode_workers,
             )

@@ -231,24 +231,21 @@ class Service:
                 continue  # back-pressure: intake waits, the file waits in the inbox
         self.tracker.finished(path)
 
-    def _decode_loop(self) -> None:
+    def _decode(self, arrival: Arrival) -> Decoded:
         s = self.settings
-        max_bytes = int(s.max_file_mb * 1024 * 1024)
+        spec = self.classifier.manifest.preprocessing
+        return read_and_prepare(arrival, spec, s.max_pixels, s.max_file_bytes)
+
+    def _decode_loop(self) -> None:
         lower_thread_priority()
         while (arrival := self._arrivals.get()) is not _STOP:
-            spec = self.classifier.manifest.preprocessing
-            self._decoded.put(read_and_prepare(arrival, spec, s.max_pixels, max_bytes))
+            self._decoded.put(self._decode(arrival))
 
     def _classify(self, batch: list[Decoded]) -> None:
         """Main loop: run the model, then hand the batch to the placer (waits if it is busy)."""
         spec = self.classifier.manifest.preprocessing
-        s = self.settings
-        max_bytes = int(s.max_file_mb * 1024 * 1024)
         # decoded before a model switch that changed the preprocessing: decode again
-        batch = [
-            d if d.spec == spec else read_and_prepare(d.arrival, spec, s.max_pixels, max_bytes)
-            for d in batch
-        ]
+        batch = [d if d.spec == spec else self._decode(d.arrival) for d in batch]
         try:
             classified = self.sorter.classify(batch, self.classifier)
         except Exception:

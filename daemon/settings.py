@@ -91,6 +91,10 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 1024 * 1024)
+
+    @property
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir or self.models_dir / ".cache"
 
@@ -120,6 +124,10 @@ PATH_KEYS = (
 
 class ConfigError(Exception):
     """A config file that cannot be used; the message names the key and the problem."""
+
+
+class UsageError(Exception):
+    """A command asked for something that cannot be done as asked (exit code 2)."""
 
 
 def default_config_path() -> Path:

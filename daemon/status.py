@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from daemon.index import DoneIndex
@@ -92,7 +91,7 @@ def _last_training(events: list[Event]) -> dict[str, Any] | None:
 def _waiting(settings: Settings, events: list[Event]) -> int:
     if not settings.inbox.is_dir():
         return 0
-    index = DoneIndex.from_events(events, Path("/nonexistent"))
+    index = DoneIndex.from_events(events)
     waiting = 0
     for path in walk_files(settings.inbox, settings.ignore):
         identity = identity_of(path)
