@@ -27,7 +27,7 @@ from trainer.data import Example
 from trainer.export import export_onnx
 from trainer.model import TAIL_BLOCKS, EfficientNetLite0, weights_file
 
-_FORMAT = 2  # bump when the way features are made changes
+_FORMAT = 3  # bump when the way features are made changes
 
 
 class _Trunk(torch.nn.Module):
