@@ -20,7 +20,13 @@ from daemon.journal import Journal, Review, Sorted  # noqa: E402
 from daemon.manifest import current_version, read_manifest  # noqa: E402
 from daemon.preprocess import Preprocessing, normalise, resize_and_crop  # noqa: E402
 from daemon.settings import load_settings  # noqa: E402
-from trainer.calibrate import calibrate, expected_calibration_error, fit_temperature  # noqa: E402
+from trainer.calibrate import (  # noqa: E402
+    calibrate,
+    expected_calibration_error,
+    fit_temperature,
+    lowest_threshold,
+    own_threshold_support,
+)
 from trainer.data import gather  # noqa: E402
 from trainer.export import ExportMismatch, check_parity, export_onnx  # noqa: E402
 from trainer.imagenet_groups import imagenet_groups  # noqa: E402
@@ -213,6 +219,36 @@ def test_temperature_scaling_recovers_overconfidence_and_thresholds_hit_the_targ
     assert (predicted[auto] == labels[auto]).mean() >= 0.9
     assert calibration.expected_auto_share == pytest.approx(auto.mean())
     assert 0.1 < calibration.expected_auto_share < 1.0
+
+
+def test_thresholds_meet_the_target_as_a_set_and_small_classes_use_the_pooled_one() -> None:
+    """Two early mistakes must not send everything below them to review when the auto-sorted
+    set still reaches the target; a class with a few dozen predictions cannot measure 97%,
+    so it takes the threshold pooled over all classes."""
+    classes = ["a", "b", "c"]
+    # 120 predictions per class, falling confidence; class "a" is wrong at ranks 12 and 13
+    confidence = np.tile(np.linspace(0.99, 0.60, 120), 3)
+    predicted = np.repeat([0, 1, 2], 120)
+    labels = predicted.copy()
+    labels[[11, 12, 118, 119]] = 1  # ... and at its two least confident ones
+    labels[[239, 359]] = [2, 0]
+    right = labels[:120] == 0
+    threshold = lowest_threshold(confidence[:120], right, 0.97, 10)
+    assert threshold is not None
+    assert right.mean() < 0.97 and threshold > 0.60, "the least confident must go to review"
+    assert threshold < confidence[100], "the early mistakes do not stop it"
+    assert right[confidence[:120] >= threshold].mean() >= 0.97
+    assert own_threshold_support(0.97) == 67
+
+    def calibrated(keep: np.ndarray) -> dict[str, float]:
+        logits = np.zeros((keep.sum(), 3))
+        logits[np.arange(keep.sum()), predicted[keep]] = 4 * confidence[keep]
+        return calibrate(logits, labels[keep], classes, 0.97).thresholds
+
+    own = calibrated(np.ones(360, bool))  # 120 each: a threshold of their own
+    assert own["a"] > own["b"] == own["c"], 'only "a" has mistakes to leave out'
+    forty_each = np.tile(np.arange(120) < 40, 3)  # "a" keeps both early mistakes
+    assert len(set(calibrated(forty_each).values())) == 1, "too few each: all pooled"
 
 
 # -- export and publishing -----------------------------------------------------------------------

@@ -1,21 +1,22 @@
 """Confidence calibration on the validation split: one temperature, then a threshold per class.
 
 Temperature scaling (Guo et al., 2017) fixes over-confidence without changing any prediction.
-Thresholds are chosen so that pictures auto-sorted into a class reach `target_precision` on
-validation; a class with too little validation data uses the pooled threshold of all classes,
-never less than a floor.
+Thresholds are chosen so that the pictures auto-sorted into a class reach `target_precision` on
+validation; a class with too few validation predictions to measure that uses the threshold
+pooled over all classes. No threshold is below a floor.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from daemon.decide import softmax
 
-MIN_PREDICTIONS = 10  # fewer validation predictions than this: a class's own threshold is noise
+MIN_PREDICTIONS = 10  # the smallest auto-sorted set a threshold may be chosen on
 FLOOR = 0.5
 
 
@@ -50,23 +51,34 @@ def expected_calibration_error(
     return float(error)
 
 
-def lowest_safe_threshold(
-    confidence: np.ndarray, correct: np.ndarray, target: float, min_support: int = MIN_PREDICTIONS
+def lowest_threshold(
+    confidence: np.ndarray, correct: np.ndarray, target: float, min_support: int
 ) -> float | None:
-    """Smallest t such that the predictions with confidence >= t' are at least `target`
-    precise for every t' >= t, counting only sets of at least `min_support` predictions (one
-    early mistake among the first few must not decide the threshold). None if even the
-    `min_support` most confident predictions miss the target."""
+    """The lowest t whose auto-sorted set, the predictions with confidence >= t, is at least
+    `target` precise and holds at least `min_support` predictions; None if there is none."""
     if len(confidence) < min_support:
         return None
-    order = np.argsort(-confidence)
+    order = np.argsort(-confidence, kind="stable")
     confidence, correct = confidence[order], correct[order]
     precision = np.cumsum(correct) / np.arange(1, len(correct) + 1)
-    safe = precision[min_support - 1 :] >= target
-    if not safe[0]:
+    # a threshold takes a whole group of equal confidences, so only a group's end is a choice
+    group_ends = np.append(confidence[1:] < confidence[:-1], True)
+    choices = np.flatnonzero(group_ends & (precision >= target))
+    choices = choices[choices >= min_support - 1]
+    if not len(choices):
         return None
-    run = len(safe) if safe.all() else int(np.argmin(safe))  # safe sets before the first unsafe
-    return float(confidence[min_support - 1 + run - 1])
+    last = choices[-1]
+    # halfway to the next confidence down: the same set on validation, and a prediction at
+    # the boundary does not flip on the last digit of a float (ORT and PyTorch differ there)
+    below = confidence[last + 1] if last + 1 < len(confidence) else confidence[last]
+    return float((confidence[last] + below) / 2)
+
+
+def own_threshold_support(target: float) -> int:
+    """Validation predictions a class needs for a threshold of its own: enough to expect two
+    mistakes at the target rate (67 at 0.97). With fewer, one mistake more or less swings
+    the class between 100% precision and far below the target: that is noise, not evidence."""
+    return max(MIN_PREDICTIONS, math.ceil(2 / max(1e-6, 1 - target)))
 
 
 @dataclass(frozen=True)
@@ -86,15 +98,16 @@ def calibrate(
     confidence = probabilities.max(axis=1)
     correct = predicted == labels
 
-    pooled = lowest_safe_threshold(confidence, correct, target)
+    pooled = lowest_threshold(confidence, correct, target, MIN_PREDICTIONS)
     pooled = max(FLOOR, pooled if pooled is not None else 1.0)
+    support = own_threshold_support(target)
     thresholds = {}
     for index, name in enumerate(classes):
         mine = predicted == index
-        if mine.sum() < MIN_PREDICTIONS:
+        if mine.sum() < support:
             threshold = pooled  # too little evidence for a threshold of its own
         else:
-            own = lowest_safe_threshold(confidence[mine], correct[mine], target)
+            own = lowest_threshold(confidence[mine], correct[mine], target, MIN_PREDICTIONS)
             threshold = own if own is not None else 1.0  # never precise enough: always review
         thresholds[name] = round(max(FLOOR, threshold), 6)
 
