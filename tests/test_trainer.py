@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import shutil
@@ -314,6 +315,20 @@ def test_publish_is_atomic_and_pruning_keeps_the_current(tmp_path: Path) -> None
     assert sorted(p.name for p in models.iterdir()) == ["current", "v1", "v4", "v5"]
 
 
+def test_a_second_training_run_changes_nothing(tmp_path: Path) -> None:
+    home = trainer_home(tmp_path, tmp_path / "cache")
+    copy_photos(tmp_path / "dataset", {"hat": 6, "pants": 6})
+    lock = tmp_path / "cache" / "train.lock"
+    lock.parent.mkdir()
+    with lock.open("a") as running:  # as a training run in another process holds it
+        fcntl.flock(running, fcntl.LOCK_EX)
+        second = sortbox("train", config=home.config)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "skipped: another `sortbox train` is running" in second.stdout
+    assert not home.models.exists() or current_version(home.models) is None
+    assert [r["outcome"] for r in home.events("train")] == ["skipped"]
+
+
 def test_train_publish_skip_gate_rollback_with_a_running_daemon(
     tmp_path: Path, feature_cache: Path
 ) -> None:
@@ -321,10 +336,14 @@ def test_train_publish_skip_gate_rollback_with_a_running_daemon(
     copy_photos(tmp_path / "dataset", {"hat": 14, "pants": 14, "shoes": 14})
     assert sortbox("init", config=home.config).returncode == 0
     default = current_version(home.models)
+    stale = feature_cache / "features" / "made-by-an-older-trainer"
+    stale.mkdir(parents=True, exist_ok=True)
+    (stale / "old.npy").write_bytes(b"")
     daemon = Daemon(home).start()
     try:
         first = sortbox("train", config=home.config, timeout=600)
         assert first.returncode == 0, first.stdout + first.stderr
+        assert not stale.exists(), "features of another recipe are never read again"
         trained = current_version(home.models)
         assert trained != default
         manifest = read_manifest(home.models / trained)

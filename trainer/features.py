@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,7 @@ class FeatureCache:
         key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
         self.folder = cache_dir / "features" / key
         self.folder.mkdir(parents=True, exist_ok=True)
+        _remove_other_recipes(self.folder)
         self._network, self._threads = network, threads
         self._session: ort.InferenceSession | None = None
 
@@ -109,6 +111,15 @@ class FeatureCache:
         with temporary.open("wb") as fh:
             np.save(fh, maps)
         os.replace(temporary, path)
+
+
+def _remove_other_recipes(keep: Path) -> None:
+    """Features made another way (an older trainer, other views or seed) are never read again;
+    without this the cache would grow by a full copy at every such change. Only called under
+    the training lock."""
+    for folder in keep.parent.iterdir():
+        if folder != keep and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def augment(image: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:

@@ -8,9 +8,12 @@ a rejected candidate. Everything written goes through temp-then-rename.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +46,17 @@ PARITY_IMAGES = 16
 def run_training(
     settings: Settings, force: bool = False, dry_run: bool = False, progress: bool = True
 ) -> int:
+    if dry_run:
+        print(describe(gather(settings)))
+        return EXIT_OK
+    # one run at a time (the timer and someone at a terminal): the loser changes nothing
+    with exclusive(settings.resolved_cache_dir / "train.lock") as held:
+        if not held:
+            return finish(settings, "skipped", None, "another `sortbox train` is running")
+        return train_and_publish(settings, force, progress)
+
+
+def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
     cfg = settings.train
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -52,8 +66,6 @@ def run_training(
     # 1. Data: labelled folders + the library, where the folder is the label.
     data = gather(settings)
     print(describe(data))
-    if dry_run:
-        return EXIT_OK
     if len(data.classes) < 2 or not data.val:
         return finish(
             settings,
@@ -249,6 +261,20 @@ def run_training(
         f"{verdict.reason}; {timings['total_s']:.1f}s"
     )
     return finish(settings, outcome, version, summary)
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: Path) -> Iterator[bool]:
+    """Hold an exclusive flock for the block; yields False at once if another process has it.
+    The kernel drops the lock when the process dies, so a crash never leaves it stuck."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def finish(settings: Settings, outcome: str, version: str | None, reason: str) -> int:
