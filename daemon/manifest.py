@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from daemon.atomic import replacing
 from daemon.preprocess import Preprocessing
 
 MODEL_FILE = "model.onnx"
@@ -142,10 +143,8 @@ def point_current_to(models_dir: Path, version: str) -> None:
     check_version(version)
     if not (models_dir / version / MANIFEST_FILE).is_file():
         raise ModelError(f"no published model {version!r} in {models_dir}")
-    temporary = models_dir / f".{CURRENT}.{os.getpid()}.tmp"
-    temporary.unlink(missing_ok=True)
-    os.symlink(version, temporary)
-    os.replace(temporary, models_dir / CURRENT)
+    with replacing(models_dir / CURRENT) as temporary:
+        os.symlink(version, temporary)
     fsync_dir(models_dir)
 
 

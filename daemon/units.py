@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from daemon.atomic import replacing
 from daemon.manifest import current_version
 from daemon.settings import Settings
 
@@ -53,11 +54,9 @@ def render_units(
     }
     units = {}
     for name in UNITS:
-        template = (
-            TEMPLATES / (name + ".in")
-            if (TEMPLATES / (name + ".in")).exists()
-            else TEMPLATES / name
-        )
+        template = TEMPLATES / f"{name}.in"
+        if not template.exists():  # the timer has nothing to fill in
+            template = TEMPLATES / name
         text = template.read_text(encoding="utf-8")
         for key, value in values.items():
             text = text.replace(key, value)
@@ -94,9 +93,8 @@ def install_units(
     folder = target or unit_folder(user_mode)
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in render_units(settings, config, user_mode, sortbox_executable()).items():
-        temporary = folder / f".{name}.tmp"
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, folder / name)
+        with replacing(folder / name) as temporary:
+            temporary.write_text(text, encoding="utf-8")
     ctl = "systemctl --user" if user_mode else "sudo systemctl"
     commands = []
     if current_version(settings.models_dir) is None:

@@ -3,6 +3,7 @@ daemon as a real subprocess that tells us it is ready over a real NOTIFY_SOCKET.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -111,10 +112,12 @@ def write_picture(path: Path, colour: str, seed: int = 0, fmt: str = "JPEG") -> 
 
 
 def jpeg_bytes(colour: str, seed: int = 0) -> bytes:
-    import io
+    return encode(picture(colour, seed), "JPEG")
 
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
     buffer = io.BytesIO()
-    picture(colour, seed).save(buffer, format="JPEG")
+    image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 

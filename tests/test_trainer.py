@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import shutil
 from datetime import UTC, datetime
@@ -15,7 +14,15 @@ from PIL import Image
 
 torch = pytest.importorskip("torch", reason="the trainer needs the train extra")
 
-from conftest import CLOTHING10, Daemon, Home, make_home, sortbox, wait_until  # noqa: E402
+from conftest import (  # noqa: E402
+    CLOTHING10,
+    Daemon,
+    Home,
+    encode,
+    make_home,
+    sortbox,
+    wait_until,
+)
 
 from daemon.journal import Journal, Review, Sorted  # noqa: E402
 from daemon.manifest import current_version, read_manifest  # noqa: E402
@@ -107,12 +114,6 @@ def test_default_model_sorts_real_photos_into_everyday_folders(tmp_path: Path) -
 # -- the data rules ------------------------------------------------------------------------------
 
 
-def jpeg(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
 def test_training_set_rules(tmp_path: Path, feature_cache: Path) -> None:
     home = trainer_home(tmp_path, feature_cache, min_images_per_class=5)
     dataset = tmp_path / "dataset"
@@ -123,7 +124,9 @@ def test_training_set_rules(tmp_path: Path, feature_cache: Path) -> None:
     shutil.copy(pants[0], dataset / "hat" / "also-pants.jpg")
     # a resized re-encoded copy: a near-duplicate, must share its original's split
     original = Image.open(hats[1])
-    (dataset / "hat" / "smaller-copy.jpg").write_bytes(jpeg(original.resize((200, 266))))
+    (dataset / "hat" / "smaller-copy.jpg").write_bytes(
+        encode(original.resize((200, 266)), "JPEG", quality=90)
+    )
     # unreadable
     (dataset / "hat" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
 

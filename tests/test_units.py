@@ -3,13 +3,13 @@ journal reading, settings."""
 
 from __future__ import annotations
 
-import io
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import encode
 from PIL import Image
 
 from daemon.decide import decide
@@ -23,12 +23,6 @@ from daemon.settings import ConfigError, load_settings
 from daemon.stability import StabilityTracker
 
 SPEC = Preprocessing(resize=64, crop=56)
-
-
-def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 # -- preprocessing -----------------------------------------------------------------------------
@@ -281,3 +275,17 @@ def test_undo_refuses_paths_from_the_journal_that_leave_their_folder(relative: s
 
     assert below(Path("/srv/library"), relative) is None
     assert below(Path("/srv/library"), "cats/x.jpg") == Path("/srv/library/cats/x.jpg")
+
+
+def test_replacing_leaves_the_old_file_whole_when_writing_fails(tmp_path: Path) -> None:
+    from daemon.atomic import replacing
+
+    target = tmp_path / "state.json"
+    target.write_text("old")
+    with pytest.raises(OSError), replacing(target) as temporary:
+        temporary.write_text("half")
+        raise OSError("disk full")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+    with replacing(target) as temporary:
+        temporary.write_text("new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["state.json"]

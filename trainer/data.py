@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from daemon.atomic import replacing
 from daemon.journal import Review, Sorted, Undone, read_journal
 from daemon.manifest import RESERVED_FOLDERS, check_class_name
 from daemon.preprocess import BadImage, decode_rgb
 from daemon.settings import Settings
 
+UNREADABLE = "unreadable: not a picture Pillow can decode"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -81,7 +82,7 @@ def gather(settings: Settings) -> TrainingSet:
     for path, label, origin in candidates:
         entry = hashes.get(path)
         if entry is None:
-            excluded.append((str(path), "unreadable: not a picture Pillow can decode"))
+            excluded.append((str(path), UNREADABLE))
             continue
         sha256, dhash = entry
         by_content[sha256].append((path, label, origin))
@@ -146,7 +147,7 @@ def _library_labels(
         for path in _images_in(folder):
             entry = hashes.get(path)
             if entry is None:
-                excluded.append((str(path), "unreadable: not a picture Pillow can decode"))
+                excluded.append((str(path), UNREADABLE))
                 continue
             record = placed.get(entry[0])
             if record is None:
@@ -226,9 +227,8 @@ class HashCache:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self._entries))
-        os.replace(temporary, self.path)
+        with replacing(self.path) as temporary:
+            temporary.write_text(json.dumps(self._entries))
 
 
 def difference_hash(data: bytes) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import onnx
 import torch
 
+from daemon.atomic import replacing
 from daemon.classify import open_session
 from daemon.decide import softmax
 
@@ -23,26 +23,25 @@ class ExportMismatch(Exception):
 def export_onnx(model: torch.nn.Module, crop: int, path: Path, output: str = "logits") -> Path:
     model.eval()  # before export: dropout off, BatchNorm on running statistics
     sample = torch.zeros(1, 3, crop, crop)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with warnings.catch_warnings():
-        # the TorchScript exporter warns that the "same" padding is traced as constants: it is
-        # meant to be, the input size is fixed by the manifest
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (sample,),
-            temporary,
-            input_names=["input"],
-            output_names=[output],
-            dynamic_axes={"input": {0: "N"}, output: {0: "N"}},
-            dynamo=False,
-            opset_version=17,
-        )
-    graph = onnx.load(temporary)
-    drop_absent_optional_inputs(graph)
-    onnx.checker.check_model(graph)
-    onnx.save(graph, temporary)
-    os.replace(temporary, path)
+    with replacing(path) as temporary:
+        with warnings.catch_warnings():
+            # the TorchScript exporter warns that the "same" padding is traced as constants:
+            # it is meant to be, the input size is fixed by the manifest
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (sample,),
+                temporary,
+                input_names=["input"],
+                output_names=[output],
+                dynamic_axes={"input": {0: "N"}, output: {0: "N"}},
+                dynamo=False,
+                opset_version=17,
+            )
+        graph = onnx.load(temporary)
+        drop_absent_optional_inputs(graph)
+        onnx.checker.check_model(graph)
+        onnx.save(graph, temporary)
     return path
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
+from daemon.atomic import replacing
 from daemon.classify import open_session
 from daemon.manifest import sha256_file
 from daemon.preprocess import Preprocessing, decode_rgb, normalise, resize_and_crop
@@ -107,10 +107,8 @@ class FeatureCache:
     def _store(self, sha256: str, maps: np.ndarray) -> None:
         path = self._path(sha256)
         path.parent.mkdir(exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with temporary.open("wb") as fh:
+        with replacing(path) as temporary, temporary.open("wb") as fh:
             np.save(fh, maps)
-        os.replace(temporary, path)
 
 
 def _remove_other_recipes(keep: Path) -> None:
