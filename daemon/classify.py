@@ -14,6 +14,7 @@ from daemon.manifest import (
     ModelError,
     current_version,
     read_manifest,
+    retarget,
     verify_model_file,
 )
 
@@ -54,8 +55,11 @@ def open_session(model_path: Path, threads: int) -> ort.InferenceSession:
     )
 
 
-def load_classifier(version_dir: Path, threads: int, run_size: int = 1) -> Classifier:
-    """Load and check one published version; raises ModelError with the reason."""
+def load_classifier(
+    version_dir: Path, threads: int, run_size: int = 1, target_precision: float | None = None
+) -> Classifier:
+    """Load and check one published version; raises ModelError with the reason. With a
+    `target_precision`, thresholds are re-derived for it from the calibration predictions."""
     manifest = read_manifest(version_dir)
     model_path = verify_model_file(version_dir, manifest)
     try:
@@ -63,16 +67,20 @@ def load_classifier(version_dir: Path, threads: int, run_size: int = 1) -> Class
     except Exception as exc:  # ORT raises its own exception types for malformed graphs
         raise ModelError(f"{model_path}: ONNX Runtime cannot load it: {exc}") from None
     _check_signature(session, manifest, model_path)
+    if target_precision is not None:
+        manifest = retarget(manifest, target_precision)
     return Classifier(manifest=manifest, session=session, run_size=run_size)
 
 
-def load_current(models_dir: Path, threads: int, run_size: int = 1) -> Classifier:
+def load_current(
+    models_dir: Path, threads: int, run_size: int = 1, target_precision: float | None = None
+) -> Classifier:
     version = current_version(models_dir)
     if version is None:
         raise ModelError(
             f"no model at {models_dir / CURRENT}; run `sortbox init` to create the default model"
         )
-    return load_classifier(models_dir / version, threads, run_size)
+    return load_classifier(models_dir / version, threads, run_size, target_precision)
 
 
 def _check_signature(session: ort.InferenceSession, manifest: Manifest, path: Path) -> None:

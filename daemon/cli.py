@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import re
+import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -155,6 +156,9 @@ def parse_since(text: str) -> datetime:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    # A reload asked for while we start is moot (we load the newest config and model anyway);
+    # its default action would kill us before the service installs its handlers.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from daemon.manifest import current_version
     from daemon.notify import Notifier
     from daemon.service import Service
@@ -162,7 +166,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if current_version(settings.models_dir) is None:
         print("sortbox: no model yet; creating the default model first", file=sys.stderr)
         init_command(settings, args)
-    Service(settings, Notifier.from_environment()).run()
+    Service(
+        settings, Notifier.from_environment(), reload_settings=lambda: load_settings(args.config)
+    ).run()
     return EXIT_OK
 
 

@@ -104,7 +104,9 @@ def _network(settings: Settings) -> Finding:
 
 def _model(settings: Settings) -> Finding:
     try:
-        classifier = load_current(settings.models_dir, 1)
+        classifier = load_current(
+            settings.models_dir, 1, target_precision=settings.target_precision
+        )
     except ModelError as exc:
         return Finding("fail", f"model: {exc}")
     manifest = classifier.manifest

@@ -97,7 +97,7 @@ class ModelLoaded(_Event):
 
 class TrainingRun(_Event):
     event: Literal["train"] = "train"
-    outcome: Literal["published", "rejected", "skipped", "failed"]
+    outcome: Literal["published", "rejected", "skipped", "paused", "failed"]
     model: str | None = None
     reason: str
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from daemon.atomic import replacing
 from daemon.preprocess import Preprocessing
+from daemon.thresholds import CalibrationPoints, derive_thresholds
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -63,7 +64,9 @@ class Manifest(BaseModel):
     format: Literal[1] = 1
     version: str
     created: datetime
-    kind: Literal["default", "trained"] = "trained"
+    # default: ImageNet grouped by hand; fast: a head on frozen features; fine-tuned: the
+    # last stages trained too ("trained": sortbox 0.1)
+    kind: Literal["default", "trained", "fast", "fine-tuned"] = "trained"
     classes: list[str] = Field(min_length=1)
     preprocessing: Preprocessing
     input_name: str = "input"
@@ -74,6 +77,11 @@ class Manifest(BaseModel):
     training_set_hash: str | None = None
     expected_review_rate: float | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    backbone: str | None = None
+    # The calibration split's predictions and the precision the thresholds were derived for:
+    # with them, the daemon re-derives the thresholds for the target in config.toml.
+    calibration: CalibrationPoints | None = None
+    target_precision: float | None = Field(None, gt=0.0, le=1.0)
 
     @field_validator("version")
     @classmethod
@@ -96,6 +104,21 @@ class Manifest(BaseModel):
         if any(not 0.0 <= t <= 1.0 for t in self.thresholds.values()):
             raise ValueError("thresholds must lie between 0 and 1")
         return self
+
+
+def retarget(manifest: Manifest, target_precision: float) -> Manifest:
+    """The manifest with thresholds for another target precision, where it carries the
+    calibration predictions to derive them from; unchanged otherwise (the default model)."""
+    if manifest.calibration is None or manifest.target_precision == target_precision:
+        return manifest
+    derived = derive_thresholds(manifest.calibration, manifest.classes, target_precision)
+    return manifest.model_copy(
+        update={
+            "thresholds": derived.per_class,
+            "target_precision": target_precision,
+            "expected_review_rate": 1.0 - derived.auto_share,
+        }
+    )
 
 
 def sha256_file(path: Path) -> str:

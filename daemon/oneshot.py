@@ -59,7 +59,10 @@ def sort_paths(
     settings: Settings, paths: list[Path], dry_run: bool, progress: bool = True
 ) -> list[Placement]:
     classifier = load_current(
-        settings.models_dir, settings.inference_threads, settings.inference_run_size
+        settings.models_dir,
+        settings.inference_threads,
+        settings.inference_run_size,
+        settings.target_precision,
     )
     index = DoneIndex.load(settings.journal, settings.library)
     arrivals = [a for a in collect(paths, settings) if index.source(a.path, a.identity) is None]

@@ -13,6 +13,7 @@ the files simply stay in the inbox a little longer; nothing is dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import signal
 import threading
@@ -30,11 +31,11 @@ from daemon.decode import Decoded, lower_thread_priority, read_and_prepare
 from daemon.index import DoneIndex
 from daemon.intake import Arrival, Identity, inside, is_ignored, walk_files
 from daemon.journal import Journal, ModelLoaded
-from daemon.manifest import ModelError, current_version
+from daemon.manifest import ModelError, current_version, retarget
 from daemon.metrics import Metrics, write_textfile
 from daemon.notify import Notifier
 from daemon.place import remove_leftover_temps
-from daemon.settings import Settings
+from daemon.settings import ConfigError, Settings
 from daemon.sorter import Classified, Sorter
 from daemon.stability import StabilityTracker
 from daemon.watch import Notice, resolve_watch_mode, start_observer
@@ -44,11 +45,21 @@ log = structlog.get_logger(__name__)
 _STOP = None  # end-of-work marker on the arrivals queue
 _MODEL_CHECK_INTERVAL_S = 1.0
 _DRAIN_TIMEOUT_S = 5.0
+_LIVE_SETTINGS = {"target_precision"}  # what SIGHUP applies without a restart
 
 
 class Service:
-    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        notifier: Notifier | None = None,
+        reload_settings: Callable[[], Settings] | None = None,
+    ) -> None:
+        """`reload_settings` re-reads config.toml on SIGHUP; without it, SIGHUP only looks
+        for a new model."""
         self.settings = settings
+        self._reload_settings = reload_settings
+        self._reload_requested = False
         self.notifier = notifier or Notifier()
         self.should_exit = threading.Event()
         self.force_exit = False
@@ -87,13 +98,16 @@ class Service:
         self.should_exit.set()
 
     def _on_reload_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._next_model_check = 0.0  # look at models_dir/current now
+        self._reload_requested = True  # re-read config.toml ...
+        self._next_model_check = 0.0  # ... and look at models_dir/current now
 
     def startup(self) -> None:
         s = self.settings
         for folder in (s.inbox, s.library, s.models_dir, s.journal.parent):
             folder.mkdir(parents=True, exist_ok=True)
-        self.classifier = load_current(s.models_dir, s.inference_threads, s.inference_run_size)
+        self.classifier = load_current(
+            s.models_dir, s.inference_threads, s.inference_run_size, s.target_precision
+        )
         removed = remove_leftover_temps(s.library)
         self.index = DoneIndex.load(s.journal, s.library)
         self.journal = Journal(s.journal)
@@ -128,6 +142,8 @@ class Service:
             )
             if batch:
                 self._classify(batch)
+            if self._reload_requested:
+                self._reload()
             self._maybe_switch_model()
             self._heartbeat()
 
@@ -321,19 +337,48 @@ class Service:
                 self.settings.models_dir / version,
                 self.settings.inference_threads,
                 self.settings.inference_run_size,
+                self.settings.target_precision,
             )
         except ModelError as exc:
             self._failed_version = version
             log.error("model_refused", version=version, error=str(exc))
             return
-        self._switch_to(new)
+        self._switch_to(new, f"switched from {self.classifier.version}")
 
-    def _switch_to(self, new: Classifier) -> None:
+    def _switch_to(self, new: Classifier, reason: str) -> None:
         old = self.classifier.version
         self.classifier = new
         self.metrics.model = new.version
-        self.journal.append([ModelLoaded(model=new.version, reason=f"switched from {old}")])
-        log.info("model_switched", old=old, new=new.version)
+        self.journal.append([ModelLoaded(model=new.version, reason=reason)])
+        log.info("model_switched", old=old, new=new.version, reason=reason)
+
+    def _reload(self) -> None:
+        """SIGHUP: take the decision settings from config.toml again. Everything else (folders,
+        threads, watching) is wired at start-up and needs a restart; the log says which."""
+        self._reload_requested = False
+        if self._reload_settings is None:
+            return
+        try:
+            fresh = self._reload_settings()
+        except ConfigError as exc:
+            log.error("reload_refused", error=str(exc))  # keep running as configured
+            return
+        changed = sorted(
+            key
+            for key in Settings.model_fields
+            if getattr(fresh, key) != getattr(self.settings, key)
+        )
+        needs_restart = [key for key in changed if key not in _LIVE_SETTINGS]
+        if needs_restart:
+            log.warning("reload_needs_restart", keys=needs_restart)
+        if "target_precision" in changed:
+            target = fresh.target_precision
+            self.settings = self.settings.model_copy(update={"target_precision": target})
+            manifest = retarget(self.classifier.manifest, target)
+            self._switch_to(
+                dataclasses.replace(self.classifier, manifest=manifest),
+                f"thresholds re-derived for target precision {target}",
+            )
 
     def _heartbeat(self) -> None:
         now = time.monotonic()

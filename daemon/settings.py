@@ -29,21 +29,40 @@ DEFAULT_IGNORE = [
 class TrainSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    target_precision: float = Field(0.97, gt=0.0, le=1.0)
+    backbone: Literal["lite0", "lite2"] = "lite0"
     min_images_per_class: int = Field(5, ge=2)
-    val_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    # the three roles of the labelled pictures, by content hash (stable across runs): train,
+    # calibration (early stopping, temperature, thresholds) and test (the gate and the
+    # reported figures; nothing is tuned on it). A dataset with train/, validation/ and
+    # test/ folders keeps its own split.
+    calibration_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     # auto-sorted files nobody touched are not labels unless this is on (no self-confirmation)
     trust_auto_sorted: bool = False
-    augmented_views: int = Field(3, ge=0, le=16)
+    # the fast model: a linear head on frozen features, published first
     head_epochs: int = Field(60, ge=1)
-    finetune_epochs: int = Field(15, ge=0)
-    batch_size: int = Field(32, ge=1)
+    # the deep model: the last stages fine-tuned on augmented pictures, published if better
+    finetune_epochs: int = Field(30, ge=0)
+    trainable_stages: int = Field(2, ge=1, le=7)
+    budget_minutes: float = Field(60.0, gt=0.0)
+    batch_size: int = Field(64, ge=2)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     keep_versions: int = Field(5, ge=1)
+    # the gate: a candidate may lose at most this much macro-F1 on the test pictures ...
     max_macro_f1_drop: float = Field(0.005, ge=0.0, le=1.0)
+    # ... and no class may lose more recall than this, beyond what chance explains
+    max_class_recall_drop: float = Field(0.05, ge=0.0, le=1.0)
     # perceptual-hash Hamming distance at or below which two pictures count as near-duplicates
     near_duplicate_distance: int = Field(4, ge=0, le=64)
-    threads: int = Field(2, ge=1)
+    # CPU threads for training; default: every core
+    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+
+    @model_validator(mode="after")
+    def _some_pictures_left_to_train_on(self) -> TrainSettings:
+        if self.calibration_fraction + self.test_fraction >= 0.8:
+            raise ValueError("calibration_fraction + test_fraction must leave pictures to train on")
+        return self
 
 
 class Settings(BaseSettings):
@@ -81,7 +100,23 @@ class Settings(BaseSettings):
     metrics_textfile: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Auto-sorted pictures should be right this often; the rest go to needs_review. Thresholds
+    # are re-derived from the model's calibration predictions whenever a model is loaded and
+    # on SIGHUP (`systemctl reload sortbox`): no retraining needed.
+    target_precision: float = Field(0.97, gt=0.0, le=1.0)
+
     train: TrainSettings = Field(default_factory=TrainSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_old_target_precision(cls, values: Any) -> Any:
+        # sortbox 0.1 had [train] target_precision; the daemon uses it now, so it is top-level
+        train = values.get("train") if isinstance(values, dict) else None
+        if isinstance(train, dict) and "target_precision" in train:
+            train = dict(train)
+            values = {**values, "train": train}
+            values.setdefault("target_precision", train.pop("target_precision"))
+        return values
 
     @model_validator(mode="after")
     def _folders_do_not_nest(self) -> Settings:

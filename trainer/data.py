@@ -4,9 +4,14 @@ A library file is a human label when the journal shows the daemon put it in need
 another class (a correction), or has no record of it (the user added it). Files the daemon
 auto-sorted that nobody moved are not labels unless `train.trust_auto_sorted` is on.
 
+Every picture has one of three roles: `train` (gradient steps), `calibration` (early stopping,
+temperature, thresholds) and `test` (the gate and the reported figures; nothing is tuned on
+it). Roles come from the content hash, so they never change as pictures are added; a dataset
+laid out as train/, validation/ and test/ folders of classes keeps its own split.
+
 Hygiene: unreadable files are reported and skipped, exact duplicates count once, a picture
-under two labels is reported and left out, near-duplicates share a split, splits depend only on
-content, and classes with too few pictures are reported and left out.
+under two labels is reported and left out, near-duplicates share a role, and classes with too
+few pictures are reported and left out.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -28,6 +34,15 @@ from daemon.settings import Settings
 
 UNREADABLE = "unreadable: not a picture Pillow can decode"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+Role = Literal["train", "calibration", "test"]
+ROLES: tuple[Role, ...] = ("train", "calibration", "test")
+# a dataset's own split: folder name -> role
+SPLIT_FOLDERS: dict[str, Role] = {
+    "train": "train",
+    "validation": "calibration",
+    "val": "calibration",
+    "test": "test",
+}
 
 
 @dataclass(frozen=True)
@@ -41,30 +56,34 @@ class Example:
 @dataclass
 class TrainingSet:
     train: list[Example]
-    val: list[Example]
+    calibration: list[Example]
+    test: list[Example]
     classes: list[str]
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (path or class, why)
     conflicts: list[tuple[str, list[str]]] = field(default_factory=list)  # (sha256, labels)
 
+    def role(self, role: Role) -> list[Example]:
+        return {"train": self.train, "calibration": self.calibration, "test": self.test}[role]
+
+    @property
+    def everything(self) -> list[Example]:
+        return self.train + self.calibration + self.test
+
     @property
     def fingerprint(self) -> str:
-        """Same images with the same labels and split → same fingerprint: nothing to retrain."""
-        lines = sorted(
-            f"{e.sha256} {e.label} {s}"
-            for s, part in (("t", self.train), ("v", self.val))
-            for e in part
-        )
+        """Same images with the same labels and roles → same fingerprint: nothing to retrain."""
+        lines = sorted(f"{e.sha256} {e.label} {role}" for role in ROLES for e in self.role(role))
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
-    def counts(self) -> dict[str, tuple[int, int]]:
+    def counts(self) -> dict[str, tuple[int, int, int]]:
         return {
-            c: (sum(e.label == c for e in self.train), sum(e.label == c for e in self.val))
+            c: tuple(sum(e.label == c for e in self.role(role)) for role in ROLES)  # type: ignore[misc]
             for c in self.classes
         }
 
     def origins(self) -> dict[str, int]:
         tally: dict[str, int] = defaultdict(int)
-        for example in self.train + self.val:
+        for example in self.everything:
             tally[example.origin] += 1
         return dict(tally)
 
@@ -72,33 +91,37 @@ class TrainingSet:
 def gather(settings: Settings) -> TrainingSet:
     hashes = HashCache(settings.resolved_cache_dir / "hashes.json")
     excluded: list[tuple[str, str]] = []
-    candidates: list[tuple[Path, str, str]] = []  # (path, label, origin)
+    candidates: list[tuple[Path, str, str, Role | None]] = []  # (path, label, origin, role)
     if settings.dataset is not None:
-        candidates += _labelled_folders(settings.dataset, excluded)
-    candidates += _library_labels(settings, hashes, excluded)
+        candidates += _dataset(settings.dataset, excluded)
+    candidates += [(*c, None) for c in _library_labels(settings, hashes, excluded)]
 
-    by_content: dict[str, list[tuple[Path, str, str]]] = defaultdict(list)
+    by_content: dict[str, list[tuple[Path, str, str, Role | None]]] = defaultdict(list)
     fingerprints: dict[str, int] = {}
-    for path, label, origin in candidates:
+    for path, label, origin, role in candidates:
         entry = hashes.get(path)
         if entry is None:
             excluded.append((str(path), UNREADABLE))
             continue
         sha256, dhash = entry
-        by_content[sha256].append((path, label, origin))
+        by_content[sha256].append((path, label, origin, role))
         fingerprints[sha256] = dhash
     hashes.save()
 
     examples, conflicts = [], []
+    given_roles: dict[str, Role] = {}
     for sha256, entries in by_content.items():
-        labels = sorted({label for _, label, _ in entries})
+        labels = sorted({label for _, label, _, _ in entries})
         if len(labels) > 1:
             conflicts.append((sha256, labels))
-            for path, _, _ in entries:
+            for path, *_ in entries:
                 excluded.append((str(path), f"same picture labelled {', '.join(labels)}"))
             continue
-        path, label, origin = entries[0]  # exact duplicates count once
+        path, label, origin, _ = entries[0]  # exact duplicates count once
         examples.append(Example(path, sha256, label, origin))
+        roles = {role for *_, role in entries if role is not None}
+        if roles:
+            given_roles[sha256] = _most_held_out(roles)
 
     counts: dict[str, int] = defaultdict(int)
     for example in examples:
@@ -109,23 +132,46 @@ def gather(settings: Settings) -> TrainingSet:
         excluded.append((name, f"class has {counts[name]} pictures, fewer than {minimum}"))
     examples = [e for e in examples if e.label not in too_small]
 
-    in_val = validation_split(
-        examples, fingerprints, settings.train.val_fraction, settings.train.near_duplicate_distance
+    cfg = settings.train
+    roles = assign_roles(
+        examples,
+        fingerprints,
+        given_roles,
+        (cfg.calibration_fraction, cfg.test_fraction),
+        cfg.near_duplicate_distance,
     )
     return TrainingSet(
-        train=[e for e in examples if e.sha256 not in in_val],
-        val=[e for e in examples if e.sha256 in in_val],
+        *([e for e in examples if roles[e.sha256] == role] for role in ROLES),
         classes=sorted({e.label for e in examples}),
         excluded=excluded,
         conflicts=conflicts,
     )
 
 
-def _labelled_folders(root: Path, excluded: list[tuple[str, str]]) -> list[tuple[Path, str, str]]:
-    found = []
+def _most_held_out(roles: set[Role]) -> Role:
+    # a picture in both the test and the train folder must never be trained on
+    return max(roles, key=ROLES.index)
+
+
+def _dataset(
+    root: Path, excluded: list[tuple[str, str]]
+) -> list[tuple[Path, str, str, Role | None]]:
+    """<root>/<class>/..., or <root>/{train,validation,test}/<class>/... with its own split."""
     if not root.is_dir():
         excluded.append((str(root), "dataset folder does not exist"))
-        return found
+        return []
+    splits = {name: role for name, role in SPLIT_FOLDERS.items() if (root / name).is_dir()}
+    if "train" in splits and "test" in splits.values():
+        return [
+            (path, label, "dataset", role)
+            for name, role in splits.items()
+            for path, label, _ in _labelled_folders(root / name, excluded)
+        ]
+    return [(*found, None) for found in _labelled_folders(root, excluded)]
+
+
+def _labelled_folders(root: Path, excluded: list[tuple[str, str]]) -> list[tuple[Path, str, str]]:
+    found = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if not _usable_class(folder.name, excluded):
             continue
@@ -242,10 +288,15 @@ def difference_hash(data: bytes) -> int:
 # -- splits --------------------------------------------------------------------------------------
 
 
-def validation_split(
-    examples: list[Example], dhashes: dict[str, int], fraction: float, max_distance: int
-) -> set[str]:
-    """sha256s of the validation pictures: near-duplicate groups go together, by content hash."""
+def assign_roles(
+    examples: list[Example],
+    dhashes: dict[str, int],
+    given: dict[str, Role],
+    fractions: tuple[float, float],
+    max_distance: int,
+) -> dict[str, Role]:
+    """sha256 → role. Near-duplicate groups share one: the most held-out role given to any
+    member (a dataset's own split), else one drawn from the group's content hash."""
     shas = sorted({e.sha256 for e in examples})
     parent = {s: s for s in shas}
 
@@ -262,12 +313,23 @@ def validation_split(
             a, b = root(shas[i]), root(shas[i + 1 + int(j)])
             if a != b:
                 parent[max(a, b)] = min(a, b)
-    return {s for s in shas if _in_validation(root(s), fraction)}
+    members: dict[str, list[str]] = defaultdict(list)
+    for s in shas:
+        members[root(s)].append(s)
+    roles: dict[str, Role] = {}
+    for key, group in members.items():
+        held = {given[s] for s in group if s in given}
+        role = _most_held_out(held) if held else _hashed_role(key, fractions)
+        roles.update(dict.fromkeys(group, role))
+    return roles
 
 
-def _in_validation(group_key: str, fraction: float) -> bool:
-    bucket = int(hashlib.sha256(f"split:{group_key}".encode()).hexdigest()[:8], 16)
-    return bucket / 0xFFFFFFFF < fraction
+def _hashed_role(group_key: str, fractions: tuple[float, float]) -> Role:
+    calibration, test = fractions
+    bucket = int(hashlib.sha256(f"split:{group_key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if bucket < test:
+        return "test"
+    return "calibration" if bucket < test + calibration else "train"
 
 
 def _popcount(values: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from daemon.preprocess import Preprocessing
 from daemon.settings import Settings
 from trainer.export import check_parity, export_onnx
 from trainer.imagenet_groups import imagenet_groups
-from trainer.model import EfficientNetLite0, imagenet_lite0
+from trainer.model import EfficientNetLite, imagenet_network
 from trainer.publish import new_version, publish
 
 # No labelled data to calibrate on: a picture is auto-sorted when its folder's summed ImageNet
@@ -28,7 +28,7 @@ DEFAULT_THRESHOLD = 0.6
 
 
 class GroupedImageNet(torch.nn.Module):
-    def __init__(self, network: EfficientNetLite0, groups: dict[str, list[int]]) -> None:
+    def __init__(self, network: EfficientNetLite, groups: dict[str, list[int]]) -> None:
         super().__init__()
         self.network = network
         membership = torch.zeros(1000, len(groups))
@@ -45,7 +45,7 @@ def create_default_model(settings: Settings) -> str:
     torch.manual_seed(0)
     groups = imagenet_groups()
     spec = Preprocessing()
-    model = GroupedImageNet(imagenet_lite0(), groups).eval()
+    model = GroupedImageNet(imagenet_network("lite0"), groups).eval()
     version = new_version(settings.models_dir, "default")
     make_current = current_version(settings.models_dir) is None
     settings.models_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,7 @@ class GateResult:
     common_classes: list[str]
     candidate_macro_f1: float | None
     current_macro_f1: float | None
+    broken_classes: list[str] = field(default_factory=list)
 
 
 def gate(
@@ -73,9 +75,12 @@ def gate(
     current: list[str] | None,
     current_classes: list[str],
     max_drop: float,
+    max_class_recall_drop: float = 1.0,
 ) -> GateResult:
-    """Publish only if, on the same validation pictures and the classes both models know, the
-    candidate's macro-F1 is at most `max_drop` below the current model's."""
+    """Publish only if, on the same test pictures and the classes both models know,
+    - the candidate's macro-F1 is at most `max_drop` below the current model's, and
+    - no class loses more than `max_class_recall_drop` of its recall beyond what chance
+      explains: a better average must not hide one class the candidate broke."""
     if current is None:
         return GateResult(True, "no current model", [], None, None)
     common = sorted(set(current_classes) & set(true))
@@ -88,13 +93,37 @@ def gate(
         return float(np.mean([s["f1"] for s in scores.values()]))
 
     new, old = macro_f1(candidate), macro_f1(current)
-    passed = new >= old - max_drop
+    broken = [
+        name
+        for name in common
+        if recall_broken(
+            [(current[i] == name, candidate[i] == name) for i in keep if true[i] == name],
+            max_class_recall_drop,
+        )
+    ]
+    passed = new >= old - max_drop and not broken
     verdict = "not worse" if passed else "worse"
     reason = (
         f"macro-F1 on {len(common)} shared classes: "
         f"candidate {new:.4f}, current {old:.4f} ({verdict})"
     )
-    return GateResult(passed, reason, common, new, old)
+    if broken:
+        reason += f"; recall dropped beyond noise for {', '.join(broken)}"
+    return GateResult(passed, reason, common, new, old, broken)
+
+
+def recall_broken(pairs: list[tuple[bool, bool]], max_drop: float) -> bool:
+    """`pairs`: for each test picture of one class, (current right, candidate right).
+
+    Broken: recall falls by more than `max_drop`, and the pictures only the current model
+    gets right outnumber those only the candidate gets right by more than two standard
+    deviations of a fair coin (a one-sided sign test at about 2.5%)."""
+    if not pairs:
+        return False
+    lost = sum(old and not new for old, new in pairs)
+    gained = sum(new and not old for old, new in pairs)
+    drop = (lost - gained) / len(pairs)
+    return drop > max_drop and lost - gained > 2 * math.sqrt(lost + gained)
 
 
 def confusion_png(confusion: list[list[int]], classes: list[str]) -> bytes:
@@ -133,23 +162,28 @@ def report_files(
 
 def report_markdown(report: dict[str, Any], classes: list[str], evaluation: Evaluation) -> str:
     cal = report["calibration"]
+    auto = report["test_auto_sorted"]
     lines = [
         f"# Model {report['version']}",
         "",
-        f"Created {report['created']}; parent {report.get('parent') or 'none'}; "
-        f"{report['data']['train']} training and {report['data']['val']} validation pictures.",
+        f"A {report['kind']} model on {report['backbone']}, created {report['created']}; "
+        f"parent {report.get('parent') or 'none'}; {report['data']['train']} training, "
+        f"{report['data']['calibration']} calibration and {report['data']['test']} test pictures.",
         "",
         f"**Outcome: {report['outcome']}** — {report['gate']['reason']}",
         "",
-        "## Held-out results",
+        "## On the test pictures (nothing was tuned on them)",
         "",
         f"- accuracy **{evaluation.accuracy:.3f}**, macro-F1 **{evaluation.macro_f1:.3f}**",
         f"- temperature {cal['temperature']:.3f}; expected calibration error "
         f"{cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after scaling",
         f"- at the calibrated thresholds (target precision {cal['target_precision']}): "
-        f"{cal['expected_auto_share']:.1%} auto-sorted "
-        f"at {cal['expected_auto_precision']:.1%} precision; "
-        f"the rest go to needs_review",
+        f"**{auto['share']:.1%}** auto-sorted (95% interval {auto['share_interval'][0]:.1%}–"
+        f"{auto['share_interval'][1]:.1%}) at **{auto['precision']:.1%}** precision "
+        f"({auto['precision_interval'][0]:.1%}–{auto['precision_interval'][1]:.1%}, "
+        f"{auto['right']} of {auto['auto_sorted']} right); the rest go to needs_review",
+        f"- on the calibration pictures the thresholds were chosen on: "
+        f"{cal['expected_auto_share']:.1%} at {cal['expected_auto_precision']:.1%}",
         "",
         "| class | precision | recall | F1 | support | threshold |",
         "|---|---|---|---|---|---|",
@@ -184,7 +218,7 @@ def report_markdown(report: dict[str, Any], classes: list[str], evaluation: Eval
         f"| {r['threshold']:.2f} | {r['coverage']:.1%} | {r['precision']:.1%} |"
         for r in report["precision_coverage"]
     ]
-    lines += ["", "## Validation pictures it got wrong", ""]
+    lines += ["", "## Test pictures it got wrong", ""]
     lines += [
         f"- `{w['path']}`: {w['true']} taken for {w['predicted']} ({w['confidence']:.2f})"
         for w in report["wrong"]

@@ -1,10 +1,12 @@
-"""Cached trunk features, so a retrain after a few corrections costs seconds, not minutes.
+"""The frozen part of the network, run fast, and the fast model's cached features.
 
-The frozen trunk of EfficientNet-Lite0 (everything before the fine-tuned tail) runs once per
-picture and view, through ONNX Runtime (about twice as fast as PyTorch on 2 CPU cores), and its
-output (192 x 7 x 7, float16) is stored under the picture's sha256. View 0 is the plain
-preprocessed picture; views 1..N are deterministic augmentations of it, for fine-tuning.
-The cache key covers everything that changes the numbers: weights, preprocessing, views, seed.
+The frozen part (stem and early stages) is never trained, so it needs no autograd: on the CPU
+ONNX Runtime runs it (about twice as fast as PyTorch on 2 cores); on a GPU, PyTorch does.
+
+The fast model is a linear head on the ImageNet network's pooled features. Those depend only
+on the picture, so they are computed once per picture (plain and mirrored) and stored under
+its sha256: a retrain after a few corrections costs seconds, not minutes. The cache key covers
+everything that changes the numbers: backbone, weights, split point, preprocessing.
 """
 
 from __future__ import annotations
@@ -17,125 +19,105 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
 from daemon.atomic import replacing
 from daemon.classify import open_session
 from daemon.manifest import sha256_file
-from daemon.preprocess import Preprocessing, decode_rgb, normalise, resize_and_crop
+from daemon.preprocess import decode_rgb, normalise, resize_and_crop
 from trainer.data import Example
 from trainer.export import export_onnx
-from trainer.model import TAIL_BLOCKS, EfficientNetLite0, weights_file
+from trainer.model import EfficientNetLite, Frozen, weights_file
 
-_FORMAT = 3  # bump when the way features are made changes
+_FORMAT = 4  # bump when the way features are made changes
+VIEWS = 2  # the picture and its mirror image
 
 
-class _Trunk(torch.nn.Module):
-    def __init__(self, network: EfficientNetLite0) -> None:
-        super().__init__()
-        self.network = network
+class FrozenPart:
+    """images (N x 3 x crop x crop float32) → frozen maps, as a torch tensor on `device`."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network.trunk(x)
+    def __init__(
+        self, network: EfficientNetLite, folder: Path, threads: int, device: torch.device
+    ) -> None:
+        self.network, self.device = network, device
+        self._session: ort.InferenceSession | None = None
+        if device.type == "cpu":
+            path = folder / "frozen.onnx"
+            if not path.exists():
+                export_onnx(Frozen(network), network.backbone.crop, path, output="maps")
+            self._session = open_session(path, threads)
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        if self._session is not None:
+            (maps,) = self._session.run(None, {"input": images})
+            return torch.from_numpy(maps)
+        with torch.no_grad():
+            return self.network.frozen(torch.from_numpy(images).to(self.device))
 
 
 class FeatureCache:
     def __init__(
         self,
         cache_dir: Path,
-        network: EfficientNetLite0,
-        spec: Preprocessing,
-        views: int,
-        seed: int,
+        network: EfficientNetLite,
         threads: int,
+        device: torch.device,
         max_pixels: int = 100_000_000,
     ) -> None:
-        self.spec, self.views, self.seed, self.max_pixels = spec, views, seed, max_pixels
+        backbone = network.backbone
+        self.spec, self.max_pixels = backbone.preprocessing, max_pixels
         recipe = {
             "format": _FORMAT,
-            "weights": sha256_file(weights_file())[:16],
-            "tail_blocks": TAIL_BLOCKS,
-            "spec": spec.model_dump(),
-            "views": views,
-            "seed": seed,
+            "backbone": backbone.name,
+            "weights": sha256_file(weights_file(backbone))[:16],
+            "split": network.split,
+            "spec": self.spec.model_dump(),
         }
         key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
         self.folder = cache_dir / "features" / key
         self.folder.mkdir(parents=True, exist_ok=True)
         _remove_other_recipes(self.folder)
-        self._network, self._threads = network, threads
-        self._session: ort.InferenceSession | None = None
-
-    def _trunk_session(self) -> ort.InferenceSession:
-        if self._session is None:
-            path = self.folder / "trunk.onnx"
-            if not path.exists():
-                export_onnx(_Trunk(self._network), self.spec.crop, path, output="maps")
-            self._session = open_session(path, self._threads)
-        return self._session
+        self._network = network
+        self.frozen = FrozenPart(network, self.folder, threads, device)
 
     def _path(self, sha256: str) -> Path:
         return self.folder / sha256[:2] / f"{sha256}.npy"
 
-    def maps(self, examples: list[Example], with_views: bool, progress: str = "") -> np.ndarray:
-        """N x (1 + views, or 1) x C x 7 x 7 float16, computing what the cache lacks."""
+    def features(self, examples: list[Example], progress: str = "") -> np.ndarray:
+        """N x VIEWS x FEATURES float32, computing what the cache lacks."""
         missing = [e for e in examples if not self._path(e.sha256).exists()]
-        if missing:
-            self._compute(missing, progress)
-        stacked = [np.load(self._path(e.sha256)) for e in examples]
-        if not with_views:
-            stacked = [m[:1] for m in stacked]
-        return np.stack(stacked) if stacked else np.zeros((0, 1, 0, 0, 0), np.float16)
-
-    def _compute(self, examples: list[Example], progress: str) -> None:
-        session = self._trunk_session()
-        for example in tqdm(
-            examples, desc=progress or "features", unit="img", disable=not progress
+        for start in tqdm(
+            range(0, len(missing), 16), desc=progress or "features", disable=not progress
         ):
-            image = decode_rgb(example.path.read_bytes(), self.spec.resize, self.max_pixels)
-            inputs = np.stack([self._view(image, example.sha256, v) for v in range(1 + self.views)])
-            (maps,) = session.run(None, {"input": inputs})
-            self._store(example.sha256, maps.astype(np.float16))
+            self._compute(missing[start : start + 16])
+        stacked = [np.load(self._path(e.sha256)).astype(np.float32) for e in examples]
+        return np.stack(stacked) if stacked else np.zeros((0, VIEWS, 0), np.float32)
 
-    def _view(self, image: Image.Image, sha256: str, view: int) -> np.ndarray:
-        if view == 0:
-            return normalise(resize_and_crop(image, self.spec), self.spec)
-        rng = np.random.default_rng([int(sha256[:16], 16), view, self.seed])
-        return normalise(augment(image, self.spec.crop, rng), self.spec)
+    def _compute(self, examples: list[Example]) -> None:
+        views = []
+        for example in examples:
+            image = resize_and_crop(
+                decode_rgb(example.path.read_bytes(), self.spec.resize, self.max_pixels), self.spec
+            )
+            plain = normalise(image, self.spec)
+            views += [plain, np.ascontiguousarray(plain[:, :, ::-1])]
+        self._network.eval()
+        with torch.no_grad():
+            pooled = self._network.tail(self.frozen(np.stack(views))).cpu().numpy()
+        for n, example in enumerate(examples):
+            self._store(example.sha256, pooled[n * VIEWS : (n + 1) * VIEWS].astype(np.float16))
 
-    def _store(self, sha256: str, maps: np.ndarray) -> None:
+    def _store(self, sha256: str, features: np.ndarray) -> None:
         path = self._path(sha256)
         path.parent.mkdir(exist_ok=True)
         with replacing(path) as temporary, temporary.open("wb") as fh:
-            np.save(fh, maps)
+            np.save(fh, features)
 
 
 def _remove_other_recipes(keep: Path) -> None:
-    """Features made another way (an older trainer, other views or seed) are never read again;
+    """Features made another way (an older trainer, another backbone) are never read again;
     without this the cache would grow by a full copy at every such change. Only called under
     the training lock."""
     for folder in keep.parent.iterdir():
         if folder != keep and folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def augment(image: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
-    """Random resized crop (50-100% of the area), horizontal flip, mild colour jitter."""
-    width, height = image.size
-    for _ in range(10):
-        area = width * height * rng.uniform(0.5, 1.0)
-        aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-        w, h = round((area * aspect) ** 0.5), round((area / aspect) ** 0.5)
-        if 0 < w <= width and 0 < h <= height:
-            left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-            break
-    else:
-        w = h = min(width, height)
-        left, top = (width - w) // 2, (height - h) // 2
-    view = image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
-    if rng.random() < 0.5:
-        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-        view = enhancer(view).enhance(float(rng.uniform(0.8, 1.2)))
-    return view

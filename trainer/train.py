@@ -1,20 +1,25 @@
 """`sortbox train`: the whole recipe, top to bottom.
 
-data → cached trunk features → stage 1: a new head on frozen features → stage 2: fine-tune the
-last block and head on augmented views, early stopping on validation loss → calibrate →
-evaluate → export and check ONNX parity → gate against the current model → publish or keep as
-a rejected candidate. Everything written goes through temp-then-rename.
+data (train / calibration / test roles) →
+the fast model: a linear head on cached frozen features; calibrate, test, export, gate,
+publish, so a user has a working sorter within minutes →
+the deep model: the last stages fine-tuned on augmented pictures within the time budget
+(a run cut short resumes from its checkpoint next time); calibrate, test, export, gate, and
+publish only if it beats the fast model on the test pictures too.
+
+Calibration (temperature, thresholds, early stopping) uses only the calibration pictures; the
+gate and every reported figure use only the test pictures. Everything written goes through
+temp-then-rename.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,20 +32,22 @@ from tqdm import tqdm
 from daemon.classify import load_classifier
 from daemon.decide import softmax
 from daemon.journal import Journal, TrainingRun
-from daemon.manifest import Manifest, current_version, read_manifest
-from daemon.preprocess import Preprocessing, prepare
+from daemon.manifest import Manifest, current_version, published_versions, read_manifest
+from daemon.preprocess import prepare
 from daemon.settings import Settings
+from daemon.thresholds import wilson_interval
 from trainer.calibrate import calibrate, expected_calibration_error, precision_coverage
 from trainer.data import Example, TrainingSet, gather
-from trainer.evaluate import evaluate, gate, report_files
+from trainer.evaluate import Evaluation, evaluate, gate, report_files
 from trainer.export import check_parity, export_onnx
 from trainer.features import FeatureCache
-from trainer.model import FEATURES, TAIL_BLOCKS, EfficientNetLite0, imagenet_lite0
-from trainer.publish import new_version, publish
+from trainer.finetune import choose_device, finetune, logits_of, plain_pictures, recipe_key
+from trainer.model import FEATURES, EfficientNetLite, imagenet_network
+from trainer.publish import REJECTED_DIR, new_version, publish
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_PUBLISHED = 0, 1, 3
-PATIENCE = 3  # epochs without a better validation loss before fine-tuning stops
 PARITY_IMAGES = 16
+HEAD_LEARNING_RATE, HEAD_WEIGHT_DECAY = 3e-3, 1e-4
 
 
 def run_training(
@@ -60,190 +67,248 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
     cfg = settings.train
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    timings: dict[str, float] = {}
+    device = choose_device(cfg.device)
     clock = time.monotonic()
 
     # 1. Data: labelled folders + the library, where the folder is the label.
     data = gather(settings)
     print(describe(data))
-    if len(data.classes) < 2 or not data.val:
+    if len(data.classes) < 2 or not data.calibration or not data.test:
         return finish(
             settings,
             "failed",
             None,
-            "need at least two classes with enough pictures, and a validation split",
+            "need at least two classes with enough pictures for train, calibration and test",
         )
-    current = _current_manifest(settings)
-    if current is not None and current.training_set_hash == data.fingerprint and not force:
+    current = current_manifest(settings)
+    same_data = current is not None and current.training_set_hash == data.fingerprint
+    if same_data and not force and (current.kind == "fine-tuned" or cfg.finetune_epochs == 0):  # type: ignore[union-attr]
         return finish(
             settings,
             "skipped",
             current.version,
-            "nothing changed since the current model was trained",
+            "nothing changed since the current model",  # type: ignore[union-attr]
         )
     classes = data.classes
-    y_train = torch.tensor([classes.index(e.label) for e in data.train])
-    y_val = torch.tensor([classes.index(e.label) for e in data.val])
-    timings["data_s"] = time.monotonic() - clock
+    labels = {
+        role: np.array([classes.index(e.label) for e in data.role(role)], dtype=np.int64)
+        for role in ("train", "calibration", "test")
+    }
 
-    # 2. Trunk features, cached by picture hash: only new pictures cost a forward pass.
-    network = imagenet_lite0()
-    spec = Preprocessing()
+    # 2. The fast model: a linear head on frozen pooled features (plain and mirrored views).
+    network = imagenet_network(cfg.backbone, cfg.trainable_stages)
     cache = FeatureCache(
-        settings.resolved_cache_dir,
+        settings.resolved_cache_dir, network, cfg.threads, device, settings.max_pixels
+    )
+    features = {
+        role: torch.from_numpy(cache.features(data.role(role), f"features ({role})" * progress))
+        for role in ("train", "calibration", "test")
+    }
+    network.classifier = fit_head(
+        features["train"], torch.from_numpy(labels["train"]), len(classes), cfg, progress
+    )
+    fast_seconds = time.monotonic() - clock
+    outcomes: list[Shipped] = []
+    if not same_data or force:
+        with torch.no_grad():
+            fast_logits = {
+                role: network.classifier(features[role][:, 0]).numpy()
+                for role in ("calibration", "test")
+            }
+        outcomes.append(
+            ship(settings, "fast", network, fast_logits, data, labels, force, fast_seconds, {})
+        )
+    if cfg.finetune_epochs == 0:
+        return finish_all(settings, outcomes)
+
+    # 3. The deep model: fine-tune the last stages, starting from the fast model's head.
+    started = time.monotonic()
+    key = recipe_key(data.fingerprint, cfg)
+    tuned = finetune(
         network,
-        spec,
-        cfg.augmented_views,
-        cfg.seed,
-        cfg.threads,
+        cache.frozen,
+        data.train,
+        labels["train"],
+        data.calibration,
+        labels["calibration"],
+        cfg,
+        settings.resolved_cache_dir / "finetune.pt",
+        key,
         settings.max_pixels,
+        progress,
     )
-    train_maps = torch.from_numpy(
-        cache.maps(data.train, with_views=True, progress="features (train)" if progress else "")
-    )
-    val_maps = torch.from_numpy(
-        cache.maps(data.val, with_views=False, progress="features (val)" if progress else "")
-    )[:, 0]
-    timings["features_s"] = time.monotonic() - clock - timings["data_s"]
-
-    # 3. Stage 1: a new head on frozen pooled features (the tail still has ImageNet weights).
-    network.classifier = torch.nn.Linear(FEATURES, len(classes))
-    freeze_batchnorm(network)
-    class_weights = balanced_weights(y_train, len(classes))
-    with torch.no_grad():
-        pooled_train = pooled(network, train_maps[:, 0])
-        pooled_val = pooled(network, val_maps)
-    head_optimizer = torch.optim.AdamW(network.classifier.parameters(), lr=3e-3, weight_decay=1e-4)
-    for _ in tqdm(range(cfg.head_epochs), desc="stage 1: head", disable=not progress):
-        for batch in torch.randperm(len(y_train)).split(cfg.batch_size):
-            loss = F.cross_entropy(
-                network.classifier(network.dropout(pooled_train[batch])),
-                y_train[batch],
-                weight=class_weights,
+    facts = {
+        "device": device.type,
+        "epochs_run": tuned.epochs_run,
+        "planned_epochs": tuned.planned_epochs,
+        "best_epoch": tuned.best_epoch,
+        "best_calibration_loss": tuned.best_calibration_loss,
+        "resumed_from_epoch": tuned.resumed_from_epoch,
+        "finetune_seconds_all_runs": tuned.seconds,
+    }
+    if tuned.network is None:
+        outcomes.append(
+            Shipped(
+                "paused",
+                None,
+                f"fine-tune paused at epoch {tuned.epochs_run}/{tuned.planned_epochs} when the "
+                f"{cfg.budget_minutes:g}-minute budget ran out; the next run resumes it",
+                None,
             )
-            head_optimizer.zero_grad()
-            loss.backward()
-            head_optimizer.step()
-    with torch.no_grad():
-        stage1_logits = network.classifier(pooled_val)
-        stage1_val_loss = F.cross_entropy(stage1_logits, y_val).item()
-        # a logistic regression on frozen features: the baseline fine-tuning has to beat
-        stage1_accuracy = (stage1_logits.argmax(dim=1) == y_val).float().mean().item()
-    timings["head_s"] = time.monotonic() - clock - sum(timings.values())
+        )
+        return finish_all(settings, outcomes)
+    deep_logits = {
+        role: logits_of(tuned.network, cache.frozen, data.role(role), settings.max_pixels)
+        for role in ("calibration", "test")
+    }
+    fast = next((o for o in outcomes if o.evaluation is not None), None)
+    outcomes.append(
+        ship(
+            settings,
+            "fine-tuned",
+            tuned.network,
+            deep_logits,
+            data,
+            labels,
+            force,
+            time.monotonic() - started,
+            facts,
+            must_beat=fast.evaluation.macro_f1 if fast and fast.evaluation else None,
+        )
+    )
+    with contextlib.suppress(FileNotFoundError):
+        (settings.resolved_cache_dir / "finetune.pt").unlink()  # done: nothing to resume
+    return finish_all(settings, outcomes)
 
-    # 4. Stage 2: fine-tune the last block + head conv + classifier on augmented cached views.
-    tail = [*network.blocks[-TAIL_BLOCKS:].parameters(), *network.head.parameters()]
+
+def fit_head(
+    features: torch.Tensor, labels: torch.Tensor, classes: int, cfg: Any, progress: bool
+) -> torch.nn.Linear:
+    """Multinomial logistic regression on N x views x FEATURES, every view a sample."""
+    views = features.shape[1]
+    x = features.reshape(-1, FEATURES)
+    y = labels.repeat_interleave(views)
+    head = torch.nn.Linear(FEATURES, classes)
+    weights = balanced_weights(labels, classes)
     optimizer = torch.optim.AdamW(
-        [{"params": tail, "lr": 3e-4}, {"params": network.classifier.parameters(), "lr": 1e-3}],
-        weight_decay=1e-4,
+        head.parameters(), lr=HEAD_LEARNING_RATE, weight_decay=HEAD_WEIGHT_DECAY
     )
-    best_loss, best_state, stale, epochs_run = (
-        stage1_val_loss,
-        copy.deepcopy(network.state_dict()),
-        0,
-        0,
-    )
-    for _ in tqdm(range(cfg.finetune_epochs), desc="stage 2: fine-tune", disable=not progress):
-        network.train()
-        freeze_batchnorm(network)
-        views = torch.randint(0, train_maps.shape[1], (len(y_train),))
-        for batch in torch.randperm(len(y_train)).split(cfg.batch_size):
-            maps = train_maps[batch, views[batch]].float()
-            loss = F.cross_entropy(
-                network.classifier(network.dropout(network.tail(maps))),
-                y_train[batch],
-                weight=class_weights,
-            )
+    dropout = torch.nn.Dropout(0.2)
+    for _ in tqdm(range(cfg.head_epochs), desc="fast model", disable=not progress):
+        for batch in torch.randperm(len(y)).split(cfg.batch_size):
+            loss = F.cross_entropy(head(dropout(x[batch])), y[batch], weight=weights)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        epochs_run += 1
-        val_loss = F.cross_entropy(validation_logits(network, val_maps), y_val).item()
-        if val_loss < best_loss - 1e-4:
-            best_loss, best_state, stale = val_loss, copy.deepcopy(network.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= PATIENCE:
-                break
-    network.load_state_dict(best_state)
-    network.eval()
-    timings["finetune_s"] = time.monotonic() - clock - sum(timings.values())
+    return head
 
-    # 5. Calibrate: temperature, then per-class thresholds for the target precision.
-    logits = validation_logits(network, val_maps).numpy()
-    labels = y_val.numpy()
-    calibration = calibrate(logits, labels, classes, cfg.target_precision)
-    probabilities = softmax(logits, calibration.temperature)
 
-    # 6. Evaluate on the validation split.
-    evaluation = evaluate(probabilities, labels, classes)
+@dataclass(frozen=True)
+class Shipped:
+    outcome: str  # published, rejected or paused
+    version: str | None
+    summary: str
+    evaluation: Evaluation | None
+
+
+def ship(
+    settings: Settings,
+    kind: str,
+    network: EfficientNetLite,
+    logits: dict[str, np.ndarray],
+    data: TrainingSet,
+    labels: dict[str, np.ndarray],
+    force: bool,
+    seconds: float,
+    facts: dict[str, Any],
+    must_beat: float | None = None,
+) -> Shipped:
+    """Calibrate on the calibration pictures, measure on the test pictures, export, check
+    parity, gate against the current model, then publish or keep as a rejected candidate."""
+    cfg = settings.train
+    classes = data.classes
+    calibration = calibrate(
+        logits["calibration"], labels["calibration"], classes, settings.target_precision
+    )
+    probabilities = softmax(logits["test"], calibration.temperature)
+    evaluation = evaluate(probabilities, labels["test"], classes)
+    on_test = auto_sorted(probabilities, labels["test"], calibration.thresholds, classes)
     predicted = [classes[i] for i in probabilities.argmax(axis=1)]
+    current = current_manifest(settings)
+    spec = network.backbone.preprocessing
 
-    # 7. Export, and check ONNX Runtime agrees with PyTorch on real validation pictures.
     version = new_version(settings.models_dir)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.models_dir, prefix=".scratch-") as scratch:
         onnx_path = export_onnx(network, spec.crop, Path(scratch) / "model.onnx")
-        parity = check_parity(
-            network,
-            onnx_path,
-            pictures(data.val[:PARITY_IMAGES], spec, settings.max_pixels),
-            calibration.temperature,
+        parity_pictures = next(
+            plain_pictures(data.test[:PARITY_IMAGES], network, settings.max_pixels)
         )
+        parity = check_parity(network, onnx_path, parity_pictures, calibration.temperature)
 
-        # 8. Gate: not worse than the current model on the same pictures and shared classes.
-        truth = [e.label for e in data.val]
-        before = current_predictions(settings, current, data.val)
+        truth = [e.label for e in data.test]
         verdict = gate(
-            truth, predicted, before, current.classes if current else [], cfg.max_macro_f1_drop
+            truth,
+            predicted,
+            current_predictions(settings, current, data.test),
+            current.classes if current else [],
+            cfg.max_macro_f1_drop,
+            cfg.max_class_recall_drop,
         )
-        publishable = verdict.passed or force
-        timings["calibrate_export_gate_s"] = time.monotonic() - clock - sum(timings.values())
-        timings["total_s"] = time.monotonic() - clock
-
-        # 9. Publish (and switch `current`), or keep the candidate with its report.
+        passed, reason = verdict.passed, verdict.reason
+        if passed and must_beat is not None and evaluation.macro_f1 <= must_beat:
+            passed = False
+            reason += f"; not better than the fast model's macro-F1 {must_beat:.4f}"
+        publishable = passed or force
         outcome = "published" if publishable else "rejected"
         report = {
             "version": version,
+            "kind": kind,
+            "backbone": cfg.backbone,
             "created": datetime.now(UTC).isoformat(),
             "parent": current.version if current else None,
-            "outcome": outcome
-            + (" (forced past the gate)" if force and not verdict.passed else ""),
-            "gate": asdict(verdict),
+            "outcome": outcome + (" (forced past the gate)" if force and not passed else ""),
+            "gate": {**asdict(verdict), "passed": passed, "reason": reason},
             "data": data_summary(data),
             "metrics": asdict(evaluation),
+            "test_auto_sorted": on_test,
             "calibration": {
-                **asdict(calibration),
-                "target_precision": cfg.target_precision,
-                "ece_before": expected_calibration_error(softmax(logits, 1.0), labels),
-                "ece_after": expected_calibration_error(probabilities, labels),
+                "temperature": calibration.temperature,
+                "thresholds": calibration.thresholds,
+                "target_precision": settings.target_precision,
+                "expected_auto_share": calibration.expected_auto_share,
+                "expected_auto_precision": calibration.expected_auto_precision,
+                "ece_before": expected_calibration_error(
+                    softmax(logits["test"], 1.0), labels["test"]
+                ),
+                "ece_after": expected_calibration_error(probabilities, labels["test"]),
             },
-            "precision_coverage": precision_coverage(probabilities, labels),
-            "wrong": wrong_answers(data.val, predicted, probabilities),
-            "training": {
-                "frozen_features_val_accuracy": stage1_accuracy,
-                "epochs_finetuned": epochs_run,
-                "best_val_loss": best_loss,
-                "onnx_parity_max_diff": parity,
-                "timings": timings,
-            },
+            "precision_coverage": precision_coverage(probabilities, labels["test"]),
+            "wrong": wrong_answers(data.test, predicted, probabilities),
+            "training": {**facts, "seconds": seconds, "onnx_parity_max_diff": parity},
         }
         manifest = {
             "version": version,
             "created": datetime.now(UTC),
+            "kind": kind,
+            "backbone": cfg.backbone,
             "classes": classes,
             "preprocessing": spec.model_dump(),
             "temperature": calibration.temperature,
             "thresholds": calibration.thresholds,
+            "calibration": calibration.points,
+            "target_precision": settings.target_precision,
             "parent": current.version if current else None,
             "training_set_hash": data.fingerprint,
             "expected_review_rate": 1.0 - calibration.expected_auto_share,
             "metrics": {
                 "accuracy": evaluation.accuracy,
                 "macro_f1": evaluation.macro_f1,
+                "test_images": len(data.test),
+                "test_auto_share": on_test["share"],
+                "test_auto_precision": on_test["precision"],
                 "expected_auto_share": calibration.expected_auto_share,
                 "expected_auto_precision": calibration.expected_auto_precision,
-                "val_images": len(data.val),
             },
         }
         publish(
@@ -255,12 +320,33 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
             keep=cfg.keep_versions,
         )
     summary = (
-        f"{version}: accuracy {evaluation.accuracy:.3f}, macro-F1 {evaluation.macro_f1:.3f}, "
-        f"{calibration.expected_auto_share:.0%} auto-sorted "
-        f"at {calibration.expected_auto_precision:.1%} precision; "
-        f"{verdict.reason}; {timings['total_s']:.1f}s"
+        f"{kind} model {version}: test accuracy {evaluation.accuracy:.3f}, macro-F1 "
+        f"{evaluation.macro_f1:.3f}, {on_test['share']:.0%} auto-sorted at "
+        f"{on_test['precision']:.1%} precision on {len(data.test)} test pictures; "
+        f"{reason}; {seconds:.0f}s"
     )
-    return finish(settings, outcome, version, summary)
+    print(f"train: {outcome}: {summary}")
+    return Shipped(outcome, version, summary, evaluation)
+
+
+def auto_sorted(
+    probabilities: np.ndarray, labels: np.ndarray, thresholds: dict[str, float], classes: list[str]
+) -> dict[str, Any]:
+    """What the daemon would do with the test pictures: how many it auto-sorts, how precisely,
+    each with its 95% Wilson interval."""
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    auto = confidence >= np.array([thresholds[classes[p]] for p in predicted])
+    count, right = int(auto.sum()), int((predicted[auto] == labels[auto]).sum())
+    return {
+        "share": count / len(labels) if len(labels) else 0.0,
+        "share_interval": wilson_interval(count, len(labels)),
+        "precision": right / count if count else 1.0,
+        "precision_interval": wilson_interval(right, count),
+        "auto_sorted": count,
+        "right": right,
+        "pictures": len(labels),
+    }
 
 
 @contextlib.contextmanager
@@ -277,22 +363,33 @@ def exclusive(lock_file: Path) -> Iterator[bool]:
         yield True
 
 
+def finish_all(settings: Settings, outcomes: list[Shipped]) -> int:
+    """One journal line for the run: published if any stage was, else the last word."""
+    published = [o for o in outcomes if o.outcome == "published"]
+    final = published[-1] if published else outcomes[-1]
+    reason = " | ".join(o.summary for o in outcomes)
+    return finish(settings, final.outcome, final.version, reason)
+
+
 def finish(settings: Settings, outcome: str, version: str | None, reason: str) -> int:
     """Say how the run ended, on stdout and in the journal (for `sortbox status`)."""
     print(f"train: {outcome}: {reason}")
     with Journal(settings.journal) as journal:
         journal.append([TrainingRun(outcome=outcome, model=version, reason=reason)])  # type: ignore[arg-type]
-    return {"published": EXIT_OK, "skipped": EXIT_OK, "rejected": EXIT_NOT_PUBLISHED}.get(
-        outcome, EXIT_FAILED
+    return {"published": EXIT_OK, "skipped": EXIT_OK, "paused": EXIT_OK}.get(
+        outcome, EXIT_NOT_PUBLISHED if outcome == "rejected" else EXIT_FAILED
     )
 
 
 def describe(data: TrainingSet) -> str:
     lines = [
-        f"training set: {len(data.train)} train + {len(data.val)} validation pictures, "
-        f"{len(data.classes)} classes"
+        f"training set: {len(data.train)} train + {len(data.calibration)} calibration + "
+        f"{len(data.test)} test pictures, {len(data.classes)} classes"
     ]
-    lines += [f"  {name:24} {t:5} train {v:5} val" for name, (t, v) in data.counts().items()]
+    lines += [
+        f"  {name:24} {t:5} train {c:5} calibration {s:5} test"
+        for name, (t, c, s) in data.counts().items()
+    ]
     lines.append(
         "  labels from: "
         + (", ".join(f"{n} {o}" for o, n in sorted(data.origins().items())) or "nothing")
@@ -302,37 +399,21 @@ def describe(data: TrainingSet) -> str:
     return "\n".join(lines)
 
 
-def freeze_batchnorm(network: torch.nn.Module) -> None:
-    """Keep BatchNorm on its ImageNet statistics: small CPU batches would only add noise."""
-    for module in network.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.eval()
-
-
 def balanced_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
     counts = torch.bincount(labels, minlength=classes).float().clamp(min=1)
     return counts.sum() / (classes * counts)
 
 
-def pooled(network: EfficientNetLite0, maps: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return (
-        torch.cat([network.tail(m.float()) for m in maps.split(batch)])
-        if len(maps)
-        else torch.zeros(0, FEATURES)
+def fine_tuned_on(settings: Settings, data: TrainingSet) -> bool:
+    """A fine-tuned model of exactly this data exists, published or refused by the gate."""
+    return any(
+        manifest.kind == "fine-tuned" and manifest.training_set_hash == data.fingerprint
+        for folder in (settings.models_dir, settings.models_dir / REJECTED_DIR)
+        for _, manifest in published_versions(folder)
     )
 
 
-def validation_logits(network: EfficientNetLite0, maps: torch.Tensor) -> torch.Tensor:
-    network.eval()
-    with torch.no_grad():
-        return network.classifier(pooled(network, maps))
-
-
-def pictures(examples: list[Example], spec: Preprocessing, max_pixels: int) -> np.ndarray:
-    return np.stack([prepare(e.path.read_bytes(), spec, max_pixels) for e in examples])
-
-
-def _current_manifest(settings: Settings) -> Manifest | None:
+def current_manifest(settings: Settings) -> Manifest | None:
     version = current_version(settings.models_dir)
     return read_manifest(settings.models_dir / version) if version else None
 
@@ -340,24 +421,28 @@ def _current_manifest(settings: Settings) -> Manifest | None:
 def current_predictions(
     settings: Settings, current: Manifest | None, examples: list[Example]
 ) -> list[str] | None:
-    """The current model's answers on the validation pictures, run as the daemon runs it."""
+    """The current model's answers on the test pictures, run as the daemon runs it."""
     if current is None:
         return None
     classifier = load_classifier(settings.models_dir / current.version, settings.train.threads)
     spec = classifier.manifest.preprocessing
     answers: list[str] = []
     for start in range(0, len(examples), 32):
-        logits = classifier.logits(
-            pictures(examples[start : start + 32], spec, settings.max_pixels)
+        batch = np.stack(
+            [
+                prepare(e.path.read_bytes(), spec, settings.max_pixels)
+                for e in examples[start : start + 32]
+            ]
         )
-        answers += [current.classes[i] for i in logits.argmax(axis=1)]
+        answers += [current.classes[i] for i in classifier.logits(batch).argmax(axis=1)]
     return answers
 
 
 def data_summary(data: TrainingSet) -> dict[str, Any]:
     return {
         "train": len(data.train),
-        "val": len(data.val),
+        "calibration": len(data.calibration),
+        "test": len(data.test),
         "counts": data.counts(),
         "origins": data.origins(),
         "excluded": data.excluded,

@@ -1,0 +1,356 @@
+"""The deep model: fine-tune the last stages on freshly augmented pictures, within a budget.
+
+Every epoch sees new random-resized crops (35-100% of the picture), mirror images and mild
+colour jitter, decoded from the pictures themselves by a background thread. The frozen part
+runs without autograd (FrozenPart); the tail's BatchNorm learns the new statistics, since a
+batch of 64 estimates them well. AdamW, one warm-up epoch, then a cosine decay; label
+smoothing 0.1; the best epoch on the calibration split is kept.
+
+A checkpoint is written after every epoch (temp-then-rename). A run stopped by the timer's
+budget, a reboot or kill -9 resumes from it on the next `sortbox train` with the same data;
+other data starts afresh.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageEnhance
+from tqdm import tqdm
+
+from daemon.atomic import replacing
+from daemon.preprocess import decode_rgb, normalise, resize_and_crop
+from daemon.settings import TrainSettings
+from trainer.data import Example
+from trainer.features import FrozenPart
+from trainer.model import EfficientNetLite
+
+LEARNING_RATE = {"tail": 1e-3, "classifier": 3e-3}
+WEIGHT_DECAY = 0.01
+LABEL_SMOOTHING = 0.1
+PATIENCE = 8  # epochs without a better calibration loss before stopping early
+MIN_BATCH_FOR_BATCHNORM = 16  # below this, batch statistics are noise: keep ImageNet's
+CHECKPOINT_FORMAT = 1
+
+
+class NoCuda(RuntimeError):
+    pass
+
+
+def choose_device(setting: str) -> torch.device:
+    """`auto`: the GPU when torch sees one, else the CPU. Same recipe, same outputs."""
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise NoCuda("train.device = 'cuda', but torch sees no CUDA GPU")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def augment(image: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
+    """Random resized crop (35-100% of the area, aspect 3:4 to 4:3), mirror, colour jitter."""
+    width, height = image.size
+    for _ in range(10):
+        area = width * height * rng.uniform(0.35, 1.0)
+        aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        w, h = round((area * aspect) ** 0.5), round((area / aspect) ** 0.5)
+        if 0 < w <= width and 0 < h <= height:
+            left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            break
+    else:
+        w = h = min(width, height)
+        left, top = (width - w) // 2, (height - h) // 2
+    view = image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+    if rng.random() < 0.5:
+        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        view = enhancer(view).enhance(float(rng.uniform(0.8, 1.2)))
+    return view
+
+
+def training_batches(
+    examples: list[Example],
+    labels: np.ndarray,
+    network: EfficientNetLite,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    max_pixels: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of augmented batches, made two batches ahead on a background thread.
+    The order and the crops depend only on (seed, epoch): a resumed run sees the same."""
+    spec = network.backbone.preprocessing
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(examples))
+    ahead: queue.Queue[tuple[np.ndarray, np.ndarray] | BaseException | None] = queue.Queue(2)
+
+    def produce() -> None:
+        try:
+            for start in range(0, len(order) - batch_size + 1, batch_size):  # full batches only
+                chosen = order[start : start + batch_size]
+                pixels = np.stack(
+                    [
+                        normalise(
+                            augment(
+                                decode_rgb(examples[i].path.read_bytes(), spec.resize, max_pixels),
+                                spec.crop,
+                                np.random.default_rng([seed, epoch, int(i)]),
+                            ),
+                            spec,
+                        )
+                        for i in chosen
+                    ]
+                )
+                ahead.put((pixels, labels[chosen]))
+            ahead.put(None)
+        except BaseException as exc:  # surface decoding errors in the training loop
+            ahead.put(exc)
+
+    threading.Thread(target=produce, name="augment", daemon=True).start()
+    while (item := ahead.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def plain_pictures(
+    examples: list[Example], network: EfficientNetLite, max_pixels: int
+) -> Iterator[np.ndarray]:
+    """The daemon's own preprocessing, in batches of 32."""
+    spec = network.backbone.preprocessing
+    for start in range(0, len(examples), 32):
+        yield np.stack(
+            [
+                normalise(
+                    resize_and_crop(decode_rgb(e.path.read_bytes(), spec.resize, max_pixels), spec),
+                    spec,
+                )
+                for e in examples[start : start + 32]
+            ]
+        )
+
+
+def logits_of(
+    network: EfficientNetLite, frozen: FrozenPart, examples: list[Example], max_pixels: int
+) -> np.ndarray:
+    network.eval()
+    rows = []
+    with torch.no_grad():
+        for pixels in plain_pictures(examples, network, max_pixels):
+            rows.append(network.classifier(network.tail(frozen(pixels))).float().cpu().numpy())
+    return np.concatenate(rows) if rows else np.zeros((0, network.classifier.out_features))
+
+
+@dataclass(frozen=True)
+class FinetuneOutcome:
+    network: EfficientNetLite | None  # None: the budget ran out; the checkpoint waits
+    epochs_run: int
+    planned_epochs: int
+    best_epoch: int
+    best_calibration_loss: float
+    seconds: float  # over all runs that built this model, resumed ones included
+    resumed_from_epoch: int
+
+
+def recipe_key(fingerprint: str, cfg: TrainSettings) -> str:
+    recipe = {
+        "format": CHECKPOINT_FORMAT,
+        "data": fingerprint,
+        "backbone": cfg.backbone,
+        "trainable_stages": cfg.trainable_stages,
+        "epochs": cfg.finetune_epochs,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "lr": LEARNING_RATE,
+        "wd": WEIGHT_DECAY,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def finetune(
+    start: EfficientNetLite,
+    frozen: FrozenPart,
+    train: list[Example],
+    train_labels: np.ndarray,
+    calibration: list[Example],
+    calibration_labels: np.ndarray,
+    cfg: TrainSettings,
+    checkpoint: Path,
+    key: str,
+    max_pixels: int,
+    progress: bool,
+) -> FinetuneOutcome:
+    """Fine-tune a copy of `start` (the fast model: ImageNet tail and its trained head)."""
+    device = frozen.device
+    network = copy.deepcopy(start).to(device)
+    class_weights = _balanced_weights(train_labels, network.classifier.out_features).to(device)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": network.tail_parameters(), "lr": LEARNING_RATE["tail"]},
+            {"params": network.classifier.parameters(), "lr": LEARNING_RATE["classifier"]},
+        ],
+        weight_decay=WEIGHT_DECAY,
+    )
+    steps_per_epoch = max(1, len(train) // cfg.batch_size)
+    state = _load_checkpoint(checkpoint, key, device)
+    if state is not None:
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+    else:
+        state = {
+            "key": key,
+            "epoch": 0,
+            "planned_epochs": cfg.finetune_epochs,
+            "best": None,
+            "best_loss": float("inf"),
+            "best_epoch": 0,
+            "seconds": 0.0,
+        }
+    resumed_from = state["epoch"]
+    budget_s = cfg.budget_minutes * 60
+    run_started = time.monotonic()
+    cal_truth = torch.from_numpy(calibration_labels)
+    bar = tqdm(
+        total=state["planned_epochs"], initial=resumed_from, desc="fine-tune", disable=not progress
+    )
+    while state["epoch"] < state["planned_epochs"]:
+        epoch_started = time.monotonic()
+        network.train()
+        _freeze_frozen_batchnorm(network, train_batchnorm=cfg.batch_size >= MIN_BATCH_FOR_BATCHNORM)
+        for step, (pixels, labels) in enumerate(
+            training_batches(
+                train, train_labels, network, cfg.batch_size, cfg.seed, state["epoch"], max_pixels
+            )
+        ):
+            _set_learning_rate(
+                optimizer,
+                state["epoch"] * steps_per_epoch + step,
+                steps_per_epoch,
+                state["planned_epochs"],
+            )
+            maps = frozen(pixels)
+            logits = network.classifier(network.dropout(network.tail(maps)))
+            loss = F.cross_entropy(
+                logits,
+                torch.from_numpy(labels).to(device),
+                weight=class_weights,
+                label_smoothing=LABEL_SMOOTHING,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        state["epoch"] += 1
+        cal_logits = torch.from_numpy(logits_of(network, frozen, calibration, max_pixels))
+        cal_loss = F.cross_entropy(cal_logits, cal_truth).item() if len(cal_truth) else 0.0
+        if cal_loss < state["best_loss"] - 1e-4:
+            state["best"] = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+            state["best_loss"], state["best_epoch"] = cal_loss, state["epoch"]
+        epoch_s = time.monotonic() - epoch_started
+        state["seconds"] += epoch_s
+        if state["epoch"] == 1:
+            # fit the schedule to the budget once the cost of an epoch is known
+            fits = max(2, int(budget_s * 0.9 // max(epoch_s, 1e-3)))
+            state["planned_epochs"] = min(state["planned_epochs"], fits)
+            bar.total = state["planned_epochs"]
+        if state["epoch"] - state["best_epoch"] >= PATIENCE:
+            state["planned_epochs"] = state["epoch"]  # no progress: stop here
+        _save_checkpoint(checkpoint, state, network, optimizer)
+        bar.update(1)
+        bar.set_postfix(cal_loss=f"{cal_loss:.3f}", best=state["best_epoch"])
+        out_of_time = time.monotonic() - run_started + epoch_s > budget_s
+        if out_of_time and state["epoch"] < state["planned_epochs"]:
+            bar.close()
+            return FinetuneOutcome(
+                None,
+                state["epoch"],
+                state["planned_epochs"],
+                state["best_epoch"],
+                state["best_loss"],
+                state["seconds"],
+                resumed_from,
+            )
+    bar.close()
+    if state["best"] is not None:
+        network.load_state_dict(state["best"])
+    network = network.cpu().eval()
+    return FinetuneOutcome(
+        network,
+        state["epoch"],
+        state["planned_epochs"],
+        state["best_epoch"],
+        state["best_loss"],
+        state["seconds"],
+        resumed_from,
+    )
+
+
+def _set_learning_rate(
+    optimizer: torch.optim.Optimizer, step: int, steps_per_epoch: int, epochs: int
+) -> None:
+    """Linear warm-up over the first epoch, then a cosine decay to zero at the planned end."""
+    total = max(1, epochs * steps_per_epoch)
+    if step < steps_per_epoch:
+        factor = 0.1 + 0.9 * step / steps_per_epoch
+    else:
+        progress = (step - steps_per_epoch) / max(1, total - steps_per_epoch)
+        factor = 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
+    for group, base in zip(optimizer.param_groups, LEARNING_RATE.values(), strict=True):
+        group["lr"] = base * factor
+
+
+def _freeze_frozen_batchnorm(network: EfficientNetLite, train_batchnorm: bool) -> None:
+    """The frozen part keeps ImageNet's statistics; the tail learns new ones if it may."""
+    for module in network.stem.modules():
+        module.eval()
+    for block in network.blocks[: network.split]:
+        block.eval()
+    if not train_batchnorm:
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+
+
+def _balanced_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
+    counts = torch.bincount(torch.from_numpy(labels), minlength=classes).float().clamp(min=1)
+    return counts.sum() / (classes * counts)
+
+
+def _save_checkpoint(
+    path: Path, state: dict[str, Any], network: EfficientNetLite, optimizer: torch.optim.Optimizer
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        **state,
+        "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    with replacing(path) as temporary:
+        torch.save(payload, temporary)
+
+
+def _load_checkpoint(path: Path, key: str, device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint of this very recipe and data, or None (then any other one is removed)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception:  # torn or from another torch: start afresh rather than fail the run
+        path.unlink(missing_ok=True)
+        return None
+    if not isinstance(state, dict) or state.get("key") != key:
+        path.unlink(missing_ok=True)
+        return None
+    return state
