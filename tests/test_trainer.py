@@ -26,23 +26,22 @@ from conftest import (  # noqa: E402
 
 from daemon.journal import Journal, Review, Sorted  # noqa: E402
 from daemon.manifest import current_version, read_manifest  # noqa: E402
-from daemon.preprocess import Preprocessing, normalise, resize_and_crop  # noqa: E402
+from daemon.preprocess import normalise, resize_and_crop  # noqa: E402
 from daemon.settings import load_settings  # noqa: E402
+from daemon.thresholds import lowest_threshold, own_threshold_support  # noqa: E402
 from trainer.calibrate import (  # noqa: E402
     calibrate,
     expected_calibration_error,
     fit_temperature,
-    lowest_threshold,
-    own_threshold_support,
 )
-from trainer.data import gather  # noqa: E402
+from trainer.data import ROLES, gather  # noqa: E402
 from trainer.export import ExportMismatch, check_parity, export_onnx  # noqa: E402
 from trainer.imagenet_groups import imagenet_groups  # noqa: E402
-from trainer.model import imagenet_lite0, map_weights  # noqa: E402
+from trainer.model import BACKBONES, imagenet_network, map_weights  # noqa: E402
 from trainer.publish import prune, publish  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not CLOTHING10.is_dir(), reason=f"needs {CLOTHING10}")
-SMALL = {"head_epochs": 25, "finetune_epochs": 2, "augmented_views": 1, "threads": 2}
+SMALL = {"head_epochs": 25, "finetune_epochs": 2, "batch_size": 16, "threads": 2}
 
 
 @pytest.fixture(scope="session")
@@ -74,9 +73,10 @@ def skimage_photo(name: str) -> Image.Image:
     return Image.fromarray(getattr(data, name)()).convert("RGB")
 
 
-def test_backbone_mapping_still_recognises_real_photos() -> None:
-    network = imagenet_lite0()
-    spec = Preprocessing()  # 256 resize, 224 centre crop, (x - 127) / 128
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_backbone_mapping_still_recognises_real_photos(backbone: str) -> None:
+    network = imagenet_network(backbone)
+    spec = network.backbone.preprocessing  # e.g. Lite0: 256 resize, 224 crop, (x - 127) / 128
     batch = np.stack(
         [normalise(resize_and_crop(skimage_photo(n), spec), spec) for n in ("chelsea", "coffee")]
     )
@@ -168,7 +168,7 @@ def test_training_set_rules(tmp_path: Path, feature_cache: Path) -> None:
 
     settings = load_settings(home.config)
     data = gather(settings)
-    by_path = {e.path.name: e for e in data.train + data.val}
+    by_path = {e.path.name: e for e in data.everything}
     assert data.classes == ["hat", "pants"]  # shoes: too few
     assert any(what == "shoes" and "fewer than 5" in why for what, why in data.excluded)
     assert by_path["r.jpg"].origin == "reviewed" and by_path["r.jpg"].label == "hat"
@@ -179,21 +179,22 @@ def test_training_set_rules(tmp_path: Path, feature_cache: Path) -> None:
     assert len(data.conflicts) == 1 and data.conflicts[0][1] == ["hat", "pants"]
     assert "also-pants.jpg" not in by_path and pants[0].name not in by_path
     assert any("broken.jpg" in what and "unreadable" in why for what, why in data.excluded)
-    val = {e.path.name for e in data.val}
-    assert (hats[1].name in val) == ("smaller-copy.jpg" in val), "near-duplicates split together"
+    role_of = {e.path.name: role for role in ROLES for e in data.role(role)}
+    assert role_of[hats[1].name] == role_of["smaller-copy.jpg"], "near-duplicates share a role"
 
-    # deterministic: same split again, and adding pictures moves none of the old ones
-    again = gather(settings)
-    assert {e.sha256 for e in again.val} == {e.sha256 for e in data.val}
+    # deterministic: same roles again, and adding pictures moves none of the old ones
+    def roles(found: object) -> dict[str, str]:
+        return {e.sha256: role for role in ROLES for e in found.role(role)}  # type: ignore[attr-defined]
+
+    assert roles(gather(settings)) == roles(data)
     copy_photos(dataset, {"hat": 5, "pants": 5}, skip=60)
-    grown = gather(settings)
-    old = {e.sha256 for e in data.train + data.val}
-    assert {e.sha256 for e in grown.val} & old == {e.sha256 for e in data.val}
+    grown = roles(gather(settings))
+    assert {sha: grown[sha] for sha in roles(data)} == roles(data)
 
     trusting = load_settings(home.config).model_copy(
         update={"train": settings.train.model_copy(update={"trust_auto_sorted": True})}
     )
-    assert "u.jpg" in {e.path.name for e in gather(trusting).train + gather(trusting).val}
+    assert "u.jpg" in {e.path.name for e in gather(trusting).everything}
 
     dry = sortbox("train", "--dry-run", config=home.config)
     assert dry.returncode == 0 and "excluded shoes" in dry.stdout and "1 corrected" in dry.stdout
@@ -259,7 +260,7 @@ def test_thresholds_meet_the_target_as_a_set_and_small_classes_use_the_pooled_on
 
 
 def test_parity_check_fails_loudly_when_onnx_differs(tmp_path: Path) -> None:
-    network = imagenet_lite0()
+    network = imagenet_network("lite0")
     onnx_path = export_onnx(network, 224, tmp_path / "model.onnx")
     inputs = np.random.default_rng(0).uniform(-1, 1, (2, 3, 224, 224)).astype(np.float32)
     assert check_parity(network, onnx_path, inputs, 1.0) < 1e-4
@@ -277,7 +278,7 @@ def test_exported_graph_runs_as_convolutions_only(tmp_path: Path) -> None:
     import onnx
     import onnxruntime as ort
 
-    onnx_path = export_onnx(imagenet_lite0(), 224, tmp_path / "model.onnx")
+    onnx_path = export_onnx(imagenet_network("lite0"), 224, tmp_path / "model.onnx")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
@@ -350,7 +351,11 @@ def test_train_publish_skip_gate_rollback_with_a_running_daemon(
         trained = current_version(home.models)
         assert trained != default
         manifest = read_manifest(home.models / trained)
-        assert manifest.classes == ["hat", "pants", "shoes"] and manifest.parent == default
+        assert manifest.classes == ["hat", "pants", "shoes"]
+        assert manifest.kind in ("fast", "fine-tuned")
+        # the fast model is published first; the fine-tuned one only if it beats it
+        lineage = [manifest.parent, read_manifest(home.models / manifest.parent).parent]
+        assert default in lineage
         assert manifest.metrics["accuracy"] >= 0.7
         report = json.loads((home.models / trained / "report.json").read_text())
         assert report["training"]["onnx_parity_max_diff"] < 1e-4
@@ -388,10 +393,10 @@ def test_train_publish_skip_gate_rollback_with_a_running_daemon(
 
         # rollback to the parent, atomically, and the daemon follows
         back = sortbox("models", "rollback", config=home.config)
-        assert back.returncode == 0 and current_version(home.models) == default
-        wait_until(lambda: home.events("model")[-1]["model"] == default, 20, "switch back")
+        assert back.returncode == 0 and current_version(home.models) == manifest.parent
+        wait_until(lambda: home.events("model")[-1]["model"] == manifest.parent, 20, "switch back")
         listing = sortbox("models", "list", config=home.config).stdout
-        assert trained in listing and f"* {default}" in listing
+        assert trained in listing and f"* {manifest.parent}" in listing
         runs = home.events("train")
         assert [r["outcome"] for r in runs] == ["published", "skipped", "rejected"]
     finally:

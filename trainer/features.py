@@ -50,7 +50,7 @@ class FrozenPart:
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         if self._session is not None:
             (maps,) = self._session.run(None, {"input": images})
-            return torch.from_numpy(maps)
+            return torch.from_numpy(maps).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             return self.network.frozen(torch.from_numpy(images).to(self.device))
 

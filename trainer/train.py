@@ -41,7 +41,14 @@ from trainer.data import Example, TrainingSet, gather
 from trainer.evaluate import Evaluation, evaluate, gate, report_files
 from trainer.export import check_parity, export_onnx
 from trainer.features import FeatureCache
-from trainer.finetune import choose_device, finetune, logits_of, plain_pictures, recipe_key
+from trainer.finetune import (
+    NoCuda,
+    choose_device,
+    finetune,
+    logits_of,
+    plain_pictures,
+    recipe_key,
+)
 from trainer.model import FEATURES, EfficientNetLite, imagenet_network
 from trainer.publish import REJECTED_DIR, new_version, publish
 
@@ -67,7 +74,10 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
     cfg = settings.train
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    device = choose_device(cfg.device)
+    try:
+        device = choose_device(cfg.device)
+    except NoCuda as exc:
+        return finish(settings, "failed", None, str(exc))
     clock = time.monotonic()
 
     # 1. Data: labelled folders + the library, where the folder is the label.
