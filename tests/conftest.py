@@ -63,6 +63,7 @@ def publish_rgb_model(
     scale: float = 20.0,
     threshold: float = 0.6,
     crop: int = 32,
+    **manifest: object,
 ) -> Path:
     """Publish a model that sorts by dominant colour: classes name the R, G, B columns."""
     classes = classes or RGB_CLASSES
@@ -81,6 +82,7 @@ def publish_rgb_model(
                 "preprocessing": {"resize": crop + crop // 7, "crop": crop},
                 "thresholds": dict.fromkeys(classes, threshold),
                 "expected_review_rate": 0.1,
+                **manifest,
             },
         )
     finally:

@@ -163,3 +163,58 @@ def test_units_verify_and_exposure_is_low(units: Path) -> None:
         match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
         assert match, result.stdout + result.stderr
         assert float(match.group(1)) <= 2.0, result.stdout
+
+
+def test_target_precision_from_config_applies_to_a_running_daemon(tmp_path: Path) -> None:
+    """The manifest carries the calibration predictions; SIGHUP re-reads config.toml and the
+    daemon re-derives its thresholds for the new target, with no retraining (issue #8)."""
+    import signal
+
+    import numpy as np
+    from PIL import Image
+
+    from daemon.thresholds import CalibrationPoints, derive_thresholds
+
+    # 200 calibration predictions of "red": right above 0.8, 85% right below
+    confidence = np.linspace(0.99, 0.5, 200)
+    correct = (confidence >= 0.8) | (np.arange(200) % 7 != 0)
+    points = CalibrationPoints(
+        predicted=[0] * 200, confidence=confidence.tolist(), correct=correct.tolist()
+    )
+    strict = derive_thresholds(points, ["red", "green", "blue"], 0.97).per_class
+    assert strict["red"] > 0.7 and derive_thresholds(points, ["red"], 0.8).per_class["red"] < 0.6
+    home = make_home(tmp_path)
+    publish_rgb_model(
+        home.models, "v1", scale=4.0, thresholds=strict, calibration=points, target_precision=0.97
+    )
+
+    def reddish(name: str, red: int) -> None:  # the tiny model is about 65% sure of these
+        Image.new("RGB", (64, 48), (red, 110, 105)).save(home.inbox / name, quality=95)
+
+    daemon = Daemon(home).start()
+    try:
+        reddish("before.jpg", 150)
+        wait_until(lambda: home.file_events(), 20, "the first picture")
+        first = home.file_events()[0]
+        assert first["event"] == "review" and 0.6 < first["confidence"] < 0.7, first
+
+        # a broken config on reload: refused, the daemon keeps running as it was
+        original = home.config.read_text()
+        home.config.write_text(original + "target_precision = 7\n")
+        daemon.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        wait_until(lambda: "reload_refused" in daemon.log_text(), 20, "the refusal")
+        assert daemon.process.poll() is None  # type: ignore[union-attr]
+
+        home.config.write_text(original + "target_precision = 0.8\n")
+        daemon.process.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        wait_until(
+            lambda: any("target precision 0.8" in e["reason"] for e in home.events("model")),
+            20,
+            "the thresholds to be re-derived",
+        )
+        reddish("after.jpg", 151)
+        wait_until(lambda: len(home.file_events()) == 2, 20, "the second picture")
+        second = home.file_events()[1]
+        assert second["event"] == "sorted" and second["dest"].startswith("red/"), second
+    finally:
+        assert daemon.stop() == 0

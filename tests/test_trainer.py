@@ -401,3 +401,144 @@ def test_train_publish_skip_gate_rollback_with_a_running_daemon(
         assert [r["outcome"] for r in runs] == ["published", "skipped", "rejected"]
     finally:
         daemon.stop()
+
+
+# -- the learning issue (#8): gate per class, device, resume, untouched test split ----------------
+
+
+def test_gate_refuses_a_candidate_that_breaks_one_class() -> None:
+    from trainer.evaluate import gate
+
+    classes = ["a", "b", "c", "d", "e"]
+    truth = [name for name in classes for _ in range(40)]
+
+    def answers(right_per_class: dict[str, int]) -> list[str]:
+        out = []
+        for name in classes:
+            wrong = classes[(classes.index(name) + 1) % len(classes)]
+            out += [name] * right_per_class[name] + [wrong] * (40 - right_per_class[name])
+        return out
+
+    current = answers(dict.fromkeys(classes, 36))
+    # better on four classes, but "e" falls from 36 to 20 right: the average hides it
+    breaks_e = answers({"a": 40, "b": 40, "c": 40, "d": 40, "e": 20})
+    verdict = gate(truth, breaks_e, current, classes, max_drop=0.2, max_class_recall_drop=0.05)
+    assert not verdict.passed and verdict.broken_classes == ["e"], verdict.reason
+    assert "recall dropped beyond noise for e" in verdict.reason
+    # one or two pictures fewer is noise, not a broken class
+    noisy = answers({"a": 37, "b": 36, "c": 36, "d": 35, "e": 34})
+    assert gate(truth, noisy, current, classes, 0.02, 0.05).passed
+
+
+def test_device_choice_uses_cuda_only_when_torch_sees_it(tmp_path: Path) -> None:
+    from trainer.finetune import NoCuda, choose_device
+
+    assert choose_device("cpu").type == "cpu"
+    assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert choose_device("cuda").type == "cuda"
+        return
+    with pytest.raises(NoCuda):
+        choose_device("cuda")
+    home = trainer_home(tmp_path, tmp_path / "cache", device="cuda")
+    copy_photos(tmp_path / "dataset", {"hat": 6, "pants": 6})
+    result = sortbox("train", config=home.config)
+    assert result.returncode == 1 and "sees no CUDA GPU" in result.stdout
+    assert [r["outcome"] for r in home.events("train")] == ["failed"]
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU here; README has GPU figures"
+)
+def test_fine_tune_runs_on_cuda(tmp_path: Path) -> None:
+    home = trainer_home(tmp_path, tmp_path / "cache", device="cuda", finetune_epochs=2)
+    copy_photos(tmp_path / "dataset", {"hat": 14, "pants": 14, "shoes": 14})
+    result = sortbox("train", config=home.config, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (report,) = fine_tuned_reports(home)
+    assert report["training"]["device"] == "cuda"
+
+
+def fine_tuned_reports(home: Home) -> list[dict]:
+    return [
+        report
+        for path in sorted(home.models.glob("**/report.json"))
+        if (report := json.loads(path.read_text()))["kind"] == "fine-tuned"
+    ]
+
+
+def test_fine_tune_paused_by_its_budget_resumes_on_the_next_run(tmp_path: Path) -> None:
+    home = trainer_home(tmp_path, tmp_path / "cache", finetune_epochs=3, batch_size=8)
+    copy_photos(tmp_path / "dataset", {"hat": 14, "pants": 14, "shoes": 14})
+    checkpoint = tmp_path / "cache" / "finetune.pt"
+    paused = sortbox("train", config=home.config, env={"SORTBOX_TRAIN__BUDGET_MINUTES": "0.001"})
+    assert paused.returncode == 0, paused.stdout + paused.stderr
+    assert [r["outcome"] for r in home.events("train")] == ["paused"]
+    assert "fine-tune paused at epoch 1/2" in home.events("train")[0]["reason"]
+    assert current_version(home.models) is not None, "the fast model is published meanwhile"
+    assert checkpoint.exists() and not fine_tuned_reports(home)
+
+    resumed = sortbox("train", config=home.config, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    (report,) = fine_tuned_reports(home)
+    assert report["training"]["resumed_from_epoch"] == 1
+    assert report["training"]["epochs_run"] == report["training"]["planned_epochs"] == 2
+    assert not checkpoint.exists(), "a finished fine-tune leaves nothing to resume"
+
+
+def test_fine_tune_killed_mid_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    home = trainer_home(tmp_path, tmp_path / "cache", finetune_epochs=3, batch_size=8)
+    copy_photos(tmp_path / "dataset", {"hat": 14, "pants": 14, "shoes": 14})
+    checkpoint = tmp_path / "cache" / "finetune.pt"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "train", "--config", str(home.config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)  # no clean-up of any kind
+    first.wait(timeout=30)
+    assert checkpoint.exists() and first.returncode == -signal.SIGKILL
+    done_before = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= done_before < 3
+
+    second = sortbox("train", config=home.config, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    (report,) = fine_tuned_reports(home)
+    assert report["training"]["resumed_from_epoch"] == done_before
+    assert report["training"]["epochs_run"] == 3
+
+
+def test_test_labels_never_tune_anything(tmp_path: Path, feature_cache: Path) -> None:
+    """A dataset with its own train/validation/test split keeps it; shuffling the test labels
+    changes the measured accuracy but not the temperature or a single threshold."""
+    home = trainer_home(tmp_path, feature_cache, finetune_epochs=0)
+    dataset = tmp_path / "dataset"
+    for split, skip, count in (("train", 0, 14), ("validation", 14, 12), ("test", 26, 12)):
+        copy_photos(dataset / split, {"hat": count, "pants": count, "shoes": count}, skip=skip)
+    assert sortbox("train", config=home.config, timeout=600).returncode == 0
+    data = gather(load_settings(home.config))
+    assert (len(data.train), len(data.calibration), len(data.test)) == (42, 36, 36)
+    before = read_manifest(home.models / current_version(home.models))
+
+    test = dataset / "test"  # every test label becomes wrong: hat -> pants -> shoes -> hat
+    test.joinpath("hat").rename(test / "tmp")
+    test.joinpath("shoes").rename(test / "hat")
+    test.joinpath("pants").rename(test / "shoes")
+    test.joinpath("tmp").rename(test / "pants")
+    shuffled = sortbox("train", "--force", config=home.config, timeout=600)
+    assert shuffled.returncode == 0, shuffled.stdout + shuffled.stderr
+    after = read_manifest(home.models / current_version(home.models))
+    assert after.version != before.version
+    assert after.metrics["accuracy"] < 0.5 < before.metrics["accuracy"]
+    assert after.temperature == pytest.approx(before.temperature, abs=1e-6)
+    assert after.thresholds == pytest.approx(before.thresholds, abs=1e-6)
+    assert after.calibration is not None and before.calibration is not None
+    assert after.calibration.predicted == before.calibration.predicted

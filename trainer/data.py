@@ -295,8 +295,10 @@ def assign_roles(
     fractions: tuple[float, float],
     max_distance: int,
 ) -> dict[str, Role]:
-    """sha256 → role. Near-duplicate groups share one: the most held-out role given to any
-    member (a dataset's own split), else one drawn from the group's content hash."""
+    """sha256 → role. A picture given a role (a dataset's own split) keeps it. The others take
+    their near-duplicate group's: the most held-out role given to a member, so a library
+    picture that nearly duplicates a test picture is never trained on, else one drawn from
+    the group's content hash."""
     shas = sorted({e.sha256 for e in examples})
     parent = {s: s for s in shas}
 
@@ -320,7 +322,8 @@ def assign_roles(
     for key, group in members.items():
         held = {given[s] for s in group if s in given}
         role = _most_held_out(held) if held else _hashed_role(key, fractions)
-        roles.update(dict.fromkeys(group, role))
+        # a dataset's own split is kept as it is; the group only places the rest
+        roles.update({s: given.get(s, role) for s in group})
     return roles
 
 
