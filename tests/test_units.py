@@ -19,7 +19,7 @@ from daemon.journal import Journal, Sorted, read_journal
 from daemon.manifest import Manifest, check_class_name
 from daemon.place import LIBRARY_NAME, copy_into, library_name
 from daemon.preprocess import BadImage, Preprocessing, decode_rgb, prepare
-from daemon.settings import ConfigError, load_settings
+from daemon.settings import ConfigError, TrainSettings, load_settings
 from daemon.stability import StabilityTracker
 
 SPEC = Preprocessing(resize=64, crop=56)
@@ -254,19 +254,29 @@ def test_relative_paths_resolve_against_the_config_folder(
     config.parent.mkdir()
     config.write_text('inbox = "in"\nlibrary = "/srv/lib"\njournal = "j.jsonl"\nmodels_dir = "m"\n')
     monkeypatch.chdir("/")
-    monkeypatch.setenv("SORTBOX_TRAIN__TARGET_PRECISION", "0.9")
+    monkeypatch.setenv("SORTBOX_TARGET_PRECISION", "0.9")
     settings = load_settings(config)
     assert settings.inbox == tmp_path / "etc" / "in"
     assert settings.library == Path("/srv/lib")
-    assert settings.train.target_precision == 0.9
+    assert settings.target_precision == 0.9
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(tmp_path / "missing.toml")
 
 
 def test_the_shipped_config_is_valid() -> None:
     settings = load_settings(Path(__file__).parent.parent / "config.toml")
-    assert settings.on_success == "keep" and settings.train.target_precision == 0.97
+    assert settings.on_success == "keep" and settings.target_precision == 0.97
     assert os.path.isabs(settings.inbox)
+    assert settings.train == TrainSettings(), "config.toml documents the defaults"
+
+
+def test_sortbox_0_1_target_precision_is_still_read(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        'inbox = "i"\nlibrary = "l"\njournal = "j"\nmodels_dir = "m"\n'
+        "[train]\ntarget_precision = 0.9\n"
+    )
+    assert load_settings(config).target_precision == 0.9
 
 
 @pytest.mark.parametrize("relative", ["../outside.jpg", "/etc/passwd", "a/../../b", ""])
