@@ -163,13 +163,14 @@ class FinetuneOutcome:
     resumed_from_epoch: int
 
 
-def recipe_key(fingerprint: str, cfg: TrainSettings) -> str:
+def recipe_key(fingerprint: str, cfg: TrainSettings, epochs: int, warm_from: str | None) -> str:
     recipe = {
         "format": CHECKPOINT_FORMAT,
         "data": fingerprint,
+        "warm_from": warm_from,
         "backbone": cfg.backbone,
         "trainable_stages": cfg.trainable_stages,
-        "epochs": cfg.finetune_epochs,
+        "epochs": epochs,
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
         "lr": LEARNING_RATE,
@@ -186,12 +187,14 @@ def finetune(
     calibration: list[Example],
     calibration_labels: np.ndarray,
     cfg: TrainSettings,
+    epochs: int,
     checkpoint: Path,
     key: str,
     max_pixels: int,
     progress: bool,
 ) -> FinetuneOutcome:
-    """Fine-tune a copy of `start` (the fast model: ImageNet tail and its trained head)."""
+    """Fine-tune a copy of `start`: the fast model (ImageNet tail, its trained head), or the
+    current fine-tuned model when only a few pictures changed."""
     device = frozen.device
     network = copy.deepcopy(start).to(device)
     class_weights = _balanced_weights(train_labels, network.classifier.out_features).to(device)
@@ -212,7 +215,7 @@ def finetune(
         state = {
             "key": key,
             "epoch": 0,
-            "planned_epochs": cfg.finetune_epochs,
+            "planned_epochs": epochs,
             "best": None,
             "best_loss": float("inf"),
             "best_epoch": 0,

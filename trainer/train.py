@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from daemon.atomic import replacing
 from daemon.classify import load_classifier
 from daemon.decide import softmax
 from daemon.journal import Journal, TrainingRun
@@ -131,9 +132,14 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
     if cfg.finetune_epochs == 0:
         return finish_all(settings, outcomes)
 
-    # 3. The deep model: fine-tune the last stages, starting from the fast model's head.
+    # 3. The deep model: fine-tune the last stages, from the fast model's head, or from the
+    #    current fine-tuned model with a short schedule when it knows the same classes.
     started = time.monotonic()
-    key = recipe_key(data.fingerprint, cfg)
+    warm = warm_start(settings, current, data)
+    epochs = cfg.finetune_epochs
+    if warm is not None:
+        network.load_state_dict(warm)
+        epochs = max(2, cfg.finetune_epochs // WARM_FRACTION)
     tuned = finetune(
         network,
         cache.frozen,
@@ -142,13 +148,15 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
         data.calibration,
         labels["calibration"],
         cfg,
+        epochs,
         settings.resolved_cache_dir / "finetune.pt",
-        key,
+        recipe_key(data.fingerprint, cfg, epochs, current.version if warm and current else None),
         settings.max_pixels,
         progress,
     )
     facts = {
         "device": device.type,
+        "warm_start_from": current.version if warm is not None and current else None,
         "epochs_run": tuned.epochs_run,
         "planned_epochs": tuned.planned_epochs,
         "best_epoch": tuned.best_epoch,
@@ -186,9 +194,45 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
             must_beat=fast.evaluation.macro_f1 if fast and fast.evaluation else None,
         )
     )
+    if outcomes[-1].outcome == "published" and outcomes[-1].version:
+        keep_weights(settings, outcomes[-1].version, tuned.network)
     with contextlib.suppress(FileNotFoundError):
         (settings.resolved_cache_dir / "finetune.pt").unlink()  # done: nothing to resume
     return finish_all(settings, outcomes)
+
+
+WARM_FRACTION = 5  # a warm-started fine-tune runs a fifth of the epochs
+
+
+def weights_path(settings: Settings, version: str) -> Path:
+    return settings.resolved_cache_dir / "finetuned" / f"{version}.pt"
+
+
+def keep_weights(settings: Settings, version: str, network: EfficientNetLite) -> None:
+    """The published fine-tuned model's PyTorch weights, to start the next fine-tune from
+    (ONNX folds BatchNorm away, so they cannot be read back from model.onnx). One is kept."""
+    path = weights_path(settings, version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as temporary:
+        torch.save(network.state_dict(), temporary)
+    for other in path.parent.glob("*.pt"):
+        if other != path:
+            other.unlink(missing_ok=True)
+
+
+def warm_start(
+    settings: Settings, current: Manifest | None, data: TrainingSet
+) -> dict[str, torch.Tensor] | None:
+    """The current model's weights, if it is a fine-tuned model of this backbone and these
+    classes whose weights were kept; else None (fine-tune from the fast model)."""
+    if current is None or current.kind != "fine-tuned" or current.classes != data.classes:
+        return None
+    if current.backbone != settings.train.backbone:
+        return None
+    try:
+        return torch.load(weights_path(settings, current.version), weights_only=True)
+    except (OSError, RuntimeError):
+        return None
 
 
 def fit_head(
