@@ -93,7 +93,7 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
         )
     current = current_manifest(settings)
     same_data = current is not None and current.training_set_hash == data.fingerprint
-    if same_data and not force and (current.kind == "fine-tuned" or cfg.finetune_epochs == 0):  # type: ignore[union-attr]
+    if same_data and not force and (cfg.finetune_epochs == 0 or fine_tuned_on(settings, data)):
         return finish(
             settings,
             "skipped",
