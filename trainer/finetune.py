@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import queue
 import threading
 import time
@@ -308,7 +309,7 @@ def _set_learning_rate(
         factor = 0.1 + 0.9 * step / steps_per_epoch
     else:
         progress = (step - steps_per_epoch) / max(1, total - steps_per_epoch)
-        factor = 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
+        factor = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     for group, base in zip(optimizer.param_groups, LEARNING_RATE.values(), strict=True):
         group["lr"] = base * factor
 
