@@ -382,6 +382,7 @@ def test_train_publish_skip_gate_rollback_with_a_running_daemon(
             timeout=600,
             env={
                 "SORTBOX_TRAIN__HEAD_EPOCHS": "1",
+                "SORTBOX_TRAIN__BATCH_SIZE": "512",  # one step from a random head
                 "SORTBOX_TRAIN__FINETUNE_EPOCHS": "0",
                 "SORTBOX_TRAIN__MAX_MACRO_F1_DROP": "0",
             },
@@ -473,13 +474,14 @@ def test_fine_tune_paused_by_its_budget_resumes_on_the_next_run(tmp_path: Path) 
     checkpoint = tmp_path / "cache" / "finetune.pt"
     paused = sortbox("train", config=home.config, env={"SORTBOX_TRAIN__BUDGET_MINUTES": "0.001"})
     assert paused.returncode == 0, paused.stdout + paused.stderr
-    assert [r["outcome"] for r in home.events("train")] == ["paused"]
+    # one journal line for the run: the fast model was published, the fine-tune paused
+    assert [r["outcome"] for r in home.events("train")] == ["published"]
     assert "fine-tune paused at epoch 1/2" in home.events("train")[0]["reason"]
     assert current_version(home.models) is not None, "the fast model is published meanwhile"
     assert checkpoint.exists() and not fine_tuned_reports(home)
 
     resumed = sortbox("train", config=home.config, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert resumed.returncode in (0, 3), resumed.stdout + resumed.stderr  # 3: gate said no
     (report,) = fine_tuned_reports(home)
     assert report["training"]["resumed_from_epoch"] == 1
     assert report["training"]["epochs_run"] == report["training"]["planned_epochs"] == 2
@@ -510,7 +512,7 @@ def test_fine_tune_killed_mid_run_resumes_from_its_checkpoint(tmp_path: Path) ->
     assert 1 <= done_before < 3
 
     second = sortbox("train", config=home.config, timeout=600)
-    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.returncode in (0, 3), second.stdout + second.stderr  # 3: gate said no
     (report,) = fine_tuned_reports(home)
     assert report["training"]["resumed_from_epoch"] == done_before
     assert report["training"]["epochs_run"] == 3
