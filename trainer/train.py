@@ -50,7 +50,14 @@ from trainer.finetune import (
     plain_pictures,
     recipe_key,
 )
-from trainer.model import FEATURES, EfficientNetLite, imagenet_network
+from trainer.model import (
+    BACKBONES,
+    FEATURES,
+    BackboneMissing,
+    EfficientNetLite,
+    imagenet_network,
+    weights_file,
+)
 from trainer.publish import REJECTED_DIR, new_version, publish
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_PUBLISHED = 0, 1, 3
@@ -77,7 +84,8 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
     torch.set_num_threads(cfg.threads)
     try:
         device = choose_device(cfg.device)
-    except NoCuda as exc:
+        weights_file(BACKBONES[cfg.backbone])
+    except (NoCuda, BackboneMissing) as exc:
         return finish(settings, "failed", None, str(exc))
     clock = time.monotonic()
 
