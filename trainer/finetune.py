@@ -275,22 +275,13 @@ def finetune(
         bar.set_postfix(cal_loss=f"{cal_loss:.3f}", best=state["best_epoch"])
         out_of_time = time.monotonic() - run_started + epoch_s > budget_s
         if out_of_time and state["epoch"] < state["planned_epochs"]:
-            bar.close()
-            return FinetuneOutcome(
-                None,
-                state["epoch"],
-                state["planned_epochs"],
-                state["best_epoch"],
-                state["best_loss"],
-                state["seconds"],
-                resumed_from,
-            )
+            break  # paused: the checkpoint waits for the next run
     bar.close()
-    if state["best"] is not None:
+    finished = state["epoch"] >= state["planned_epochs"]
+    if finished and state["best"] is not None:
         network.load_state_dict(state["best"])
-    network = network.cpu().eval()
     return FinetuneOutcome(
-        network,
+        network.cpu().eval() if finished else None,
         state["epoch"],
         state["planned_epochs"],
         state["best_epoch"],
