@@ -389,7 +389,8 @@ def test_train_publish_skip_gate_rollback_with_a_running_daemon(
         )
         assert weak.returncode == 3, weak.stdout + weak.stderr
         assert current_version(home.models) == trained
-        rejected = next((home.models / "rejected").iterdir())
+        # the newest refusal (a first run may also have refused its fine-tuned candidate)
+        rejected = max((home.models / "rejected").iterdir(), key=lambda p: p.stat().st_mtime)
         assert "(worse)" in (rejected / "report.md").read_text()
 
         # rollback to the parent, atomically, and the daemon follows
