@@ -449,9 +449,7 @@ def test_device_choice_uses_cuda_only_when_torch_sees_it(tmp_path: Path) -> None
     assert [r["outcome"] for r in home.events("train")] == ["failed"]
 
 
-@pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA GPU here: the CUDA path runs only where torch sees one"
-)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 def test_fine_tune_runs_on_cuda(tmp_path: Path) -> None:
     home = trainer_home(tmp_path, tmp_path / "cache", device="cuda", finetune_epochs=2)
     copy_photos(tmp_path / "dataset", {"hat": 14, "pants": 14, "shoes": 14})
