@@ -24,7 +24,7 @@ from tqdm import tqdm
 from daemon.atomic import replacing
 from daemon.classify import open_session
 from daemon.manifest import sha256_file
-from daemon.preprocess import decode_rgb, normalise, resize_and_crop
+from daemon.preprocess import prepare
 from trainer.data import Example
 from trainer.export import export_onnx
 from trainer.model import EfficientNetLite, Frozen, weights_file
@@ -96,10 +96,7 @@ class FeatureCache:
     def _compute(self, examples: list[Example]) -> None:
         views = []
         for example in examples:
-            image = resize_and_crop(
-                decode_rgb(example.path.read_bytes(), self.spec.resize, self.max_pixels), self.spec
-            )
-            plain = normalise(image, self.spec)
+            plain = prepare(example.path.read_bytes(), self.spec, self.max_pixels)
             views += [plain, np.ascontiguousarray(plain[:, :, ::-1])]
         self._network.eval()
         with torch.no_grad():

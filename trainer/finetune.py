@@ -32,7 +32,7 @@ from PIL import Image, ImageEnhance
 from tqdm import tqdm
 
 from daemon.atomic import replacing
-from daemon.preprocess import decode_rgb, normalise, resize_and_crop
+from daemon.preprocess import Preprocessing, decode_rgb, normalise, prepare
 from daemon.settings import TrainSettings
 from trainer.data import Example
 from trainer.features import FrozenPart
@@ -126,19 +126,12 @@ def training_batches(
 
 
 def plain_pictures(
-    examples: list[Example], network: EfficientNetLite, max_pixels: int
+    examples: list[Example], spec: Preprocessing, max_pixels: int
 ) -> Iterator[np.ndarray]:
     """The daemon's own preprocessing, in batches of 32."""
-    spec = network.backbone.preprocessing
     for start in range(0, len(examples), 32):
         yield np.stack(
-            [
-                normalise(
-                    resize_and_crop(decode_rgb(e.path.read_bytes(), spec.resize, max_pixels), spec),
-                    spec,
-                )
-                for e in examples[start : start + 32]
-            ]
+            [prepare(e.path.read_bytes(), spec, max_pixels) for e in examples[start : start + 32]]
         )
 
 
@@ -148,7 +141,7 @@ def logits_of(
     network.eval()
     rows = []
     with torch.no_grad():
-        for pixels in plain_pictures(examples, network, max_pixels):
+        for pixels in plain_pictures(examples, network.backbone.preprocessing, max_pixels):
             rows.append(network.classifier(network.tail(frozen(pixels))).float().cpu().numpy())
     return np.concatenate(rows) if rows else np.zeros((0, network.classifier.out_features))
 
@@ -198,7 +191,9 @@ def finetune(
     current fine-tuned model when only a few pictures changed."""
     device = frozen.device
     network = copy.deepcopy(start).to(device)
-    class_weights = _balanced_weights(train_labels, network.classifier.out_features).to(device)
+    class_weights = balanced_weights(
+        torch.from_numpy(train_labels), network.classifier.out_features
+    ).to(device)
     optimizer = torch.optim.AdamW(
         [
             {"params": network.tail_parameters(), "lr": LEARNING_RATE["tail"]},
@@ -317,8 +312,9 @@ def _freeze_frozen_batchnorm(network: EfficientNetLite, train_batchnorm: bool) -
                 module.eval()
 
 
-def _balanced_weights(labels: np.ndarray, classes: int) -> torch.Tensor:
-    counts = torch.bincount(torch.from_numpy(labels), minlength=classes).float().clamp(min=1)
+def balanced_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Loss weights that make every class count the same, however many pictures it has."""
+    counts = torch.bincount(labels, minlength=classes).float().clamp(min=1)
     return counts.sum() / (classes * counts)
 
 

@@ -34,7 +34,6 @@ from daemon.classify import load_classifier
 from daemon.decide import softmax
 from daemon.journal import Journal, TrainingRun
 from daemon.manifest import Manifest, current_version, published_versions, read_manifest
-from daemon.preprocess import prepare
 from daemon.settings import Settings
 from daemon.thresholds import wilson_interval
 from trainer.calibrate import calibrate, expected_calibration_error, precision_coverage
@@ -44,6 +43,7 @@ from trainer.export import check_parity, export_onnx
 from trainer.features import FeatureCache
 from trainer.finetune import (
     NoCuda,
+    balanced_weights,
     choose_device,
     finetune,
     logits_of,
@@ -303,9 +303,7 @@ def ship(
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.models_dir, prefix=".scratch-") as scratch:
         onnx_path = export_onnx(network, spec.crop, Path(scratch) / "model.onnx")
-        parity_pictures = next(
-            plain_pictures(data.test[:PARITY_IMAGES], network, settings.max_pixels)
-        )
+        parity_pictures = next(plain_pictures(data.test[:PARITY_IMAGES], spec, settings.max_pixels))
         parity = check_parity(network, onnx_path, parity_pictures, calibration.temperature)
 
         truth = [e.label for e in data.test]
@@ -461,11 +459,6 @@ def describe(data: TrainingSet) -> str:
     return "\n".join(lines)
 
 
-def balanced_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    counts = torch.bincount(labels, minlength=classes).float().clamp(min=1)
-    return counts.sum() / (classes * counts)
-
-
 def fine_tuned_on(settings: Settings, data: TrainingSet) -> bool:
     """A fine-tuned model of exactly this data exists, published or refused by the gate."""
     return any(
@@ -487,15 +480,8 @@ def current_predictions(
     if current is None:
         return None
     classifier = load_classifier(settings.models_dir / current.version, settings.train.threads)
-    spec = classifier.manifest.preprocessing
     answers: list[str] = []
-    for start in range(0, len(examples), 32):
-        batch = np.stack(
-            [
-                prepare(e.path.read_bytes(), spec, settings.max_pixels)
-                for e in examples[start : start + 32]
-            ]
-        )
+    for batch in plain_pictures(examples, classifier.manifest.preprocessing, settings.max_pixels):
         answers += [current.classes[i] for i in classifier.logits(batch).argmax(axis=1)]
     return answers
 
