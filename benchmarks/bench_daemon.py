@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CLOTHING10 = REPO.parent / "shared" / "data" / "clothing10"
 WALLPAPERS = "plasma-workspace-wallpapers"
-SORTBOX = [sys.executable, "-m", "daemon.cli"]
+SORTBOX = [sys.executable, "-m", "sortbox.daemon.cli"]
 
 
 # -- the pictures --------------------------------------------------------------------------------
@@ -91,12 +91,12 @@ def small_photos(count: int) -> list[Path]:
 
 
 def child(mode: str, home: Path, inputs: Path) -> dict:
-    from daemon.settings import load_settings
+    from sortbox.daemon.settings import load_settings
 
     settings = load_settings(home / "config.toml")
     started = time.perf_counter()
     if mode == "sortbox":
-        from daemon.oneshot import sort_paths
+        from sortbox.daemon.oneshot import sort_paths
 
         count = len(sort_paths(settings, [inputs], dry_run=False, progress=False))
     else:
@@ -115,10 +115,9 @@ def naive_sort(settings: object, inputs: Path) -> int:
     """What a first attempt looks like: full decode, one inference per picture, plain copy."""
     import numpy as np
     from PIL import Image, ImageOps
-
-    from daemon.classify import load_current
-    from daemon.decide import decide
-    from daemon.preprocess import normalise, resize_and_crop
+    from sortbox.daemon.classify import load_current
+    from sortbox.daemon.decide import decide
+    from sortbox.daemon.preprocess import normalise, resize_and_crop
 
     classifier = load_current(settings.models_dir, settings.inference_threads)  # type: ignore[attr-defined]
     spec = classifier.manifest.preprocessing

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SORTBOX = [sys.executable, "-m", "daemon.cli"]
+SORTBOX = [sys.executable, "-m", "sortbox.daemon.cli"]
 HELD_BACK_PER_CLASS = 10
 CORRECTIONS = 20
 TARGET = 0.97
@@ -77,15 +77,14 @@ def baseline(home: Path, dataset: Path) -> tuple[str, float]:
     calibrated there by sortbox's own calibration, measured on test/."""
     import torch
     import torch.nn.functional as F
-
-    from daemon.decide import softmax
-    from daemon.settings import load_settings
-    from trainer.calibrate import calibrate
-    from trainer.data import gather
-    from trainer.evaluate import evaluate
-    from trainer.features import FeatureCache
-    from trainer.model import imagenet_network
-    from trainer.train import auto_sorted
+    from sortbox.daemon.decide import softmax
+    from sortbox.daemon.settings import load_settings
+    from sortbox.trainer.calibrate import calibrate
+    from sortbox.trainer.data import gather
+    from sortbox.trainer.evaluate import evaluate
+    from sortbox.trainer.features import FeatureCache
+    from sortbox.trainer.model import imagenet_network
+    from sortbox.trainer.train import auto_sorted
 
     settings = load_settings(home / "config.toml")
     data = gather(settings)

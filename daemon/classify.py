@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
-from daemon.manifest import (
+from sortbox.daemon.manifest import (
     CURRENT,
     Manifest,
     ModelError,

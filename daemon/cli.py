@@ -14,9 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
-
-from daemon.manifest import ModelError
-from daemon.settings import ConfigError, Settings, UsageError, load_settings
+from sortbox.daemon.manifest import ModelError
+from sortbox.daemon.settings import ConfigError, Settings, UsageError, load_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_PUBLISHED = 0, 1, 2, 3
 TRAINER_MISSING = (
@@ -159,9 +158,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     # A reload asked for while we start is moot (we load the newest config and model anyway);
     # its default action would kill us before the service installs its handlers.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    from daemon.manifest import current_version
-    from daemon.notify import Notifier
-    from daemon.service import Service
+    from sortbox.daemon.manifest import current_version
+    from sortbox.daemon.notify import Notifier
+    from sortbox.daemon.service import Service
 
     if current_version(settings.models_dir) is None:
         print("sortbox: no model yet; creating the default model first", file=sys.stderr)
@@ -173,7 +172,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def sort_command(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon import oneshot
+    from sortbox.daemon import oneshot
 
     events = oneshot.sort_paths(
         settings, args.paths, dry_run=args.dry_run, progress=sys.stderr.isatty()
@@ -197,8 +196,8 @@ def sort_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def undo_command(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.journal import Journal
-    from daemon.undo import undo_one, undoable
+    from sortbox.daemon.journal import Journal
+    from sortbox.daemon.undo import undo_one, undoable
 
     last = args.last if args.last is not None or args.since is not None else 1
     events = undoable(settings.journal, last, args.since)
@@ -225,7 +224,7 @@ def undo_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def _trainer() -> object:
     try:
-        import trainer.cli
+        import sortbox.trainer.cli
     except ImportError as exc:
         if exc.name in (
             "torch",
@@ -236,7 +235,7 @@ def _trainer() -> object:
         ):
             raise TrainerMissing() from None
         raise
-    return trainer.cli
+    return sortbox.trainer.cli
 
 
 def init_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -248,7 +247,7 @@ def train_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def models_list_command(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.manifest import current_version, published_versions
+    from sortbox.daemon.manifest import current_version, published_versions
 
     current = current_version(settings.models_dir)
     versions = published_versions(settings.models_dir)
@@ -271,7 +270,12 @@ def models_list_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def models_rollback_command(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.manifest import current_version, point_current_to, read_manifest, verify_model_file
+    from sortbox.daemon.manifest import (
+        current_version,
+        point_current_to,
+        read_manifest,
+        verify_model_file,
+    )
 
     target = args.version
     if target is None:
@@ -290,7 +294,7 @@ def models_rollback_command(settings: Settings, args: argparse.Namespace) -> int
 
 
 def status_command(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.status import gather_status, render
+    from sortbox.daemon.status import gather_status, render
 
     status = gather_status(settings)
     print(json.dumps(status, indent=2, default=str) if args.json else render(status))
@@ -298,7 +302,7 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def doctor_command(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.doctor import check, render
+    from sortbox.daemon.doctor import check, render
 
     findings = check(settings)
     print(render(findings))
@@ -306,8 +310,8 @@ def doctor_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def install_units_command(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.settings import default_config_path
-    from daemon.units import install_units, unit_folder
+    from sortbox.daemon.settings import default_config_path
+    from sortbox.daemon.units import install_units, unit_folder
 
     config = (args.config or default_config_path()).absolute()
     commands = install_units(settings, config, args.user, args.target)

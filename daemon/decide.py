@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from daemon.manifest import REVIEW_FOLDER, Manifest
+from sortbox.daemon.manifest import REVIEW_FOLDER, Manifest
 
 
 @dataclass(frozen=True)

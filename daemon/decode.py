@@ -11,10 +11,9 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from daemon.intake import Arrival, Identity
-from daemon.place import open_input
-from daemon.preprocess import BadImage, Preprocessing, prepare
+from sortbox.daemon.intake import Arrival, Identity
+from sortbox.daemon.place import open_input
+from sortbox.daemon.preprocess import BadImage, Preprocessing, prepare
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from daemon.classify import load_current
-from daemon.manifest import ModelError
-from daemon.settings import Settings
-from daemon.watch import filesystem_type, needs_polling
+from sortbox.daemon.classify import load_current
+from sortbox.daemon.manifest import ModelError
+from sortbox.daemon.settings import Settings
+from sortbox.daemon.watch import filesystem_type, needs_polling
 
 MIN_FREE_BYTES = 1 << 30
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.intake import Identity
-from daemon.journal import Duplicate, Event, Rejected, Review, Sorted, Undone, read_journal
-from daemon.place import LIBRARY_NAME
+from sortbox.daemon.intake import Identity
+from sortbox.daemon.journal import Duplicate, Event, Rejected, Review, Sorted, Undone, read_journal
+from sortbox.daemon.place import LIBRARY_NAME
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from daemon.atomic import replacing
-from daemon.preprocess import Preprocessing
-from daemon.thresholds import CalibrationPoints, derive_thresholds
+from sortbox.daemon.atomic import replacing
+from sortbox.daemon.preprocess import Preprocessing
+from sortbox.daemon.thresholds import CalibrationPoints, derive_thresholds
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"

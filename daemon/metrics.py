@@ -6,8 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.atomic import replacing
-from daemon.journal import Placement
+from sortbox.daemon.atomic import replacing
+from sortbox.daemon.journal import Placement
 
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -9,15 +9,14 @@ from itertools import islice
 from pathlib import Path
 from typing import TypeVar
 
+from sortbox.daemon.classify import load_current
+from sortbox.daemon.decode import lower_thread_priority, read_and_prepare
+from sortbox.daemon.index import DoneIndex
+from sortbox.daemon.intake import Arrival, identity_of, walk_files
+from sortbox.daemon.journal import Journal, Placement
+from sortbox.daemon.settings import Settings, UsageError
+from sortbox.daemon.sorter import BatchResult, Sorter
 from tqdm import tqdm
-
-from daemon.classify import load_current
-from daemon.decode import lower_thread_priority, read_and_prepare
-from daemon.index import DoneIndex
-from daemon.intake import Arrival, identity_of, walk_files
-from daemon.journal import Journal, Placement
-from daemon.settings import Settings, UsageError
-from daemon.sorter import BatchResult, Sorter
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from daemon.manifest import fsync_dir
+from sortbox.daemon.manifest import fsync_dir
 
 TEMP_PREFIX = ".sortbox-"
 TEMP_SUFFIX = ".tmp"

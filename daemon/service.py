@@ -23,22 +23,21 @@ from pathlib import Path
 from types import FrameType
 
 import structlog
+from sortbox.daemon.batch import next_batch
+from sortbox.daemon.classify import Classifier, load_classifier, load_current
+from sortbox.daemon.decode import Decoded, lower_thread_priority, read_and_prepare
+from sortbox.daemon.index import DoneIndex
+from sortbox.daemon.intake import Arrival, Identity, inside, is_ignored, walk_files
+from sortbox.daemon.journal import Journal, ModelLoaded
+from sortbox.daemon.manifest import ModelError, current_version, retarget
+from sortbox.daemon.metrics import Metrics, write_textfile
+from sortbox.daemon.notify import Notifier
+from sortbox.daemon.place import remove_leftover_temps
+from sortbox.daemon.settings import ConfigError, Settings
+from sortbox.daemon.sorter import Classified, Sorter
+from sortbox.daemon.stability import StabilityTracker
+from sortbox.daemon.watch import Notice, resolve_watch_mode, start_observer
 from watchdog.observers.api import BaseObserver
-
-from daemon.batch import next_batch
-from daemon.classify import Classifier, load_classifier, load_current
-from daemon.decode import Decoded, lower_thread_priority, read_and_prepare
-from daemon.index import DoneIndex
-from daemon.intake import Arrival, Identity, inside, is_ignored, walk_files
-from daemon.journal import Journal, ModelLoaded
-from daemon.manifest import ModelError, current_version, retarget
-from daemon.metrics import Metrics, write_textfile
-from daemon.notify import Notifier
-from daemon.place import remove_leftover_temps
-from daemon.settings import ConfigError, Settings
-from daemon.sorter import Classified, Sorter
-from daemon.stability import StabilityTracker
-from daemon.watch import Notice, resolve_watch_mode, start_observer
 
 log = structlog.get_logger(__name__)
 

@@ -15,15 +15,14 @@ from typing import Any, Literal
 
 import numpy as np
 import structlog
-
-from daemon.classify import Classifier
-from daemon.decide import Decision, decide
-from daemon.decode import Decoded
-from daemon.index import DoneIndex
-from daemon.intake import Arrival, identity_of
-from daemon.journal import Duplicate, Journal, Placement, Rejected, Review, Sorted
-from daemon.manifest import REJECTED_FOLDER, REVIEW_FOLDER
-from daemon.place import SourceChanged, copy_into, library_name, same_content
+from sortbox.daemon.classify import Classifier
+from sortbox.daemon.decide import Decision, decide
+from sortbox.daemon.decode import Decoded
+from sortbox.daemon.index import DoneIndex
+from sortbox.daemon.intake import Arrival, identity_of
+from sortbox.daemon.journal import Duplicate, Journal, Placement, Rejected, Review, Sorted
+from sortbox.daemon.manifest import REJECTED_FOLDER, REVIEW_FOLDER
+from sortbox.daemon.place import SourceChanged, copy_into, library_name, same_content
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.intake import Identity, identity_of
+from sortbox.daemon.intake import Identity, identity_of
 
 
 @dataclass

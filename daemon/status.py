@@ -6,9 +6,9 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from daemon.index import DoneIndex
-from daemon.intake import identity_of, walk_files
-from daemon.journal import (
+from sortbox.daemon.index import DoneIndex
+from sortbox.daemon.intake import identity_of, walk_files
+from sortbox.daemon.journal import (
     Duplicate,
     Event,
     Rejected,
@@ -18,8 +18,8 @@ from daemon.journal import (
     read_journal,
     utc_now,
 )
-from daemon.manifest import ModelError, current_version, read_manifest
-from daemon.settings import Settings
+from sortbox.daemon.manifest import ModelError, current_version, read_manifest
+from sortbox.daemon.settings import Settings
 
 COUNTED = {"sorted": Sorted, "review": Review, "rejected": Rejected, "duplicate": Duplicate}
 MIN_FILES_FOR_DRIFT = 20

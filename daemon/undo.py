@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from daemon.intake import identity_of
-from daemon.journal import (
+from sortbox.daemon.intake import identity_of
+from sortbox.daemon.journal import (
     Duplicate,
     Journal,
     Placement,
@@ -23,8 +23,8 @@ from daemon.journal import (
     Undone,
     read_journal,
 )
-from daemon.manifest import fsync_dir
-from daemon.place import same_content, write_verified_temp
+from sortbox.daemon.manifest import fsync_dir
+from sortbox.daemon.place import same_content, write_verified_temp
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from importlib import resources
 from pathlib import Path
 
-from daemon.atomic import replacing
-from daemon.manifest import current_version
-from daemon.settings import Settings
+from sortbox.daemon.atomic import replacing
+from sortbox.daemon.manifest import current_version
+from sortbox.daemon.settings import Settings
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "systemd"
+TEMPLATES = resources.files("sortbox.systemd")
 UNITS = ("sortbox.service", "sortbox-train.service", "sortbox-train.timer")
 
 
@@ -40,7 +41,7 @@ def render_units(
     watched = [*daemon_paths, settings.journal, config.parent, executable.parent]
     under_home = any(str(p).startswith(("/home/", "/root/")) for p in watched)
     values = {
-        "@REPO@": str(TEMPLATES.parent),
+        "@DOCUMENTATION@": _documentation(),
         "@SORTBOX@": str(executable),
         "@CONFIG@": str(config),
         "@INBOX@": str(settings.inbox),
@@ -55,13 +56,19 @@ def render_units(
     units = {}
     for name in UNITS:
         template = TEMPLATES / f"{name}.in"
-        if not template.exists():  # the timer has nothing to fill in
+        if not template.is_file():  # the timer has nothing to fill in
             template = TEMPLATES / name
         text = template.read_text(encoding="utf-8")
         for key, value in values.items():
             text = text.replace(key, value)
         units[name] = text
     return units
+
+
+def _documentation() -> str:
+    # an editable install has the README beside the package; a wheel install has none
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    return f"Documentation=file://{readme}" if readme.is_file() else ""
 
 
 def owned_folders(settings: Settings) -> list[Path]:

@@ -21,8 +21,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-
-from trainer.publish import publish
+from sortbox.trainer.publish import publish
 
 REPO = Path(__file__).resolve().parent.parent
 CLOTHING10 = REPO.parent / "shared" / "data" / "clothing10"
@@ -203,7 +202,7 @@ def sortbox(
     *args: str, config: Path, timeout: float = 120, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args, "--config", str(config)],
+        [sys.executable, "-m", "sortbox.daemon.cli", *args, "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -238,7 +237,7 @@ class Daemon:
                     *self.as_user,
                     sys.executable,
                     "-m",
-                    "daemon.cli",
+                    "sortbox.daemon.cli",
                     "run",
                     "--config",
                     str(self.home.config),

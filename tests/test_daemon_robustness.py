@@ -310,7 +310,7 @@ class NoTorch:
         if name.split(".")[0] in ("torch", "torchvision"):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, NoTorch())
-from daemon.cli import main
+from sortbox.daemon.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -23,22 +23,21 @@ from conftest import (  # noqa: E402
     sortbox,
     wait_until,
 )
-
-from daemon.journal import Journal, Review, Sorted  # noqa: E402
-from daemon.manifest import current_version, read_manifest  # noqa: E402
-from daemon.preprocess import normalise, resize_and_crop  # noqa: E402
-from daemon.settings import load_settings  # noqa: E402
-from daemon.thresholds import lowest_threshold, own_threshold_support  # noqa: E402
-from trainer.calibrate import (  # noqa: E402
+from sortbox.daemon.journal import Journal, Review, Sorted  # noqa: E402
+from sortbox.daemon.manifest import current_version, read_manifest  # noqa: E402
+from sortbox.daemon.preprocess import normalise, resize_and_crop  # noqa: E402
+from sortbox.daemon.settings import load_settings  # noqa: E402
+from sortbox.daemon.thresholds import lowest_threshold, own_threshold_support  # noqa: E402
+from sortbox.trainer.calibrate import (  # noqa: E402
     calibrate,
     expected_calibration_error,
     fit_temperature,
 )
-from trainer.data import ROLES, gather  # noqa: E402
-from trainer.export import ExportMismatch, check_parity, export_onnx  # noqa: E402
-from trainer.imagenet_groups import imagenet_groups  # noqa: E402
-from trainer.model import BACKBONES, imagenet_network, map_weights  # noqa: E402
-from trainer.publish import prune, publish  # noqa: E402
+from sortbox.trainer.data import ROLES, gather  # noqa: E402
+from sortbox.trainer.export import ExportMismatch, check_parity, export_onnx  # noqa: E402
+from sortbox.trainer.imagenet_groups import imagenet_groups  # noqa: E402
+from sortbox.trainer.model import BACKBONES, imagenet_network, map_weights  # noqa: E402
+from sortbox.trainer.publish import prune, publish  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not CLOTHING10.is_dir(), reason=f"needs {CLOTHING10}")
 SMALL = {"head_epochs": 25, "finetune_epochs": 2, "batch_size": 16, "threads": 2}
@@ -144,7 +143,7 @@ def test_training_set_rules(tmp_path: Path, feature_cache: Path) -> None:
         shutil.copy(src, dst)
     # an exact duplicate of a dataset picture in the library: counted once
     shutil.copy(hats[2], library / "hat" / "dup.jpg")
-    from daemon.place import sha256_of
+    from sortbox.daemon.place import sha256_of
 
     def placed(kind: type, path: Path, folder: str) -> object:
         return kind(
@@ -312,7 +311,7 @@ def test_publish_is_atomic_and_pruning_keeps_the_current(tmp_path: Path) -> None
             onnx_path,
             {**fields, "version": f"v{n}", "created": datetime(2030, 1, n, tzinfo=UTC)},
         )
-    from daemon.manifest import point_current_to
+    from sortbox.daemon.manifest import point_current_to
 
     point_current_to(models, "v1")
     assert sorted(prune(models, keep=2)) == ["v2", "v3"]
@@ -409,7 +408,7 @@ def test_train_publish_skip_gate_rollback_with_a_running_daemon(
 
 
 def test_gate_refuses_a_candidate_that_breaks_one_class() -> None:
-    from trainer.evaluate import gate
+    from sortbox.trainer.evaluate import gate
 
     classes = ["a", "b", "c", "d", "e"]
     truth = [name for name in classes for _ in range(40)]
@@ -433,7 +432,7 @@ def test_gate_refuses_a_candidate_that_breaks_one_class() -> None:
 
 
 def test_device_choice_uses_cuda_only_when_torch_sees_it(tmp_path: Path) -> None:
-    from trainer.finetune import NoCuda, choose_device
+    from sortbox.trainer.finetune import NoCuda, choose_device
 
     assert choose_device("cpu").type == "cpu"
     assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -497,7 +496,7 @@ def test_fine_tune_killed_mid_run_resumes_from_its_checkpoint(tmp_path: Path) ->
     copy_photos(tmp_path / "dataset", {"hat": 14, "pants": 14, "shoes": 14})
     checkpoint = tmp_path / "cache" / "finetune.pt"
     first = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "train", "--config", str(home.config)],
+        [sys.executable, "-m", "sortbox.daemon.cli", "train", "--config", str(home.config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

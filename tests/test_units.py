@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 from conftest import encode
 from PIL import Image
-
-from daemon.decide import decide
-from daemon.decode import read_and_prepare
-from daemon.intake import Arrival, Identity, is_ignored
-from daemon.journal import Journal, Sorted, read_journal
-from daemon.manifest import Manifest, check_class_name
-from daemon.place import LIBRARY_NAME, copy_into, library_name
-from daemon.preprocess import BadImage, Preprocessing, decode_rgb, prepare
-from daemon.settings import ConfigError, TrainSettings, load_settings
-from daemon.stability import StabilityTracker
+from sortbox.daemon.decide import decide
+from sortbox.daemon.decode import read_and_prepare
+from sortbox.daemon.intake import Arrival, Identity, is_ignored
+from sortbox.daemon.journal import Journal, Sorted, read_journal
+from sortbox.daemon.manifest import Manifest, check_class_name
+from sortbox.daemon.place import LIBRARY_NAME, copy_into, library_name
+from sortbox.daemon.preprocess import BadImage, Preprocessing, decode_rgb, prepare
+from sortbox.daemon.settings import ConfigError, TrainSettings, load_settings
+from sortbox.daemon.stability import StabilityTracker
 
 SPEC = Preprocessing(resize=64, crop=56)
 
@@ -223,7 +222,7 @@ def test_stability_waits_for_writers_and_quiet(tmp_path: Path) -> None:
     ],
 )
 def test_ignore_patterns(path: str, ignored: bool) -> None:
-    from daemon.settings import DEFAULT_IGNORE
+    from sortbox.daemon.settings import DEFAULT_IGNORE
 
     assert is_ignored(path, DEFAULT_IGNORE) is ignored
 
@@ -281,14 +280,14 @@ def test_sortbox_0_1_target_precision_is_still_read(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("relative", ["../outside.jpg", "/etc/passwd", "a/../../b", ""])
 def test_undo_refuses_paths_from_the_journal_that_leave_their_folder(relative: str) -> None:
-    from daemon.undo import below
+    from sortbox.daemon.undo import below
 
     assert below(Path("/srv/library"), relative) is None
     assert below(Path("/srv/library"), "cats/x.jpg") == Path("/srv/library/cats/x.jpg")
 
 
 def test_replacing_leaves_the_old_file_whole_when_writing_fails(tmp_path: Path) -> None:
-    from daemon.atomic import replacing
+    from sortbox.daemon.atomic import replacing
 
     target = tmp_path / "state.json"
     target.write_text("old")

@@ -11,9 +11,8 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-
-from daemon.decide import softmax
-from daemon.thresholds import CalibrationPoints, derive_thresholds
+from sortbox.daemon.decide import softmax
+from sortbox.daemon.thresholds import CalibrationPoints, derive_thresholds
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:

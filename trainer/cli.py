@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from daemon.settings import Settings
-from trainer.default_model import create_default_model
-from trainer.train import run_training
+from sortbox.daemon.settings import Settings
+from sortbox.trainer.default_model import create_default_model
+from sortbox.trainer.train import run_training
 
 
 def init(settings: Settings) -> int:

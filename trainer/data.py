@@ -25,12 +25,11 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-
-from daemon.atomic import replacing
-from daemon.journal import Review, Sorted, Undone, read_journal
-from daemon.manifest import RESERVED_FOLDERS, check_class_name
-from daemon.preprocess import BadImage, decode_rgb
-from daemon.settings import Settings
+from sortbox.daemon.atomic import replacing
+from sortbox.daemon.journal import Review, Sorted, Undone, read_journal
+from sortbox.daemon.manifest import RESERVED_FOLDERS, check_class_name
+from sortbox.daemon.preprocess import BadImage, decode_rgb
+from sortbox.daemon.settings import Settings
 
 UNREADABLE = "unreadable: not a picture Pillow can decode"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from daemon.manifest import current_version
-from daemon.preprocess import Preprocessing
-from daemon.settings import Settings
-from trainer.export import check_parity, export_onnx
-from trainer.imagenet_groups import imagenet_groups
-from trainer.model import EfficientNetLite, imagenet_network
-from trainer.publish import new_version, publish
+from sortbox.daemon.manifest import current_version
+from sortbox.daemon.preprocess import Preprocessing
+from sortbox.daemon.settings import Settings
+from sortbox.trainer.export import check_parity, export_onnx
+from sortbox.trainer.imagenet_groups import imagenet_groups
+from sortbox.trainer.model import EfficientNetLite, imagenet_network
+from sortbox.trainer.publish import new_version, publish
 
 # No labelled data to calibrate on: a picture is auto-sorted when its folder's summed ImageNet
 # probability is at least this; everything less certain goes to needs_review.

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-
-from daemon.atomic import replacing
-from daemon.classify import open_session
-from daemon.decide import softmax
+from sortbox.daemon.atomic import replacing
+from sortbox.daemon.classify import open_session
+from sortbox.daemon.decide import softmax
 
 PARITY_TOLERANCE = 1e-4
 

@@ -19,15 +19,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from sortbox.daemon.atomic import replacing
+from sortbox.daemon.classify import open_session
+from sortbox.daemon.manifest import sha256_file
+from sortbox.daemon.preprocess import prepare
+from sortbox.trainer.data import Example
+from sortbox.trainer.export import export_onnx
+from sortbox.trainer.model import EfficientNetLite, Frozen, weights_file
 from tqdm import tqdm
-
-from daemon.atomic import replacing
-from daemon.classify import open_session
-from daemon.manifest import sha256_file
-from daemon.preprocess import prepare
-from trainer.data import Example
-from trainer.export import export_onnx
-from trainer.model import EfficientNetLite, Frozen, weights_file
 
 _FORMAT = 4  # bump when the way features are made changes
 VIEWS = 2  # the picture and its mirror image

@@ -29,14 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance
+from sortbox.daemon.atomic import replacing
+from sortbox.daemon.preprocess import Preprocessing, decode_rgb, normalise, prepare
+from sortbox.daemon.settings import TrainSettings
+from sortbox.trainer.data import Example
+from sortbox.trainer.features import FrozenPart
+from sortbox.trainer.model import EfficientNetLite
 from tqdm import tqdm
-
-from daemon.atomic import replacing
-from daemon.preprocess import Preprocessing, decode_rgb, normalise, prepare
-from daemon.settings import TrainSettings
-from trainer.data import Example
-from trainer.features import FrozenPart
-from trainer.model import EfficientNetLite
 
 LEARNING_RATE = {"tail": 1e-3, "classifier": 3e-3}
 WEIGHT_DECAY = 0.01

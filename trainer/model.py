@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from sortbox.daemon.preprocess import Preprocessing
 from torch import nn
-
-from daemon.preprocess import Preprocessing
 
 # Lite0's (repeats, kernel, stride, expansion, channels in, channels out) per stage
 STAGES = [

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from daemon.manifest import (
+from sortbox.daemon.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
     Manifest,

@@ -27,21 +27,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
-from daemon.atomic import replacing
-from daemon.classify import load_classifier
-from daemon.decide import softmax
-from daemon.journal import Journal, TrainingRun
-from daemon.manifest import Manifest, current_version, published_versions, read_manifest
-from daemon.settings import Settings
-from daemon.thresholds import wilson_interval
-from trainer.calibrate import calibrate, expected_calibration_error, precision_coverage
-from trainer.data import Example, TrainingSet, gather
-from trainer.evaluate import Evaluation, evaluate, gate, report_files
-from trainer.export import check_parity, export_onnx
-from trainer.features import FeatureCache
-from trainer.finetune import (
+from sortbox.daemon.atomic import replacing
+from sortbox.daemon.classify import load_classifier
+from sortbox.daemon.decide import softmax
+from sortbox.daemon.journal import Journal, TrainingRun
+from sortbox.daemon.manifest import Manifest, current_version, published_versions, read_manifest
+from sortbox.daemon.settings import Settings
+from sortbox.daemon.thresholds import wilson_interval
+from sortbox.trainer.calibrate import calibrate, expected_calibration_error, precision_coverage
+from sortbox.trainer.data import Example, TrainingSet, gather
+from sortbox.trainer.evaluate import Evaluation, evaluate, gate, report_files
+from sortbox.trainer.export import check_parity, export_onnx
+from sortbox.trainer.features import FeatureCache
+from sortbox.trainer.finetune import (
     NoCuda,
     balanced_weights,
     choose_device,
@@ -50,7 +48,7 @@ from trainer.finetune import (
     plain_pictures,
     recipe_key,
 )
-from trainer.model import (
+from sortbox.trainer.model import (
     BACKBONES,
     FEATURES,
     BackboneMissing,
@@ -58,7 +56,8 @@ from trainer.model import (
     imagenet_network,
     weights_file,
 )
-from trainer.publish import REJECTED_DIR, new_version, publish
+from sortbox.trainer.publish import REJECTED_DIR, new_version, publish
+from tqdm import tqdm
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_PUBLISHED = 0, 1, 3
 PARITY_IMAGES = 16

@@ -1,0 +1,1 @@
+"""The systemd unit templates, shipped as package data for `sortbox install-units`."""
