@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
@@ -11,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-from sortbox.daemon.intake import Arrival, Identity
+from sortbox.daemon.intake import Arrival, Identity, identity_of
 from sortbox.daemon.place import open_input
 from sortbox.daemon.preprocess import BadImage, Preprocessing, prepare
 
@@ -25,6 +26,9 @@ class Decoded:
     problem: str | None  # why it is rejected; None for a usable picture
     spec: Preprocessing
     content: bytes | None = field(default=None, repr=False)  # the bytes hashed, if small enough
+    # the file changed while it was read (a writer we could not see): not a verdict on the
+    # picture; it goes back to waiting until it is complete
+    changed: bool = False
 
 
 # Inputs up to this size are kept in memory from hashing to copying (one read, one hash);
@@ -73,8 +77,12 @@ def read_and_prepare(
     content = data if len(data) <= KEEP_BYTES else None
     try:
         return result(None, identity, sha256, prepare(data, spec, max_pixels), content)
-    except BadImage as exc:
-        return result(str(exc), identity, sha256, content=content)
+    except Exception as exc:  # prepare() says BadImage; anything else is a decoder bug
+        problem = str(exc) if isinstance(exc, BadImage) else f"cannot decode: {exc!r}"
+        if identity_of(arrival.path) != identity:
+            # Truncated because a writer is still at it: wait for it, don't reject half a file.
+            return dataclasses.replace(result(problem, identity, sha256), changed=True)
+        return result(problem, identity, sha256, content=content)
 
 
 DECODER_NICENESS = 10

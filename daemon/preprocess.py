@@ -35,6 +35,18 @@ class BadImage(Exception):
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
+# The formats pictures come in. Pillow can open more, but some of those run programs
+# (EPS calls Ghostscript) or are scientific containers nobody photographs with.
+PICTURE_FORMATS = (
+    "JPEG", "PNG", "WEBP", "AVIF", "HEIF", "GIF", "TIFF", "BMP", "DIB", "JPEG2000",
+    "PPM", "TGA", "PSD", "QOI", "PCX",
+)  # fmt: skip
+# Memory per picture stays bounded whatever the input: a picture this elongated cannot be
+# classified from its centre anyway, and one that needs more than this many pixels in memory
+# after JPEG's reduced decoding (so: a huge PNG or TIFF) is refused rather than risk the host.
+MAX_ASPECT_RATIO = 25
+MAX_DECODED_PIXELS = 40_000_000
+
 
 def decode_rgb(data: bytes, min_side: int, max_pixels: int) -> Image.Image:
     """Decode, orient and convert to 8-bit RGB, never at more resolution than needed.
@@ -48,26 +60,57 @@ def decode_rgb(data: bytes, min_side: int, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > max_pixels:
-            raise BadImage(f"too many pixels: {width}x{height} exceeds the limit of {max_pixels}")
-        if width < 1 or height < 1:
-            raise BadImage(f"degenerate size {width}x{height}")
-        if image.format == "JPEG":
+            image = Image.open(io.BytesIO(data), formats=_openable())
+        check_size(image.size, max_pixels)
+        if image.format in ("JPEG", "MPO"):
             image.draft("RGB", _draft_size(image.size, min_side, _exif_orientation(image)))
+        width, height = image.size  # as it will be decoded
+        if width * height > MAX_DECODED_PIXELS:
+            raise BadImage(
+                f"too many pixels to decode: {width}x{height} {image.format} exceeds "
+                f"{MAX_DECODED_PIXELS // 1_000_000} megapixels (JPEGs are decoded reduced)"
+            )
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return to_rgb(image)
+        image = ImageOps.exif_transpose(image, in_place=False) if _rotated(image) else image
+        return to_rgb(_reduced(image, min_side))
     except BadImage:
         raise
     except UnidentifiedImageError:
-        raise BadImage("not an image, or a format Pillow cannot read") from None
+        raise BadImage("not an image, or a format sortbox does not read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"too many pixels ({exc})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        # Pillow reports truncated and corrupt data as OSError / SyntaxError.
-        raise BadImage(f"cannot decode: {exc}") from None
+    except Exception as exc:
+        # Corrupt files make Pillow's decoders raise almost anything (OSError, SyntaxError,
+        # but also RuntimeError, TypeError, NotImplementedError ...): all mean "cannot decode".
+        raise BadImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
+
+
+def _openable() -> list[str]:
+    Image.init()  # registers the plugins installed now (pillow-heif adds HEIF)
+    return [name for name in PICTURE_FORMATS if name in Image.OPEN]
+
+
+def check_size(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise BadImage(f"degenerate size {width}x{height}")
+    if width * height > max_pixels:
+        raise BadImage(f"too many pixels: {width}x{height} exceeds the limit of {max_pixels}")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise BadImage(f"extreme aspect ratio: {width}x{height} is beyond {MAX_ASPECT_RATIO}:1")
+
+
+def _rotated(image: Image.Image) -> bool:
+    return _exif_orientation(image) != 1
+
+
+def _reduced(image: Image.Image, min_side: int) -> Image.Image:
+    """Shrink by a whole factor while the shorter side stays >= 2 * min_side: the later
+    conversions and the resize then work on a small picture, not a scanner's full page."""
+    factor = min(image.size) // (2 * min_side)
+    if factor < 2 or image.mode not in ("RGB", "RGBA", "L", "LA", "I", "F", "CMYK"):
+        return image
+    return image.reduce(factor)
 
 
 def _exif_orientation(image: Image.Image) -> int:
@@ -102,8 +145,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         mode = "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (*WHITE, 255))
-        return Image.alpha_composite(background, image).convert("RGB")
+        background = Image.new("RGB", image.size, WHITE)
+        background.paste(image, mask=image.getchannel("A"))
+        return background
     # 1, L, P, CMYK, YCbCr, LAB, HSV: Pillow's own conversions are right for these.
     return image.convert("RGB")
 
@@ -121,13 +165,17 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resize_and_crop(image: Image.Image, spec: Preprocessing) -> Image.Image:
+    """Scale the shorter side to `spec.resize`, then cut the centred `spec.crop` square.
+
+    Done as one resize of the source region the square comes from: a long panorama is
+    never scaled whole, so memory stays that of the output.
+    """
     width, height = image.size
     scale = spec.resize / min(width, height)
-    new_size = (max(spec.crop, round(width * scale)), max(spec.crop, round(height * scale)))
-    resized = image.resize(new_size, _RESAMPLE[spec.interpolation])
-    left = (new_size[0] - spec.crop) // 2
-    top = (new_size[1] - spec.crop) // 2
-    return resized.crop((left, top, left + spec.crop, top + spec.crop))
+    side = spec.crop / scale  # the square's side, in source pixels
+    left, top = (width - side) / 2, (height - side) / 2
+    box = (max(0.0, left), max(0.0, top), min(width, left + side), min(height, top + side))
+    return image.resize((spec.crop, spec.crop), _RESAMPLE[spec.interpolation], box=box)
 
 
 def normalise(image: Image.Image, spec: Preprocessing) -> np.ndarray:
