@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
 
 SCHEMA_VERSION = 1
 log = structlog.get_logger(__name__)
@@ -111,7 +112,12 @@ _EVENT = TypeAdapter(Event)
 
 
 def to_line(event: BaseModel) -> bytes:
-    return (event.model_dump_json() + "\n").encode("utf-8")
+    try:
+        return (event.model_dump_json() + "\n").encode("utf-8")
+    except (PydanticSerializationError, UnicodeEncodeError):
+        # A file name that is not valid UTF-8 (Python keeps its bytes as lone surrogates):
+        # escape them, so the line is valid JSON and reads back to the very same name.
+        return (json.dumps(event.model_dump(mode="json"), ensure_ascii=True) + "\n").encode()
 
 
 class Journal:
@@ -151,12 +157,18 @@ class Journal:
         with self._locked():
             self._foreign.extend(self._read_since_end())
             view = memoryview(b"\n" + payload if self._torn else payload)
+            before = os.fstat(self._fd).st_size
             try:
                 while view:
                     view = view[os.write(self._fd, view) :]
                 os.fsync(self._fd)
             except OSError:
-                self._torn = True
+                # Disk full half-way: take back what was written (we hold the lock, nobody
+                # wrote after us), so a retry does not journal the first events twice.
+                try:
+                    os.ftruncate(self._fd, before)
+                except OSError:
+                    self._torn = True
                 raise
             finally:
                 self._end = os.fstat(self._fd).st_size
