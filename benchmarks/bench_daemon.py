@@ -96,9 +96,18 @@ def child(mode: str, home: Path, inputs: Path) -> dict:
     settings = load_settings(home / "config.toml")
     started = time.perf_counter()
     if mode == "sortbox":
-        from sortbox.daemon.oneshot import sort_paths
+        from sortbox.daemon.intake import collect
+        from sortbox.daemon.service import Service
 
-        count = len(sort_paths(settings, [inputs], dry_run=False, progress=False))
+        count = 0
+
+        def counted(events: list, finished: int) -> None:
+            nonlocal count
+            count += len(events)
+
+        Service(
+            settings, inputs=collect([inputs], settings.library, settings.ignore), on_batch=counted
+        ).run()
     else:
         count = naive_sort(settings, inputs)
     elapsed = time.perf_counter() - started

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
@@ -165,18 +166,33 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if current_version(settings.models_dir) is None:
         print("sortbox: no model yet; creating the default model first", file=sys.stderr)
         init_command(settings, args)
-    Service(
+    service = Service(
         settings, Notifier.from_environment(), reload_settings=lambda: load_settings(args.config)
-    ).run()
-    return EXIT_OK
+    )
+    return EXIT_FAILURE if service.run() else EXIT_OK
 
 
 def sort_command(settings: Settings, args: argparse.Namespace) -> int:
-    from sortbox.daemon import oneshot
+    """The daemon's own pipeline over the given files, once, with a progress bar."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from sortbox.daemon.intake import collect
+    from sortbox.daemon.journal import Placement
+    from sortbox.daemon.service import Service
+    from tqdm import tqdm
 
-    events = oneshot.sort_paths(
-        settings, args.paths, dry_run=args.dry_run, progress=sys.stderr.isatty()
-    )
+    try:
+        inputs = collect(args.paths, settings.library, settings.ignore)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    events: list[Placement] = []
+    with tqdm(total=len(inputs), unit="img", disable=not sys.stderr.isatty()) as bar:
+
+        def on_batch(placed: list[Placement], finished: int) -> None:
+            events.extend(placed)
+            bar.update(finished)
+
+        service = Service(settings, inputs=inputs, dry_run=args.dry_run, on_batch=on_batch)
+        failed = service.run()
     for event in events:
         where = event.dest or "(not copied)"
         detail = (
@@ -192,11 +208,14 @@ def sort_command(settings: Settings, args: argparse.Namespace) -> int:
     }
     summary = ", ".join(f"{n} {name}" for name, n in counts.items())
     print(f"{'dry run: ' if args.dry_run else ''}{len(events)} files: {summary}", file=sys.stderr)
-    return EXIT_OK
+    for path in service.unfinished:
+        print(f"not sorted (it kept changing while read): {path}", file=sys.stderr)
+    return EXIT_FAILURE if failed or not service.done or service.unfinished else EXIT_OK
 
 
 def undo_command(settings: Settings, args: argparse.Namespace) -> int:
     from sortbox.daemon.journal import Journal
+    from sortbox.daemon.pipeline import locked
     from sortbox.daemon.undo import undo_one, undoable
 
     last = args.last if args.last is not None or args.since is not None else 1
@@ -206,16 +225,20 @@ def undo_command(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     journal = None if args.dry_run else Journal(settings.journal)
     failures = 0
+    # the library's placement lock: a daemon or `sort` running beside us waits, and never
+    # takes a copy we remove for one that is still there
+    lock = contextlib.nullcontext() if args.dry_run else locked(settings.library)
     try:
-        for event in events:
-            outcome = undo_one(event, settings.library, journal)
-            failures += outcome.undone is None
-            status = (
-                "would undo"
-                if args.dry_run and outcome.undone
-                else ("undone" if outcome.undone else "skipped")
-            )
-            print(f"{status:10} {event.src}: {outcome.message}")
+        with lock:
+            for event in events:
+                outcome = undo_one(event, settings.library, journal)
+                failures += outcome.undone is None
+                status = (
+                    "would undo"
+                    if args.dry_run and outcome.undone
+                    else ("undone" if outcome.undone else "skipped")
+                )
+                print(f"{status:10} {event.src}: {outcome.message}")
     finally:
         if journal is not None:
             journal.close()

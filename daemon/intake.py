@@ -1,4 +1,5 @@
-"""What enters the pipeline: an input file, where it sits, and its identity on disk."""
+"""What enters the pipeline: an input file, where it sits, and its identity on disk; and the
+files given to `sortbox sort`."""
 
 from __future__ import annotations
 
@@ -71,3 +72,25 @@ def identity_of(path: Path) -> Identity | None:
     if stat.S_ISDIR(st.st_mode):
         return None
     return Identity.of(st)
+
+
+def collect(paths: list[Path], library: Path, ignore: list[str]) -> list[Arrival]:
+    """The files given to `sortbox sort` (folders walked), as arrivals. Raises ValueError
+    with a message for the user when a path is inside the library or does not exist."""
+    arrivals = []
+    for given in paths:
+        path = given.absolute()
+        if path.is_relative_to(library):
+            raise ValueError(f"{given} is inside the library; sortbox sorts into it, not from it")
+        if path.is_dir() and not path.is_symlink():
+            files: Iterator[Path] = walk_files(path, ignore)
+            root = path
+        elif path.exists() or path.is_symlink():
+            files, root = iter([path]), path.parent
+        else:
+            raise ValueError(f"{given}: no such file or folder")
+        for file in files:
+            identity = identity_of(file)
+            if identity is not None:
+                arrivals.append(Arrival(file, root, identity))
+    return arrivals

@@ -156,7 +156,7 @@ def verify_model_file(version_dir: Path, manifest: Manifest) -> Path:
 def current_version(models_dir: Path) -> str | None:
     try:
         return check_version(os.readlink(models_dir / CURRENT))
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # missing, or not a symlink (someone made it a folder)
         return None
 
 

@@ -8,8 +8,10 @@ call is a no-op, so the same code runs in a terminal.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
+from pathlib import Path
 
 
 class Notifier:
@@ -52,3 +54,52 @@ class Notifier:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+STATE_FILE_BYTES = 1024
+
+
+class StateFile:
+    """The daemon's state for `sortbox status` ("sorting", "paused: library disk full"),
+    in a small file rewritten in place.
+
+    Its blocks are allocated once at start-up and then only overwritten, so the state can
+    still be told when the disk it lives on is full, which is exactly when it matters."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.pwrite(self._fd, b" " * STATE_FILE_BYTES, 0)
+
+    def write(self, state: dict[str, object]) -> None:
+        if self._fd < 0:
+            return
+        data = json.dumps({"pid": os.getpid(), **state}, default=str).encode()
+        data = data[: STATE_FILE_BYTES - 1].ljust(STATE_FILE_BYTES - 1) + b"\n"
+        with contextlib.suppress(OSError):
+            os.pwrite(self._fd, data, 0)
+
+    def close(self, state: dict[str, object]) -> None:
+        self.write(state)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def read_state(path: Path) -> dict[str, object] | None:
+    """The state a running daemon wrote; None when there is none or its process is gone."""
+    try:
+        state = json.loads(path.read_bytes())
+        pid = int(state["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, run by another user (the sortbox system user)
+    return dict(state)

@@ -1,23 +1,33 @@
-"""The service lifecycle, all in one place: capture signals → start → main loop → stop.
+"""The service lifecycle, all in one place: capture signals → start → main loop → drain → stop.
+
+`sortbox run` and `sortbox sort` are both a `Service`; only the source of inputs differs:
+the watched inbox, or a fixed list of files (then it stops when every one is handled).
 
 Threads and queues (data flows one way):
 
-    observer ─notices→ intake ─arrivals→ decoders ─decoded→ main loop ─classified→ placer
-                  (stability, rescans)             (batch, classify, decide)   (place, journal)
+    intake ─arrivals→ decoders ─decoded→ main loop ─classified→ placer
+    (watch + stability,    (read, hash,     (batch, classify,       (place_batch:
+     or the given files)    decode)          decide)                 copy, journal)
 
 The placer writes one batch while the main loop classifies the next: disk and CPU overlap.
+Each piece of shared state has one owner: the model is the main loop's, the library (index,
+journal) the placer's, the stability tracker intake's; counters shared across threads sit
+behind `_lock`.
 
-Signal handlers only set flags. Queues are bounded: when they are full, intake waits and
-the files simply stay in the inbox a little longer; nothing is dropped.
+Every failure is a per-file outcome or a loud exit, never a silent stall: a worker thread that
+dies takes the service down with exit status 1 (systemd restarts it), and the watchdog is only
+pinged while work moves or there is none.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import signal
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -28,13 +38,21 @@ from sortbox.daemon.classify import Classifier, load_classifier, load_current
 from sortbox.daemon.decode import Decoded, lower_thread_priority, read_and_prepare
 from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import Arrival, Identity, inside, is_ignored, walk_files
-from sortbox.daemon.journal import Journal, ModelLoaded
-from sortbox.daemon.manifest import ModelError, current_version, retarget
+from sortbox.daemon.journal import Event, Journal, ModelLoaded, Placement
+from sortbox.daemon.manifest import current_version, retarget
 from sortbox.daemon.metrics import Metrics, write_textfile
-from sortbox.daemon.notify import Notifier
+from sortbox.daemon.notify import Notifier, StateFile
+from sortbox.daemon.pipeline import (
+    STATE_FOLDER,
+    Classified,
+    Library,
+    Placed,
+    classify_batch,
+    is_disk_full,
+    place_batch,
+)
 from sortbox.daemon.place import remove_leftover_temps
 from sortbox.daemon.settings import ConfigError, Settings
-from sortbox.daemon.sorter import Classified, Sorter
 from sortbox.daemon.stability import StabilityTracker
 from sortbox.daemon.watch import Notice, resolve_watch_mode, start_observer
 from watchdog.observers.api import BaseObserver
@@ -43,8 +61,22 @@ log = structlog.get_logger(__name__)
 
 _STOP = None  # end-of-work marker on the arrivals queue
 _MODEL_CHECK_INTERVAL_S = 1.0
+_INBOX_CHECK_INTERVAL_S = 1.0
 _DRAIN_TIMEOUT_S = 5.0
 _LIVE_SETTINGS = {"target_precision"}  # what SIGHUP applies without a restart
+# Work waiting and no batch finished for this long: something is stuck. Stop pinging the
+# watchdog and exit 1 rather than look healthy while doing nothing.
+STALL_LIMIT_S = 120.0
+PAUSE_FIRST_S, PAUSE_MAX_S = 1.0, 60.0  # back-off while the library cannot be written
+MAX_ATTEMPTS = 5  # `sort`: a file that keeps changing is left alone after this many tries
+STATE_FILE = "daemon.json"  # in library/.sortbox/: what `sortbox status` shows
+
+
+@dataclasses.dataclass
+class Pause:
+    reason: str  # "library disk full"
+    backoff_s: float
+    until: float  # monotonic
 
 
 class Service:
@@ -53,38 +85,59 @@ class Service:
         settings: Settings,
         notifier: Notifier | None = None,
         reload_settings: Callable[[], Settings] | None = None,
+        *,
+        inputs: list[Arrival] | None = None,
+        dry_run: bool = False,
+        on_batch: Callable[[list[Placement], int], None] | None = None,
     ) -> None:
-        """`reload_settings` re-reads config.toml on SIGHUP; without it, SIGHUP only looks
-        for a new model."""
+        """`inputs=None` watches the inbox until stopped; a list sorts those files and stops.
+        `reload_settings` re-reads config.toml on SIGHUP. `on_batch(events, finished)` is
+        told after every placed batch (the progress bar of `sortbox sort`)."""
         self.settings = settings
+        self.watching = inputs is None
+        self._inputs = inputs
+        self._dry_run = dry_run
+        self._on_batch = on_batch
         self._reload_settings = reload_settings
         self._reload_requested = False
         self.notifier = notifier or Notifier()
         self.should_exit = threading.Event()
         self.force_exit = False
         self.metrics = Metrics()
-        self.tracker = StabilityTracker(settings.quiet_period_s)
-        self._notices: queue.SimpleQueue[Notice] = queue.SimpleQueue()
+        self.unfinished: list[Path] = []  # `sort`: inputs given up on (kept changing)
+        self.done = False  # `sort`: every input was handled
+        self._crashed: str | None = None
         self._arrivals: queue.Queue[Arrival | None] = queue.Queue(maxsize=settings.queue_size)
         # one batch ahead: decoded items hold their file's bytes until they are copied
         self._decoded: queue.Queue[Decoded] = queue.Queue(maxsize=settings.batch_size)
         self._classified: queue.Queue[Classified | None] = queue.Queue(maxsize=1)
-        self._decoders: list[threading.Thread] = []
-        self._placer: threading.Thread | None = None
+        self._notices: queue.SimpleQueue[Notice] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._observer: BaseObserver | None = None
+        self._watched_inbox: tuple[int, int] | None = None
+        self._lock = threading.Lock()  # guards the counters below
+        self._outstanding = 0  # admitted, not yet placed or given up
+        self._again: deque[Arrival] = deque()  # `sort`: to be admitted again
+        self._attempts: Counter[Path] = Counter()
+        self._listed = False  # `sort`: every given input was admitted once
+        self._pause: Pause | None = None
+        self._last_progress = time.monotonic()
+        self._unjournaled: list[Event] = []
         self._failed_version: str | None = None
         self._next_model_check = 0.0
         self._next_watchdog = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """0 when stopped or done; 1 when a worker died (systemd then restarts us)."""
         self._capture_signals()
         self.startup()
         try:
             self.main_loop()
         finally:
             self.shutdown()
+        return 1 if self._crashed else 0
 
     def _capture_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_exit_signal)
@@ -102,36 +155,50 @@ class Service:
 
     def startup(self) -> None:
         s = self.settings
-        for folder in (s.inbox, s.library, s.models_dir, s.journal.parent):
-            folder.mkdir(parents=True, exist_ok=True)
+        if not self._dry_run:
+            for folder in (s.library, s.models_dir, s.journal.parent):
+                folder.mkdir(parents=True, exist_ok=True)
         self.classifier = load_current(
             s.models_dir, s.inference_threads, s.inference_run_size, s.target_precision
         )
-        removed = remove_leftover_temps(s.library)
-        self.index = DoneIndex.load(s.journal, s.library)
-        self.journal = Journal(s.journal)
-        self.sorter = Sorter(s.library, self.index, self.journal, s.on_success)
-        self.journal.append([ModelLoaded(model=self.classifier.version, reason="daemon started")])
-        self.metrics.model = self.classifier.version
-
-        self._placer = self._start_thread(self._placer_loop, "placer")
-        self._decoders = [
-            self._start_thread(self._decode_loop, f"decode-{n}") for n in range(s.decode_workers)
-        ]
-        self._start_thread(self._intake_loop, "intake")
-        mode = resolve_watch_mode(s.watch_mode, s.inbox)
-        self._observer = start_observer(s.inbox, mode, s.poll_interval_s, self._notices)
-
-        log.info(
-            "started",
-            inbox=str(s.inbox),
-            library=str(s.library),
-            model=self.classifier.version,
-            watch_mode=mode,
-            known_contents=self.index.contents,
-            temp_files_removed=removed,
+        removed = 0 if self._dry_run else remove_leftover_temps(s.library)
+        journal = None if self._dry_run else Journal(s.journal)
+        self.library = Library(
+            s.library,
+            DoneIndex.load(s.journal, s.library),
+            journal,
+            remove_originals=self.watching and s.on_success == "delete",
         )
-        self.notifier.ready(self.metrics.status_line())
+        self.metrics.model = self.classifier.version
+        self._state = StateFile(s.library / STATE_FOLDER / STATE_FILE) if self.watching else None
+
+        self._start_thread(self._placer_loop, "placer")
+        for n in range(s.decode_workers):
+            self._start_thread(self._decode_loop, f"decode-{n}")
+        if self.watching:
+            s.inbox.mkdir(parents=True, exist_ok=True)
+            self._journal_later(ModelLoaded(model=self.classifier.version, reason="daemon started"))
+            mode = resolve_watch_mode(s.watch_mode, s.inbox)
+            # Polling only sees what changed between two polls: a shorter quiet period means
+            # nothing there, and a file must look the same at two checks, not one.
+            quiet = max(s.quiet_period_s, s.poll_interval_s) if mode == "poll" else s.quiet_period_s
+            self.tracker = StabilityTracker(quiet, confirmations=2 if mode == "poll" else 1)
+            self._watch_mode = mode
+            self._watch_inbox()
+            self._start_thread(self._intake_loop, "intake")
+            log.info(
+                "started",
+                inbox=str(s.inbox),
+                library=str(s.library),
+                model=self.classifier.version,
+                watch_mode=mode,
+                known_contents=self.library.index.contents,
+                temp_files_removed=removed,
+            )
+        else:
+            self._start_thread(self._feed_loop, "intake")
+        self.notifier.ready(self.status_line())
+        self._publish_state()
 
     def main_loop(self) -> None:
         max_wait_s = self.settings.max_wait_ms / 1000
@@ -145,6 +212,9 @@ class Service:
                 self._reload()
             self._maybe_switch_model()
             self._heartbeat()
+            if not self.watching and self._all_done():
+                self.done = True
+                break
 
     def shutdown(self) -> None:
         self.notifier.stopping()
@@ -153,42 +223,67 @@ class Service:
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=_DRAIN_TIMEOUT_S)
-        # 2. Inputs not yet decoded stay in the inbox for the next start; tell decoders to stop.
+        # 2. Inputs not yet decoded stay where they are for the next start; stop the decoders.
         self._discard_pending_arrivals()
         for _ in range(self.settings.decode_workers):
             self._arrivals.put(_STOP)
         # 3. Finish in-flight work within the timeout: classify what the decoders finish,
         #    and let the placer place and journal it.
         deadline = time.monotonic() + _DRAIN_TIMEOUT_S
+        decoders = [t for t in self._threads if t.name.startswith("decode")]
         while not self.force_exit and time.monotonic() < deadline:
             batch = self._drain_decoded()
             if batch:
                 self._classify(batch)
-            elif not any(t.is_alive() for t in self._decoders):
+            elif not any(t.is_alive() for t in decoders):
                 break
             else:
                 time.sleep(0.02)
-        if self._placer is not None:
-            self._classified.put(None)
-            self._placer.join(timeout=max(0.1, deadline - time.monotonic()))
+        placer = next(t for t in self._threads if t.name == "placer")
+        self._classified.put(None)
+        placer.join(timeout=max(0.1, deadline - time.monotonic()))
         # 4. Make the journal durable and close it.
-        self.journal.close()
-        self._write_metrics()
+        if self._unjournaled:
+            self._journal_later()
+        if self.library.journal is not None:
+            self.library.journal.close()
+        if self.watching:
+            self._write_metrics()
+        if self._state is not None:
+            self._state.close({"state": "stopped"})
         self.notifier.close()
-        log.info("stopped", **{k: self.metrics.total(k) for k in ("sorted", "review", "rejected")})
+        log.info(
+            "stopped",
+            exit_status=1 if self._crashed else 0,
+            **{k: self.metrics.total(k) for k in ("sorted", "review", "rejected")},
+        )
 
-    # -- the stages --------------------------------------------------------------------------
+    def _start_thread(self, target: Callable[[], None], name: str) -> None:
+        def guarded() -> None:
+            try:
+                target()
+            except BaseException:
+                # Never a zombie that pings the watchdog: the whole service goes down, loudly.
+                log.critical("worker_died", thread=name, exc_info=True)
+                self._crashed = name
+                self.should_exit.set()
 
-    def _start_thread(self, target: Callable[[], None], name: str) -> threading.Thread:
-        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
-        return thread
+        self._threads.append(thread)
+
+    # -- intake: the watched inbox -----------------------------------------------------------
 
     def _intake_loop(self) -> None:
-        """Notices → stability → arrivals. Also the start-up scan and periodic rescans."""
-        next_rescan = 0.0
+        """Notices → stability → arrivals. Also rescans, and a vanished inbox comes back."""
+        next_rescan = next_inbox_check = 0.0
         while not self.should_exit.is_set():
             now = time.monotonic()
+            if now >= next_inbox_check:
+                if self._inbox_replaced():
+                    self._watch_inbox()
+                    next_rescan = 0.0
+                next_inbox_check = now + _INBOX_CHECK_INTERVAL_S
             if now >= next_rescan:
                 self._rescan()
                 next_rescan = now + self.settings.rescan_interval_s
@@ -201,8 +296,29 @@ class Service:
             except queue.Empty:
                 pass
             for path, identity in self.tracker.take_stable():
-                self._admit(path, identity)
+                self._consider(path, identity, self.settings.inbox)
             self.metrics.queue_depth = self.tracker.waiting
+
+    def _watch_inbox(self) -> None:
+        inbox = self.settings.inbox
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=_DRAIN_TIMEOUT_S)
+            log.warning("inbox_rewatched", inbox=str(inbox))
+        inbox.mkdir(parents=True, exist_ok=True)
+        st = os.stat(inbox)
+        self._watched_inbox = (st.st_dev, st.st_ino)
+        self._observer = start_observer(
+            inbox, self._watch_mode, self.settings.poll_interval_s, self._notices
+        )
+
+    def _inbox_replaced(self) -> bool:
+        """The inbox folder was deleted (and maybe recreated): its watch sees nothing now."""
+        try:
+            st = os.stat(self.settings.inbox)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._watched_inbox
 
     def _notice(self, kind: str, path: Path) -> None:
         if not self._wanted(path):
@@ -225,26 +341,92 @@ class Service:
             if not self.tracker.is_tracked(path):
                 self.tracker.touched(path)
 
-    def _admit(self, path: Path, identity: Identity) -> None:
-        done = self.index.source(path, identity)
+    # -- intake: the given files (`sortbox sort`) ----------------------------------------------
+
+    def _feed_loop(self) -> None:
+        assert self._inputs is not None
+        for arrival in self._inputs:
+            if self.should_exit.is_set():
+                return
+            self._consider(arrival.path, arrival.identity, arrival.root)
+        self._listed = True
+        while not self.should_exit.is_set():
+            with self._lock:
+                arrival = self._again.popleft() if self._again else None
+                if arrival is not None:
+                    self._outstanding += 1  # before the queue: never "all done" in between
+            if arrival is None:
+                time.sleep(0.05)
+                continue
+            self._wait_while_paused()
+            self._enqueue(arrival, counted=True)
+
+    def _all_done(self) -> bool:
+        with self._lock:
+            return self._listed and self._outstanding == 0 and not self._again
+
+    # -- intake: both ------------------------------------------------------------------------
+
+    def _consider(self, path: Path, identity: Identity, root: Path) -> None:
+        done = self.library.index.source(path, identity)
         if done is not None:
-            if done.original_removed:
+            if done.original_removed and self.library.remove_originals:
                 # journaled as placed, but we stopped before removing the original
                 path.unlink(missing_ok=True)
-            self.tracker.finished(path)
+            self._finish(path, counted=False)
             return
-        if not inside(path, self.settings.inbox):
+        if not inside(path, root):
             log.warning("outside_inbox_skipped", path=str(path))
-            self.tracker.finished(path)
+            self._finish(path, counted=False)
             return
-        arrival = Arrival(path, self.settings.inbox, identity, complete_at=time.monotonic())
+        self._wait_while_paused()
+        self._enqueue(Arrival(path, root, identity, complete_at=time.monotonic()), counted=False)
+
+    def _enqueue(self, arrival: Arrival, counted: bool) -> None:
+        if not counted:
+            with self._lock:
+                self._outstanding += 1
         while not self.should_exit.is_set():
             try:
                 self._arrivals.put(arrival, timeout=0.2)
                 return
             except queue.Full:
                 continue  # back-pressure: intake waits, the file waits in the inbox
-        self.tracker.finished(path)
+        self._finish(arrival.path)
+
+    def _wait_while_paused(self) -> None:
+        while not self.should_exit.is_set():
+            with self._lock:
+                pause = self._pause
+            if pause is None or time.monotonic() >= pause.until:
+                return
+            time.sleep(min(0.2, pause.until - time.monotonic()))
+
+    def _finish(self, path: Path, counted: bool = True) -> None:
+        """Done with this input for now: placed, or left where it is for a later look."""
+        if counted:
+            with self._lock:
+                self._outstanding -= 1
+        if self.watching:
+            self.tracker.finished(path)
+
+    def _retry(self, arrival: Arrival) -> None:
+        """Not handled this time (changed while read, library not writable): again later."""
+        if self.watching:
+            self.tracker.finished(arrival.path)
+            self.tracker.touched(arrival.path)  # waits out its quiet period, then comes back
+        else:
+            with self._lock:
+                self._attempts[arrival.path] += 1
+                if self._attempts[arrival.path] >= MAX_ATTEMPTS and self._pause is None:
+                    log.warning("kept_changing_not_sorted", path=str(arrival.path))
+                    self.unfinished.append(arrival.path)
+                else:
+                    self._again.append(arrival)
+        with self._lock:
+            self._outstanding -= 1
+
+    # -- decode, classify, place -------------------------------------------------------------
 
     def _decode(self, arrival: Arrival) -> Decoded:
         s = self.settings
@@ -262,12 +444,13 @@ class Service:
         # decoded before a model switch that changed the preprocessing: decode again
         batch = [d if d.spec == spec else self._decode(d.arrival) for d in batch]
         try:
-            classified = self.sorter.classify(batch, self.classifier)
+            classified = classify_batch(batch, self.classifier, self.library)
         except Exception:
-            # The service must not die on one batch; its files stay in the inbox for a rescan.
+            # The service must not die on one batch; its files stay where they are, and the
+            # next rescan (or restart) brings them back.
             log.exception("classification_failed", files=len(batch))
             for item in batch:
-                self.tracker.finished(item.arrival.path)
+                self._finish(item.arrival.path)
             return
         self._classified.put(classified)
 
@@ -277,25 +460,22 @@ class Service:
 
     def _place(self, classified: Classified) -> None:
         started = time.monotonic()
-        s = self.settings
-        try:
-            for event in self.journal.take_foreign():  # `sortbox undo` / `sort` running beside us
-                self.index.record(event)
-            result = self.sorter.place(classified)
-        except Exception:
-            # A full disk while journaling, say. Copies already made have no journal line yet:
-            # the next attempt adopts them. The inputs stay in the inbox.
-            log.exception("batch_failed", files=len(classified.items))
-            self.index = DoneIndex.load(s.journal, s.library)
-            self.sorter = Sorter(s.library, self.index, self.journal, s.on_success)
-            result = None
-        finally:
-            for item in classified.items:
-                self.tracker.finished(item.arrival.path)
-        if result is None:
-            return
-        self.metrics.observe_batch(result.events, time.monotonic() - started)
-        for event in result.events:
+        placed = self._place_isolated(classified)
+        if placed.failure is not None:
+            self._pause_for(placed.failure, placed.failed_writing)
+        elif placed.events:
+            self._resume()
+        for item in placed.retry:
+            self._retry(item.arrival)
+        retried = {id(item) for item in placed.retry}
+        for item in classified.items:
+            if id(item) not in retried:
+                self._finish(item.arrival.path)
+        self._last_progress = time.monotonic()
+        if self._unjournaled:
+            self._journal_later()
+        self.metrics.observe_batch(placed.events, time.monotonic() - started)
+        for event in placed.events:
             log.info(
                 event.event,
                 src=event.src,
@@ -304,22 +484,66 @@ class Service:
                 confidence=event.confidence,
                 reason=event.reason,
             )
-        self._write_metrics()
+        if self._on_batch is not None:
+            self._on_batch(placed.events, len(classified.items) - len(placed.retry))
+        if self.watching:
+            self._write_metrics()
 
-    def _drain_decoded(self) -> list[Decoded]:
-        batch = []
-        while True:
-            try:
-                batch.append(self._decoded.get_nowait())
-            except queue.Empty:
-                return batch
+    def _place_isolated(self, classified: Classified) -> Placed:
+        """place_batch, with an unexpected error confined to the file that causes it."""
+        try:
+            return place_batch(classified, self.library)
+        except Exception:
+            if len(classified.items) == 1:
+                # left in the inbox and logged; a restart or the next rescan tries it again
+                log.exception("placement_failed", path=str(classified.items[0].arrival.path))
+                return Placed()
+        log.warning("batch_failed_placing_one_by_one", files=len(classified.items))
+        placed = Placed()
+        for item, decision in zip(classified.items, classified.decisions, strict=True):
+            one = self._place_isolated(Classified([item], [decision], classified.model))
+            placed.events += one.events
+            placed.retry += one.retry
+            if one.failure is not None:
+                placed.failure, placed.failed_writing = one.failure, one.failed_writing
+        return placed
 
-    def _discard_pending_arrivals(self) -> None:
-        while True:
-            try:
-                self._arrivals.get_nowait()
-            except queue.Empty:
-                return
+    # -- faults: pause and resume ------------------------------------------------------------
+
+    def _pause_for(self, failure: OSError, where: str) -> None:
+        what = "disk full" if is_disk_full(failure) else f"cannot be written: {failure.strerror}"
+        reason = f"{where} {what}"
+        with self._lock:
+            before = self._pause
+            backoff = PAUSE_FIRST_S if before is None else min(before.backoff_s * 2, PAUSE_MAX_S)
+            self._pause = Pause(reason, backoff, time.monotonic() + backoff)
+        if before is None or before.reason != reason:
+            log.error("paused", reason=reason, retry_in_s=backoff, error=str(failure))
+            self._publish_state()
+
+    def _resume(self) -> None:
+        with self._lock:
+            before, self._pause = self._pause, None
+        if before is not None:
+            log.info("resumed", after=before.reason)
+            self._publish_state()
+
+    def status_line(self) -> str:
+        pause = self._pause
+        prefix = f"paused: {pause.reason}; " if pause is not None else ""
+        return prefix + self.metrics.status_line()
+
+    def _publish_state(self) -> None:
+        self.notifier.status(self.status_line())
+        if self._state is not None:
+            pause = self._pause
+            self._state.write(
+                {
+                    "state": f"paused: {pause.reason}" if pause else "sorting",
+                    "model": self.classifier.version,
+                    "updated": time.time(),
+                }
+            )
 
     # -- model switching and health ----------------------------------------------------------
 
@@ -338,9 +562,10 @@ class Service:
                 self.settings.inference_run_size,
                 self.settings.target_precision,
             )
-        except ModelError as exc:
+        except Exception as exc:
+            # whatever shape the breakage takes, the model we have keeps working
             self._failed_version = version
-            log.error("model_refused", version=version, error=str(exc))
+            log.error("model_refused", version=version, error=f"{type(exc).__name__}: {exc}")
             return
         self._switch_to(new, f"switched from {self.classifier.version}")
 
@@ -348,8 +573,23 @@ class Service:
         old = self.classifier.version
         self.classifier = new
         self.metrics.model = new.version
-        self.journal.append([ModelLoaded(model=new.version, reason=reason)])
+        self._journal_later(ModelLoaded(model=new.version, reason=reason))
         log.info("model_switched", old=old, new=new.version, reason=reason)
+
+    def _journal_later(self, event: Event | None = None) -> None:
+        """Journal a model line now if the disk lets us, else with the next batch."""
+        with self._lock:
+            if event is not None:
+                self._unjournaled.append(event)
+            pending, self._unjournaled = self._unjournaled, []
+        if self.library.journal is None or not pending:
+            return
+        try:
+            self.library.journal.append(pending)
+        except OSError as exc:
+            log.error("journal_write_failed", error=str(exc), events=len(pending))
+            with self._lock:
+                self._unjournaled = pending + self._unjournaled
 
     def _reload(self) -> None:
         """SIGHUP: take the decision settings from config.toml again. Everything else (folders,
@@ -379,14 +619,26 @@ class Service:
                 f"thresholds re-derived for target precision {target}",
             )
 
+    def _stalled(self) -> bool:
+        with self._lock:
+            waiting = self._outstanding > 0 and self._pause is None
+        return waiting and time.monotonic() - self._last_progress > STALL_LIMIT_S
+
     def _heartbeat(self) -> None:
         now = time.monotonic()
         if now < self._next_watchdog:
             return
         interval = self.notifier.watchdog_interval_s or 5.0
         self._next_watchdog = now + min(interval, 5.0)
+        if not self._outstanding:
+            self._last_progress = now  # idle is progress
+        if self._stalled():
+            log.critical("stalled", waiting=self._outstanding, seconds=STALL_LIMIT_S)
+            self._crashed = "stalled"
+            self.should_exit.set()
+            return
         self.notifier.watchdog()
-        self.notifier.status(self.metrics.status_line())
+        self.notifier.status(self.status_line())
 
     def _write_metrics(self) -> None:
         path = self.settings.metrics_textfile
@@ -396,3 +648,18 @@ class Service:
             write_textfile(path, self.metrics.render())
         except OSError as exc:
             log.warning("metrics_not_written", path=str(path), error=str(exc))
+
+    def _drain_decoded(self) -> list[Decoded]:
+        batch = []
+        while True:
+            try:
+                batch.append(self._decoded.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _discard_pending_arrivals(self) -> None:
+        while True:
+            try:
+                self._arrivals.get_nowait()
+            except queue.Empty:
+                return

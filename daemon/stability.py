@@ -2,7 +2,8 @@
 
 A file is complete when no writer has it open (inotify open/close events, where we get them)
 and its size and mtime have not changed for a quiet period. Polling mode (network
-filesystems) has no open/close events, so there the quiet period alone decides.
+filesystems) has no open/close events, so there a file must look the same at two checks
+a quiet period apart (`confirmations=2`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,18 @@ class _Candidate:
     identity: Identity | None
     changed_at: float
     writers: int = 0
+    confirmed: int = 0  # checks in a row, a quiet period apart, that found it unchanged
 
 
 class StabilityTracker:
-    def __init__(self, quiet_period_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        quiet_period_s: float,
+        confirmations: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.quiet_period_s = quiet_period_s
+        self.confirmations = confirmations
         self._clock = clock
         self._lock = threading.Lock()
         self._candidates: dict[Path, _Candidate] = {}
@@ -41,6 +49,7 @@ class StabilityTracker:
             elif identity != candidate.identity:
                 candidate.identity = identity
                 candidate.changed_at = self._clock()
+                candidate.confirmed = 0
 
     def opened(self, path: Path) -> None:
         with self._lock:
@@ -57,6 +66,7 @@ class StabilityTracker:
             candidate.writers = max(0, candidate.writers - 1)
             candidate.identity = identity_of(path)
             candidate.changed_at = self._clock()
+            candidate.confirmed = 0
 
     def take_stable(self) -> list[tuple[Path, Identity]]:
         """Candidates that are complete now; they stay `queued` until `finished`."""
@@ -73,6 +83,10 @@ class StabilityTracker:
                     del self._candidates[path]  # gone (renamed away, deleted)
                 elif identity != candidate.identity:
                     candidate.identity, candidate.changed_at = identity, now
+                    candidate.confirmed = 0
+                elif candidate.confirmed + 1 < self.confirmations:
+                    candidate.confirmed += 1
+                    candidate.changed_at = now  # look again one quiet period from now
                 else:
                     del self._candidates[path]
                     self._queued.add(path)

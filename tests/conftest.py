@@ -166,7 +166,12 @@ class Home:
     def library_files(self) -> list[Path]:
         if not self.library.exists():
             return []
-        return sorted(p for p in self.library.rglob("*") if p.is_file())
+        # pictures only: library/.sortbox holds sortbox's lock and state
+        return sorted(
+            p
+            for p in self.library.rglob("*")
+            if p.is_file() and not p.relative_to(self.library).parts[0].startswith(".")
+        )
 
 
 def make_home(root: Path, **overrides: object) -> Home:

@@ -1,0 +1,288 @@
+"""The batch stages after decoding, as plain functions: classify (+ decide), then place + journal.
+
+The daemon and `sortbox sort` run exactly these, driven by `Service`. The order of
+`place_batch` is what makes "nothing is ever lost" hold: copies are durable before their
+journal lines are written, journal lines are durable before any original is removed
+(on_success = "delete").
+
+Exactly-once holds across processes, not only threads: a batch is placed while holding an
+exclusive lock on the library (`library/.sortbox/lock`, an flock, so kill -9 releases it).
+Under the lock the index first takes in what other processes journaled since, so the daemon,
+`sortbox sort` and `sortbox undo` never place the same content twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from sortbox.daemon.classify import Classifier
+from sortbox.daemon.decide import Decision, decide
+from sortbox.daemon.decode import Decoded
+from sortbox.daemon.index import DoneIndex
+from sortbox.daemon.intake import identity_of
+from sortbox.daemon.journal import Duplicate, Journal, Placement, Rejected, Review, Sorted
+from sortbox.daemon.manifest import REJECTED_FOLDER, REVIEW_FOLDER
+from sortbox.daemon.place import SourceChanged, copy_into, library_name, same_content
+
+log = structlog.get_logger(__name__)
+
+STATE_FOLDER = ".sortbox"  # inside the library; hidden, so never taken for a class folder
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@dataclass(frozen=True)
+class Classified:
+    items: list[Decoded]
+    decisions: list[Decision | None]  # None: bad input, or content the library already has
+    model: str
+
+
+@dataclass
+class Placed:
+    events: list[Placement] = field(default_factory=list)
+    retry: list[Decoded] = field(default_factory=list)  # not handled this time; try again later
+    failure: OSError | None = None  # the library or journal could not be written: pause
+    failed_writing: str = ""  # "library" or "journal"
+
+
+class Library:
+    """The library folder, what it holds (the done-index) and the journal of how it got there.
+
+    `journal=None` is a dry run: every decision is made, nothing is written or removed.
+    """
+
+    def __init__(
+        self, root: Path, index: DoneIndex, journal: Journal | None, remove_originals: bool
+    ) -> None:
+        self.root = root
+        self.index = index
+        self.journal = journal
+        self.remove_originals = remove_originals and journal is not None
+
+    @property
+    def dry_run(self) -> bool:
+        return self.journal is None
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the library's placement lock, with the index up to date with every process.
+
+        The lock file is opened anew each time: a library folder deleted and recreated while
+        we run gets a fresh lock that every process agrees on."""
+        if self.journal is None:
+            yield
+            return
+        with locked(self.root):
+            for event in self.journal.take_foreign():
+                self.index.record(event)
+            yield
+
+    def copy_of(self, sha256: str | None) -> str | None:
+        """Where the library holds this content now: journaled there, and still that content.
+        A copy the user deleted or edited since does not count: the picture is placed again."""
+        if sha256 is None:
+            return None
+        dest = self.index.copy_of(sha256)
+        if dest is None or not same_content(self.root / dest, sha256):
+            return None
+        return dest
+
+    def probably_has(self, sha256: str | None) -> bool:
+        """Cheap check (no hashing) used to skip the model for known content."""
+        dest = self.index.copy_of(sha256) if sha256 else None
+        return dest is not None and (self.root / dest).is_file()
+
+
+@contextlib.contextmanager
+def locked(library: Path) -> Iterator[None]:
+    """The library's placement lock: whoever holds it may add or remove copies and journal it.
+    An flock, so a process killed with -9 releases it."""
+    folder = library / STATE_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def classify_batch(batch: list[Decoded], classifier: Classifier, library: Library) -> Classified:
+    """The compute half: no writes, so it runs while the previous batch is being placed.
+
+    Pictures whose content the library already holds are not run through the model;
+    `place_batch` makes the final duplicate check under the lock, so this is only a saving."""
+    wanted = [
+        n
+        for n, item in enumerate(batch)
+        if item.problem is None and not item.changed and not library.probably_has(item.sha256)
+    ]
+    decisions: list[Decision | None] = [None] * len(batch)
+    if wanted:
+        logits = classifier.logits(np.stack([batch[n].pixels for n in wanted]))
+        for n, row in zip(wanted, logits, strict=True):
+            decisions[n] = decide(row, classifier.manifest)
+    return Classified(batch, decisions, classifier.version)
+
+
+def place_batch(classified: Classified, library: Library) -> Placed:
+    """The I/O half, strictly in order: duplicates, rejections, copies, then the journal,
+    then (on_success = "delete") the originals.
+
+    A write that fails (disk full, read-only library) stops the batch: the rest stays in the
+    inbox for later, and `failure` tells the caller to pause."""
+    placed = Placed()
+    with library.exclusive():
+        placed_now: dict[str, str] = {}  # sha256 -> dest, for repeats within this batch
+        for item, decision in zip(classified.items, classified.decisions, strict=True):
+            if placed.failure is not None or item.changed:
+                placed.retry.append(item)
+                continue
+            earlier = (item.sha256 and placed_now.get(item.sha256)) or library.copy_of(item.sha256)
+            if earlier:
+                placed.events.append(_duplicate(item, earlier, library))
+                continue
+            if item.problem is None and decision is None:
+                # skipped as known content, but that copy is gone: classify it next time
+                placed.retry.append(item)
+                continue
+            try:
+                if item.problem is not None:
+                    event: Placement = _reject(item, library)
+                else:
+                    assert decision is not None
+                    event = _place(item, decision, classified.model, library)
+            except SourceChanged:
+                log.info("changed_while_sorting", path=str(item.arrival.path))
+                placed.retry.append(item)
+                continue
+            except OSError as exc:
+                placed.failure, placed.failed_writing = exc, "library"
+                placed.retry.append(item)
+                continue
+            placed.events.append(event)
+            if event.dest and item.sha256:
+                placed_now[item.sha256] = event.dest
+        try:
+            _journal(placed.events, library)
+        except OSError as exc:
+            # The copies made have no journal line yet: the next attempt finds them under
+            # their names and adopts them. Their inputs stay in the inbox.
+            placed.failure, placed.failed_writing = exc, "journal"
+            placed.retry = list(classified.items)
+            placed.events = []
+            return placed
+    if library.remove_originals:
+        _remove_originals(placed.events, classified.items)
+    return placed
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in _FULL
+
+
+def _journal(events: list[Placement], library: Library) -> None:
+    if library.journal is not None:
+        library.journal.append(events)
+    for event in events:
+        library.index.record(event)
+
+
+def _fields(item: Decoded) -> dict[str, Any]:
+    identity = item.identity or item.arrival.identity
+    return {
+        "src": item.arrival.relative,
+        "root": str(item.arrival.root),
+        "sha256": item.sha256,
+        "size": identity.size,
+        "mtime_ns": identity.mtime_ns,
+        "inode": identity.inode,
+    }
+
+
+def _copy(item: Decoded, folder: str, library: Library) -> str:
+    assert item.sha256 is not None
+    if library.dry_run:
+        return f"{folder}/{library_name(item.arrival.path.name, item.sha256)}"
+    final = copy_into(
+        item.arrival.path,
+        library.root / folder,
+        item.arrival.path.name,
+        item.sha256,
+        item.content,
+    )
+    if item.identity is not None:
+        # keep the capture time photo tools sort by; best effort
+        with contextlib.suppress(OSError):
+            os.utime(final, ns=(item.identity.mtime_ns, item.identity.mtime_ns))
+    return final.relative_to(library.root).as_posix()
+
+
+def _place(item: Decoded, decision: Decision, model: str, library: Library) -> Sorted | Review:
+    assert item.sha256 is not None
+    orphan = library.index.orphan_for(item.sha256)
+    if orphan is not None and same_content(orphan, item.sha256):
+        # copied before a crash, journal line never written: adopt it, don't copy again
+        dest = orphan.relative_to(library.root).as_posix()
+        needs_review = orphan.parent.name == REVIEW_FOLDER
+    else:
+        dest = _copy(item, decision.folder, library)
+        needs_review = decision.needs_review
+    event_type = Review if needs_review else Sorted
+    return event_type(
+        **_fields(item),
+        dest=dest,
+        label=decision.label,
+        confidence=round(decision.confidence, 6),
+        top3=decision.top3,
+        model=model,
+        original_removed=library.remove_originals,
+    )
+
+
+def _reject(item: Decoded, library: Library) -> Rejected:
+    reason = item.problem or "unknown problem"
+    dest = None
+    if item.sha256 is not None:
+        try:
+            dest = _copy(item, REJECTED_FOLDER, library)
+        except FileNotFoundError:
+            reason = f"{reason}; vanished before it could be copied"
+    log.warning("rejected", path=str(item.arrival.path), reason=reason)
+    return Rejected(
+        **_fields(item),
+        dest=dest,
+        reason=reason,
+        original_removed=library.remove_originals and dest is not None,
+    )
+
+
+def _duplicate(item: Decoded, earlier: str, library: Library) -> Duplicate:
+    return Duplicate(
+        **_fields(item),
+        dest=earlier,
+        reason=f"same content as {earlier}",
+        # the earlier copy was just checked to be there, byte for byte
+        original_removed=library.remove_originals,
+    )
+
+
+def _remove_originals(events: list[Placement], batch: list[Decoded]) -> None:
+    by_source = {(str(item.arrival.root), item.arrival.relative): item for item in batch}
+    for event in events:
+        if not event.original_removed:
+            continue
+        item = by_source[(event.root, event.src)]
+        if identity_of(item.arrival.path) != (item.identity or item.arrival.identity):
+            log.warning("original_changed_not_removed", path=str(item.arrival.path))
+            continue
+        item.arrival.path.unlink(missing_ok=True)
