@@ -36,6 +36,7 @@ from sortbox.daemon.place import SourceChanged, copy_into, library_name, same_co
 log = structlog.get_logger(__name__)
 
 STATE_FOLDER = ".sortbox"  # inside the library; hidden, so never taken for a class folder
+STATE_FILE = "daemon.json"  # in STATE_FOLDER: what the daemon is doing, for `sortbox status`
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -43,6 +43,7 @@ from sortbox.daemon.manifest import current_version, retarget
 from sortbox.daemon.metrics import Metrics, write_textfile
 from sortbox.daemon.notify import Notifier, StateFile
 from sortbox.daemon.pipeline import (
+    STATE_FILE,
     STATE_FOLDER,
     Classified,
     Library,
@@ -69,7 +70,6 @@ _LIVE_SETTINGS = {"target_precision"}  # what SIGHUP applies without a restart
 STALL_LIMIT_S = 120.0
 PAUSE_FIRST_S, PAUSE_MAX_S = 1.0, 60.0  # back-off while the library cannot be written
 MAX_ATTEMPTS = 5  # `sort`: a file that keeps changing is left alone after this many tries
-STATE_FILE = "daemon.json"  # in library/.sortbox/: what `sortbox status` shows
 
 
 @dataclasses.dataclass
@@ -115,6 +115,7 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._observer: BaseObserver | None = None
         self._watched_inbox: tuple[int, int] | None = None
+        self._inbox_gone = False  # the observer saw the inbox folder itself go
         self._lock = threading.Lock()  # guards the counters below
         self._outstanding = 0  # admitted, not yet placed or given up
         self._again: deque[Arrival] = deque()  # `sort`: to be admitted again
@@ -314,13 +315,21 @@ class Service:
 
     def _inbox_replaced(self) -> bool:
         """The inbox folder was deleted (and maybe recreated): its watch sees nothing now."""
+        if self._inbox_gone:
+            self._inbox_gone = False
+            return True
         try:
             st = os.stat(self.settings.inbox)
         except FileNotFoundError:
             return True
-        return (st.st_dev, st.st_ino) != self._watched_inbox
+        observer = self._observer
+        watching = observer is not None and all(e.is_alive() for e in observer.emitters)
+        return not watching or (st.st_dev, st.st_ino) != self._watched_inbox
 
     def _notice(self, kind: str, path: Path) -> None:
+        if kind == "gone":
+            self._inbox_gone = True
+            return
         if not self._wanted(path):
             return
         if kind == "opened":

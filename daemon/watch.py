@@ -25,7 +25,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-EventKind = Literal["touched", "opened", "closed"]
+EventKind = Literal["touched", "opened", "closed", "gone"]
 Notice = tuple[EventKind, Path]
 
 NETWORK_FILESYSTEMS = frozenset(
@@ -36,11 +36,17 @@ NETWORK_FILESYSTEMS = frozenset(
 class EnqueueHandler(FileSystemEventHandler):
     """Runs on the observer thread: no stat, no I/O, just hand the path over."""
 
-    def __init__(self, notices: queue.SimpleQueue[Notice]) -> None:
+    def __init__(self, root: Path, notices: queue.SimpleQueue[Notice]) -> None:
+        self._root = root
         self._notices = notices
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
+            if (
+                event.event_type in ("deleted", "moved")
+                and Path(os.fsdecode(event.src_path)) == self._root
+            ):
+                self._notices.put(("gone", self._root))  # the watch died with the folder
             return
         if isinstance(event, FileMovedEvent):
             if event.dest_path:
@@ -91,6 +97,6 @@ def start_observer(
     observer: BaseObserver = (
         PollingObserver(timeout=poll_interval_s) if mode == "poll" else Observer()
     )
-    observer.schedule(EnqueueHandler(notices), str(inbox), recursive=True)
+    observer.schedule(EnqueueHandler(inbox, notices), str(inbox), recursive=True)
     observer.start()
     return observer

@@ -28,6 +28,14 @@ CLOTHING10 = REPO.parent / "shared" / "data" / "clothing10"
 RGB_CLASSES = ["red", "green", "blue"]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="torture tests at full length (>= 200 kill -9 points); CI runs the short version",
+    )
+
+
 # -- tiny real ONNX models ---------------------------------------------------------------------
 
 
@@ -129,6 +137,7 @@ def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
 class Home:
     root: Path
     config: Path
+    journal_name: str = "journal.jsonl"
 
     @property
     def inbox(self) -> Path:
@@ -140,7 +149,7 @@ class Home:
 
     @property
     def journal(self) -> Path:
-        return self.root / "journal.jsonl"
+        return self.root / self.journal_name
 
     @property
     def models(self) -> Path:
@@ -190,7 +199,7 @@ def make_home(root: Path, **overrides: object) -> Home:
     config = root / "config.toml"
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
     (root / "inbox").mkdir(exist_ok=True)
-    return Home(root, config)
+    return Home(root, config, str(settings["journal"]))
 
 
 @pytest.fixture

@@ -1,0 +1,557 @@
+"""Torture: the real daemon (and `sortbox sort`) as subprocesses against a hostile world.
+
+Every test ends with the same invariants (`check_invariants`):
+- every good input placed exactly once (one copy, one sorted/review line);
+- every library file journaled, its content matching the hash in its name;
+- no temporary files left;
+- bad input rejected with a reason;
+- the daemon alive and progressing, or exited non-zero.
+
+`pytest --long` runs the kill -9 test at full length (>= 200 kill points across the daemon
+and `sortbox sort`); CI runs a short version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import (
+    CLOTHING10,
+    Daemon,
+    Home,
+    jpeg_bytes,
+    make_home,
+    publish_rgb_model,
+    sortbox,
+    wait_until,
+)
+from PIL import Image
+from sortbox.daemon.place import LIBRARY_NAME, TEMP_PREFIX
+from sortbox.daemon.preprocess import MAX_ASPECT_RATIO
+
+SORT = [sys.executable, "-m", "sortbox.daemon.cli", "sort"]
+
+
+def sha256(data: bytes | Path) -> str:
+    return hashlib.sha256(data.read_bytes() if isinstance(data, Path) else data).hexdigest()
+
+
+def real_photos(count: int, size: int = 160) -> list[bytes]:
+    """Real photos from clothing10, re-encoded small (each its own content)."""
+    paths = sorted(CLOTHING10.rglob("*.jpg"))[:count]
+    if len(paths) < count:
+        pytest.skip(f"needs {count} photos in {CLOTHING10}")
+    photos = []
+    for path in paths:
+        with Image.open(path) as image:
+            image.thumbnail((size, size))
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, "JPEG", quality=90)
+            photos.append(buffer.getvalue())
+    return photos
+
+
+def decisions_by_src(home: Home) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for event in home.file_events():
+        found.setdefault(event["src"], []).append(event)
+    return found
+
+
+def check_invariants(
+    home: Home, good: list[bytes], bad: list[str] = (), decided: list[str] = ()
+) -> None:
+    library_files = home.library_files()
+    events = home.file_events()
+    undone = {(e["dest"], e["sha256"]) for e in home.events("undone")}
+    # no temporary files anywhere in the library
+    temps = [p for p in home.library.rglob(f"{TEMP_PREFIX}*")] if home.library.exists() else []
+    assert not temps, temps
+    # every library file journaled, with the content its name promises
+    journaled = {
+        e["dest"]: e
+        for e in events
+        if e["event"] in ("sorted", "review", "rejected") and e["dest"]
+        if (e["dest"], e["sha256"]) not in undone
+    }
+    contents = {}
+    for file in library_files:
+        relative = file.relative_to(home.library).as_posix()
+        digest = sha256(file)
+        contents[relative] = digest
+        assert relative in journaled, f"{relative} is in the library but not in the journal"
+        assert journaled[relative]["sha256"] == digest, f"{relative} is not what was journaled"
+        match = LIBRARY_NAME.match(file.name)
+        assert match and digest.startswith(match["hash"]), f"{relative}: name and content differ"
+    # every good input exactly once: one copy, one sorted/review line
+    for content in good:
+        digest = sha256(content)
+        copies = [r for r, d in contents.items() if d == digest]
+        assert len(copies) == 1, f"{digest[:12]} has {len(copies)} copies: {copies}"
+        lines = [e for e in events if e["sha256"] == digest and e["event"] in ("sorted", "review")]
+        assert len(lines) == 1, f"{digest[:12]} was placed {len(lines)} times"
+    by_src = decisions_by_src(home)
+    for src in bad:
+        assert src in by_src, f"{src!r} was never decided"
+        last = by_src[src][-1]
+        assert last["event"] == "rejected" and last["reason"], (src, last)
+    for src in decided:
+        assert len(by_src.get(src, [])) == 1, f"{src!r}: {by_src.get(src)}"
+
+
+def settled(home: Home, expected: int) -> bool:
+    return len(home.file_events()) >= expected
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+# -- hostile inputs ----------------------------------------------------------------------------
+
+
+def fuzzed_variants(data: bytes, rng: random.Random) -> dict[str, bytes]:
+    flipped = bytearray(data)
+    for _ in range(16):
+        position = rng.randrange(min(len(flipped), 64), len(flipped)) if len(flipped) > 64 else 0
+        flipped[position] ^= 1 << rng.randrange(8)
+    head = data[: min(len(data), 48)]
+    return {
+        "truncated": data[: rng.randrange(1, max(2, len(data)))],
+        "flipped": bytes(flipped),
+        "header-then-garbage": head + rng.randbytes(2048),
+    }
+
+
+def every_pillow_format(photo: Image.Image) -> dict[str, bytes]:
+    """The photo saved in every format Pillow can write (as the format wants it)."""
+    Image.init()
+    written = {}
+    for name in sorted(Image.SAVE):
+        for mode in ("RGB", "L", "1", "RGBA"):
+            try:
+                buffer = io.BytesIO()
+                photo.convert(mode).save(buffer, format=name)
+            except Exception:
+                continue
+            if buffer.getvalue():
+                written[name] = buffer.getvalue()
+                break
+    return written
+
+
+def hostile_inbox(inbox: Path, photos: list[bytes]) -> tuple[list[bytes], list[str], list[str]]:
+    """Write the hostile inputs; return (good contents, must-be-rejected srcs, decided srcs)."""
+    rng = random.Random(9)
+    good, bad, decided = [], [], []
+
+    def put(name: str | bytes, data: bytes, kind: str) -> None:
+        path = Path(os.fsdecode(os.path.join(os.fsencode(inbox), os.fsencode(name))))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        src = path.relative_to(inbox).as_posix()
+        {"good": good, "bad": bad, "any": decided}[kind].append(data if kind == "good" else src)
+        if kind == "good":
+            decided.append(src)
+
+    photo = Image.open(io.BytesIO(photos[0]))
+    for fmt, data in every_pillow_format(photo).items():
+        put(f"formats/photo.{fmt.lower()}", data, "any")
+        for variant, fuzzed in fuzzed_variants(data, rng).items():
+            put(f"fuzzed/{variant}.{fmt.lower()}", fuzzed, "any")
+    put("zero-length.png", b"", "bad")
+    put("notes.jpg", b"this is a text file, not a picture\n", "bad")
+    put("page.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "bad")
+    put("index.html.jpg", b"<!doctype html><title>x</title>", "bad")
+    put("archive.png", b"\x1f\x8b\x08\x00" + rng.randbytes(500), "bad")
+    # a PNG whose header declares 60000 x 60000 pixels: never decoded
+    bomb = io.BytesIO()
+    Image.new("L", (1, 1)).save(bomb, "PNG")
+    header = bytearray(bomb.getvalue())
+    header[16:24] = (60000).to_bytes(4, "big") * 2
+    put("bomb.png", bytes(header), "bad")
+    # a real JPEG far longer than wide (was 3.5 GB of RSS while resizing)
+    wide = io.BytesIO()
+    Image.new("RGB", (40 * MAX_ASPECT_RATIO * 8, 8), (200, 30, 30)).save(wide, "JPEG")
+    put("extreme-panorama.jpg", wide.getvalue(), "bad")
+    # names that break naive code, on good pictures
+    put(b"not-utf8-\xff\xfe.jpg", photos[1], "good")
+    put("line\nbreak.jpg", photos[2], "good")
+    put("-rf.jpg", photos[3], "good")
+    put("x" * 200 + ".jpg", photos[4], "good")
+    put("deep/" * 20 + "nested.jpg", photos[5], "good")
+    put("ünïcødé 写真.JPG", photos[6], "good")
+    # a large picture in a format that cannot be decoded reduced
+    big = io.BytesIO()
+    Image.open(io.BytesIO(photos[7])).resize((6000, 6000)).save(big, "PNG", compress_level=1)
+    put("scan-36mp.png", big.getvalue(), "good")
+    os.mkfifo(inbox / "pipe.jpg")
+    bad.append("pipe.jpg")
+    os.symlink("/etc/hostname", inbox / "escape.jpg")
+    bad.append("escape.jpg")
+    os.symlink("loop.jpg", inbox / "loop.jpg")
+    bad.append("loop.jpg")
+    return good, bad, decided
+
+
+def test_forty_and_more_hostile_inputs_never_stall_the_daemon(tmp_path: Path) -> None:
+    """Items 1, 2 and 10: decoder exceptions of every kind, a zero-length PNG, a name that is not
+    UTF-8, an extreme aspect ratio; then a good picture dropped last is still sorted."""
+    home = make_home(tmp_path)
+    publish_rgb_model(home.models, "v1")
+    photos = real_photos(10)
+    good, bad, decided = hostile_inbox(home.inbox, photos)
+    assert len(bad) + len(decided) - len(good) >= 40
+    daemon = Daemon(home).start()
+    try:
+        wait_until(lambda: settled(home, len(bad) + len(decided)), 120, "every input decided")
+        (home.inbox / "after.jpg").write_bytes(photos[9])
+        wait_until(lambda: "after.jpg" in decisions_by_src(home), 20, "the picture after")
+        assert daemon.process.poll() is None
+        threads = len(os.listdir(f"/proc/{daemon.process.pid}/task"))
+        rss = peak_rss_mb(daemon.process.pid)
+    finally:
+        daemon.stop()
+    check_invariants(home, [*good, photos[9]], bad, decided)
+    assert rss <= 300, f"peak RSS {rss:.0f} MB"
+    reasons = {src: events[-1]["reason"] for src, events in decisions_by_src(home).items()}
+    assert "aspect ratio" in reasons["extreme-panorama.jpg"]
+    assert "empty file" in reasons["zero-length.png"]
+    assert threads >= 1 + 2 + 1  # main, decoders, intake ... all still there (none died)
+    assert "worker_died" not in daemon.log_text()
+
+
+# -- folders that vanish, copies that vanish ---------------------------------------------------
+
+
+def test_inbox_deleted_and_recreated_is_watched_again(home: Home, daemon: Daemon) -> None:
+    """Item 3."""
+    daemon.start()
+    shutil.rmtree(home.inbox)
+    home.inbox.mkdir()
+    time.sleep(1.5)  # the daemon notices within a second
+    (home.inbox / "after-recreate.jpg").write_bytes(jpeg_bytes("red", 1))
+    wait_until(lambda: "after-recreate.jpg" in decisions_by_src(home), 20, "sorted")
+    shutil.rmtree(home.inbox)  # and gone for good: the daemon makes it again
+    wait_until(home.inbox.is_dir, 10, "the inbox recreated")
+    time.sleep(0.5)
+    (home.inbox / "after-delete.jpg").write_bytes(jpeg_bytes("green", 2))
+    wait_until(lambda: "after-delete.jpg" in decisions_by_src(home), 20, "sorted")
+    assert daemon.stop() == 0
+    check_invariants(home, [jpeg_bytes("red", 1), jpeg_bytes("green", 2)])
+
+
+def test_content_whose_copy_the_user_deleted_is_placed_again(home: Home, daemon: Daemon) -> None:
+    """Item 4: 'already in the library' means the copy still exists with that content."""
+    daemon.start()
+    data = jpeg_bytes("blue", 3)
+    (home.inbox / "first.jpg").write_bytes(data)
+    wait_until(lambda: home.library_files(), 20, "the first copy")
+    home.library_files()[0].unlink()  # the user deletes it in the file manager
+    (home.inbox / "again.jpg").write_bytes(data)
+    wait_until(lambda: "again.jpg" in decisions_by_src(home), 20, "the second drop")
+    assert decisions_by_src(home)["again.jpg"][0]["event"] == "sorted"
+    assert [sha256(p) for p in home.library_files()] == [sha256(data)]
+    assert daemon.stop() == 0
+
+
+# -- two processes, one library ----------------------------------------------------------------
+
+
+def test_sort_beside_the_running_daemon_places_each_content_once(home: Home) -> None:
+    """Item 5: the daemon and `sortbox sort` on the same library at the same time."""
+    photos = [jpeg_bytes(c, seed) for seed in range(40) for c in ("red", "green")]
+    backlog = home.root / "backlog"
+    backlog.mkdir()
+    for n, data in enumerate(photos):
+        (backlog / f"b{n}.jpg").write_bytes(data)
+    daemon = Daemon(home).start()
+    try:
+        sorter = subprocess.Popen(
+            [*SORT, str(backlog), "--config", str(home.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for n, data in enumerate(photos):  # the same contents, into the inbox
+            (home.inbox / f"i{n}.jpg").write_bytes(data)
+        assert sorter.wait(timeout=120) == 0, sorter.stderr.read()
+        wait_until(lambda: settled(home, 2 * len(photos)), 60, "both sides decided")
+    finally:
+        assert daemon.stop() == 0
+    check_invariants(home, photos)
+    assert len(home.library_files()) == len(photos)
+
+
+# -- writers we cannot see ---------------------------------------------------------------------
+
+
+def test_polling_never_takes_a_file_still_being_written(tmp_path: Path) -> None:
+    """Item 6: a writer that takes ~3 s, in polling mode (no open/close events)."""
+    home = make_home(tmp_path, watch_mode="poll", poll_interval_s=0.3, quiet_period_s=0.2)
+    publish_rgb_model(home.models, "v1")
+    daemon = Daemon(home).start()
+    data = real_photos(1, size=600)[0]
+    try:
+        with (home.inbox / "slow.jpg").open("wb") as out:
+            chunk = len(data) // 12 + 1
+            for start in range(0, len(data), chunk):
+                out.write(data[start : start + chunk])
+                out.flush()
+                time.sleep(0.25)
+        wait_until(lambda: "slow.jpg" in decisions_by_src(home), 20, "the slow file")
+        time.sleep(1.0)
+    finally:
+        assert daemon.stop() == 0
+    assert [e["event"] for e in decisions_by_src(home)["slow.jpg"]] in (["sorted"], ["review"])
+    assert not (home.library / "rejected").exists()
+    check_invariants(home, [data])
+
+
+# -- full disks --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill_up(path: Path, byte: bytes = b"\0") -> None:
+    """Append to `path` until its (small) filesystem is full."""
+    with contextlib.suppress(OSError), path.open("ab", buffering=0) as out:
+        for _ in range(4096):  # at most 4 MiB: these filesystems are far smaller
+            out.write(byte * 1024)
+    assert os.statvfs(path.parent).f_bavail == 0, f"{path.parent} is not full"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_full_library_disk_pauses_then_resumes_by_itself(tmp_path: Path) -> None:
+    """Item 7: no hot loop, one log line per state change, status says so, resumes alone."""
+    home = make_home(tmp_path)
+    publish_rgb_model(home.models, "v1")
+    with small_tmpfs(home.library, "600k"):
+        daemon = Daemon(home).start()
+        try:
+            photos = real_photos(24, size=400)
+            for n, data in enumerate(photos):
+                (home.inbox / f"p{n}.jpg").write_bytes(data)
+            daemon.wait_message(lambda m: "paused: library disk full" in m, 30)
+            status = sortbox("status", config=home.config)
+            assert "daemon:         paused: library disk full" in status.stdout, status.stdout
+            before = cpu_seconds(daemon.process.pid)
+            time.sleep(4)
+            burned = cpu_seconds(daemon.process.pid) - before
+            assert burned < 1.0, f"{burned:.2f} CPU seconds in 4 s while paused"
+            assert daemon.process.poll() is None
+            subprocess.run(["mount", "-o", "remount,size=50m", str(home.library)], check=True)
+            wait_until(lambda: settled(home, len(photos)), 90, "every picture after resuming")
+        finally:
+            assert daemon.stop() == 0
+        log = daemon.log_text()
+        assert log.count('"event": "paused"') == 1, log.count('"event": "paused"')
+        assert '"event": "resumed"' in log
+        check_invariants(home, photos)
+
+
+def test_full_journal_disk_and_a_model_switch_do_not_kill_the_daemon(tmp_path: Path) -> None:
+    """Item 7, second half."""
+    home = make_home(tmp_path, journal="jdisk/journal.jsonl")
+    publish_rgb_model(home.models, "v1")
+    journal_disk = tmp_path / "jdisk"
+    with small_tmpfs(journal_disk, "64k"):
+        daemon = Daemon(home).start()
+        try:
+            filler = journal_disk / "filler"
+            fill_up(filler)
+            fill_up(journal_disk / "journal.jsonl", b"\n")  # its last page: blank lines
+            publish_rgb_model(home.models, "v2")
+            wait_until(lambda: "model_switched" in daemon.log_text(), 20, "the switch")
+            (home.inbox / "during.jpg").write_bytes(jpeg_bytes("red", 7))
+            daemon.wait_message(lambda m: "paused: journal disk full" in m, 30)
+            assert daemon.process.poll() is None
+            filler.unlink()
+            wait_until(lambda: "during.jpg" in decisions_by_src(home), 60, "sorted after space")
+        finally:
+            assert daemon.stop() == 0
+        models = [e["model"] for e in home.events("model")]
+        assert models[-1] == "v2"
+        check_invariants(home, [jpeg_bytes("red", 7)])
+
+
+# -- broken models, early signals, dead workers ------------------------------------------------
+
+
+def test_a_malformed_current_model_is_refused_and_the_old_one_kept(home: Home) -> None:
+    """Item 8: `current` a real folder; then a version whose manifest.json is a folder."""
+    daemon = Daemon(home).start()
+    try:
+        current = home.models / "current"
+        current.unlink()
+        current.mkdir()
+        (home.inbox / "a.jpg").write_bytes(jpeg_bytes("red", 1))
+        wait_until(lambda: "a.jpg" in decisions_by_src(home), 20, "sorted with v1")
+        current.rmdir()
+        broken = home.models / "v9"
+        (broken / "manifest.json").mkdir(parents=True)
+        os.symlink("v9", current)
+        wait_until(lambda: "model_refused" in daemon.log_text(), 20, "the refusal")
+        (home.inbox / "b.jpg").write_bytes(jpeg_bytes("green", 2))
+        wait_until(lambda: "b.jpg" in decisions_by_src(home), 20, "sorted with v1")
+        assert daemon.process.poll() is None
+    finally:
+        assert daemon.stop() == 0
+    assert {e["model"] for e in home.file_events()} == {"v1"}
+    check_invariants(home, [jpeg_bytes("red", 1), jpeg_bytes("green", 2)])
+
+
+def claims_sighup(pid: int) -> bool:
+    """SIGHUP is ignored or caught (not the default action, which kills)."""
+    masks = dict(line.split(":\t") for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    bit = 1 << (signal.SIGHUP - 1)
+    return bool((int(masks["SigIgn"], 16) | int(masks["SigCgt"], 16)) & bit)
+
+
+def test_sighup_during_start_up_does_not_kill_the_daemon(home: Home) -> None:
+    """Item 9: reloads asked for from the very first moment."""
+    daemon = Daemon(home)
+    stop = threading.Event()
+
+    sent_before_ready = [0]
+
+    def keep_asking_for_reloads() -> None:
+        # From the moment the process has claimed SIGHUP (the first thing `sortbox run`
+        # does, before loading anything) until well after READY=1.
+        while not stop.is_set():
+            if daemon.process is not None and daemon.process.poll() is None:
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    if claims_sighup(daemon.process.pid):
+                        daemon.process.send_signal(signal.SIGHUP)
+                        sent_before_ready[0] += not any("READY=1" in m for m in daemon.messages)
+            time.sleep(0.01)
+
+    sender = threading.Thread(target=keep_asking_for_reloads)
+    sender.start()
+    try:
+        daemon.start()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        sender.join()
+    assert sent_before_ready[0] > 0, "no SIGHUP arrived before READY=1"
+    (home.inbox / "a.jpg").write_bytes(jpeg_bytes("red", 1))
+    wait_until(lambda: "a.jpg" in decisions_by_src(home), 20, "sorted")
+    assert daemon.stop() == 0
+
+
+INJECTED = """
+import sys
+from sortbox.daemon import service
+real = service.read_and_prepare
+def exploding(arrival, *args):
+    if arrival.path.name == "boom.jpg":
+        raise SystemError("a decoder bug nobody caught")
+    return real(arrival, *args)
+service.read_and_prepare = exploding
+from sortbox.daemon.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_worker_thread_that_dies_takes_the_service_down_with_exit_1(home: Home) -> None:
+    """No zombie that still pings the watchdog: systemd restarts a service that exits 1."""
+    (home.inbox / "boom.jpg").write_bytes(jpeg_bytes("red", 1))
+    process = subprocess.run(
+        [sys.executable, "-c", INJECTED, "run", "--config", str(home.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 1
+    assert "worker_died" in process.stderr and "a decoder bug" in process.stderr
+    assert (home.inbox / "boom.jpg").exists()  # nothing lost: it waits for the fixed daemon
+
+
+# -- kill -9 at random points, daemon and sort -------------------------------------------------
+
+
+def test_kill_9_at_random_points_never_loses_or_doubles(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    rounds = 200 if request.config.getoption("--long") else 8
+    home = make_home(tmp_path)
+    publish_rgb_model(home.models, "v1")
+    rng = random.Random(4)
+    good: list[bytes] = []
+    backlogs: list[Path] = []
+    colours = ("red", "green", "blue")
+    for round_ in range(rounds):
+        batch = [jpeg_bytes(colours[(round_ + n) % 3], 1000 * round_ + n) for n in range(6)]
+        good += batch
+        if round_ % 3 == 2:  # a `sortbox sort` of a folder, killed mid-way
+            backlog = home.root / f"backlog{round_}"
+            backlog.mkdir()
+            for n, data in enumerate(batch + good[:2]):  # with two repeats
+                (backlog / f"{n}.jpg").write_bytes(data)
+            backlogs.append(backlog)
+            process = subprocess.Popen(
+                [*SORT, str(backlog), "--config", str(home.config)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(rng.uniform(0.3, 1.5))
+            process.kill()
+            process.wait()
+        else:
+            daemon = Daemon(home).start()
+            for n, data in enumerate(batch):
+                (home.inbox / f"r{round_}-{n}.jpg").write_bytes(data)
+            time.sleep(rng.uniform(0.0, 0.6))
+            daemon.kill()
+    # everything settles after a clean start and a clean re-run of each backlog
+    for backlog in backlogs:
+        finished = sortbox("sort", str(backlog), config=home.config)
+        assert finished.returncode == 0, finished.stderr
+    daemon = Daemon(home).start()
+    inbox_files = len(list(home.inbox.iterdir()))
+    try:
+        wait_until(
+            lambda: (
+                len({e["src"] for e in home.file_events() if e["root"] == str(home.inbox)})
+                >= inbox_files
+            ),
+            120,
+            "the inbox settled",
+        )
+    finally:
+        assert daemon.stop() == 0
+    check_invariants(home, good)
