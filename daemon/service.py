@@ -383,6 +383,8 @@ class Service:
                 # journaled as placed, but we stopped before removing the original
                 path.unlink(missing_ok=True)
             self._finish(path, counted=False)
+            if self._on_batch is not None:
+                self._on_batch([], 1)  # `sort`: done before, counts towards the progress bar
             return
         if not inside(path, root):
             log.warning("outside_inbox_skipped", path=str(path))
