@@ -229,6 +229,7 @@ def test_forty_and_more_hostile_inputs_never_stall_the_daemon(tmp_path: Path) ->
     finally:
         daemon.stop()
     check_invariants(home, [*good, photos[9]], bad, decided)
+    print(f"{len(bad) + len(decided)} hostile inputs; daemon peak RSS {rss:.0f} MB")
     assert rss <= 300, f"peak RSS {rss:.0f} MB"
     reasons = {src: events[-1]["reason"] for src, events in decisions_by_src(home).items()}
     assert "aspect ratio" in reasons["extreme-panorama.jpg"]
@@ -255,6 +256,18 @@ def test_inbox_deleted_and_recreated_is_watched_again(home: Home, daemon: Daemon
     wait_until(lambda: "after-delete.jpg" in decisions_by_src(home), 20, "sorted")
     assert daemon.stop() == 0
     check_invariants(home, [jpeg_bytes("red", 1), jpeg_bytes("green", 2)])
+
+
+def test_a_library_deleted_while_running_is_made_again(home: Home, daemon: Daemon) -> None:
+    daemon.start()
+    (home.inbox / "before.jpg").write_bytes(jpeg_bytes("red", 1))
+    wait_until(lambda: home.library_files(), 20, "the first copy")
+    shutil.rmtree(home.library)
+    (home.inbox / "after.jpg").write_bytes(jpeg_bytes("green", 2))
+    wait_until(lambda: "after.jpg" in decisions_by_src(home), 20, "sorted into a new library")
+    assert daemon.process.poll() is None
+    assert daemon.stop() == 0
+    assert [sha256(p) for p in home.library_files()] == [sha256(jpeg_bytes("green", 2))]
 
 
 def test_content_whose_copy_the_user_deleted_is_placed_again(home: Home, daemon: Daemon) -> None:
