@@ -118,6 +118,7 @@ class Service:
         self._inbox_gone = False  # the observer saw the inbox folder itself go
         self._lock = threading.Lock()  # guards the counters below
         self._outstanding = 0  # admitted, not yet placed or given up
+        self._decoding = 0  # arrivals a decoder has taken and not yet handed on
         self._again: deque[Arrival] = deque()  # `sort`: to be admitted again
         self._attempts: Counter[Path] = Counter()
         self._listed = False  # `sort`: every given input was admitted once
@@ -205,7 +206,11 @@ class Service:
         max_wait_s = self.settings.max_wait_ms / 1000
         while not self.should_exit.is_set():
             batch = next_batch(
-                self._decoded, self.settings.batch_size, max_wait_s, self.should_exit
+                self._decoded,
+                self.settings.batch_size,
+                max_wait_s,
+                self.should_exit,
+                more_coming=self._decoding_more,
             )
             if batch:
                 self._classify(batch)
@@ -332,7 +337,9 @@ class Service:
             return
         if not self._wanted(path):
             return
-        if kind == "opened":
+        if kind == "renamed":
+            self.tracker.renamed(path)
+        elif kind == "opened":
             self.tracker.opened(path)
         elif kind == "closed":
             self.tracker.closed(path)
@@ -447,7 +454,17 @@ class Service:
     def _decode_loop(self) -> None:
         lower_thread_priority()
         while (arrival := self._arrivals.get()) is not _STOP:
-            self._decoded.put(self._decode(arrival))
+            with self._lock:
+                self._decoding += 1
+            try:
+                self._decoded.put(self._decode(arrival))
+            finally:
+                with self._lock:
+                    self._decoding -= 1
+
+    def _decoding_more(self) -> bool:
+        """Pictures on their way to the batch: queued for decoding, or being decoded."""
+        return self._decoding > 0 or not self._arrivals.empty()
 
     def _classify(self, batch: list[Decoded]) -> None:
         """Main loop: run the model, then hand the batch to the placer (waits if it is busy)."""

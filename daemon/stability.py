@@ -40,16 +40,33 @@ class StabilityTracker:
         self._queued: set[Path] = set()
 
     def touched(self, path: Path) -> None:
-        """Created, written, moved in or found by a rescan: (re)start its quiet period."""
+        """Created, written or found by a rescan: (re)start its quiet period."""
         with self._lock:
             candidate = self._candidates.get(path)
-            identity = identity_of(path)
             if candidate is None:
-                self._candidates[path] = _Candidate(identity, self._clock())
-            elif identity != candidate.identity:
-                candidate.identity = identity
-                candidate.changed_at = self._clock()
-                candidate.confirmed = 0
+                self._candidates[path] = _Candidate(identity_of(path), self._clock())
+            else:
+                self._restart_if_changed(path, candidate)
+
+    def _restart_if_changed(self, path: Path, candidate: _Candidate) -> None:
+        identity = identity_of(path)
+        if identity != candidate.identity:
+            candidate.identity = identity
+            candidate.changed_at = self._clock()
+            candidate.confirmed = 0
+
+    def renamed(self, path: Path) -> None:
+        """Renamed into place (a browser's .part, rsync's temp file, `mv`): the writer finished
+        before the rename, so no quiet period is needed; one check of its identity is."""
+        with self._lock:
+            now = self._clock()
+            candidate = self._candidates.get(path)
+            if candidate is not None and candidate.writers > 0:
+                self._restart_if_changed(path, candidate)  # still open somewhere: wait as usual
+                return
+            self._candidates[path] = _Candidate(
+                identity_of(path), now - self.quiet_period_s, confirmed=self.confirmations - 1
+            )
 
     def opened(self, path: Path) -> None:
         with self._lock:

@@ -25,7 +25,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-EventKind = Literal["touched", "opened", "closed", "gone"]
+EventKind = Literal["touched", "renamed", "opened", "closed", "gone"]
 Notice = tuple[EventKind, Path]
 
 NETWORK_FILESYSTEMS = frozenset(
@@ -50,7 +50,7 @@ class EnqueueHandler(FileSystemEventHandler):
             return
         if isinstance(event, FileMovedEvent):
             if event.dest_path:
-                self._notices.put(("touched", Path(os.fsdecode(event.dest_path))))
+                self._notices.put(("renamed", Path(os.fsdecode(event.dest_path))))
             return
         path = Path(os.fsdecode(event.src_path))
         if isinstance(event, FileOpenedEvent):

@@ -4,6 +4,9 @@ journal reading, settings."""
 from __future__ import annotations
 
 import os
+import queue
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import encode
 from PIL import Image
+from sortbox.daemon.batch import next_batch
 from sortbox.daemon.decide import decide
 from sortbox.daemon.decode import read_and_prepare
 from sortbox.daemon.intake import Arrival, Identity, is_ignored
@@ -206,6 +210,39 @@ def test_stability_waits_for_writers_and_quiet(tmp_path: Path) -> None:
     assert tracker.take_stable() == []  # queued until finished
     tracker.finished(path)
     assert [p for p, _ in tracker.take_stable()] == [path]
+
+
+def test_polling_needs_two_unchanged_checks_and_a_rename_needs_no_quiet_period(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    tracker = StabilityTracker(quiet_period_s=1.0, confirmations=2, clock=lambda: now[0])
+    polled, renamed = tmp_path / "polled.jpg", tmp_path / "renamed.jpg"
+    polled.write_bytes(b"1")
+    renamed.write_bytes(b"1")
+    tracker.touched(polled)
+    tracker.renamed(renamed)
+    assert [p for p, _ in tracker.take_stable()] == [renamed]  # at once
+    now[0] = 1.1
+    assert tracker.take_stable() == []  # one unchanged check is not enough when polling
+    polled.write_bytes(b"12")  # the writer was only pausing
+    now[0] = 2.2
+    assert tracker.take_stable() == []
+    now[0] = 3.3
+    assert tracker.take_stable() == []
+    now[0] = 4.4
+    assert [p for p, _ in tracker.take_stable()] == [polled]
+
+
+def test_a_lone_picture_does_not_wait_out_max_wait() -> None:
+    source: queue.Queue[int] = queue.Queue()
+    source.put(1)
+    started = time.monotonic()
+    batch = next_batch(source, 8, 30.0, threading.Event(), more_coming=lambda: False)
+    assert batch == [1] and time.monotonic() - started < 10  # not the 30 s max_wait
+    for n in range(3):
+        source.put(n)
+    assert next_batch(source, 2, 30.0, threading.Event()) == [0, 1]  # full: goes at once
 
 
 @pytest.mark.parametrize(
