@@ -13,6 +13,8 @@ import os
 import socket
 from pathlib import Path
 
+from sortbox.daemon.place import STATE_FOLDER
+
 
 class Notifier:
     def __init__(self, address: str | None = None, watchdog_usec: str | None = None) -> None:
@@ -57,6 +59,11 @@ class Notifier:
 
 
 STATE_FILE_BYTES = 1024
+
+
+def state_file_of(library: Path) -> Path:
+    """Where a daemon sorting into `library` tells what it is doing."""
+    return library / STATE_FOLDER / "daemon.json"
 
 
 class StateFile:

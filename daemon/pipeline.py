@@ -31,12 +31,16 @@ from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import identity_of
 from sortbox.daemon.journal import Duplicate, Journal, Placement, Rejected, Review, Sorted
 from sortbox.daemon.manifest import REJECTED_FOLDER, REVIEW_FOLDER
-from sortbox.daemon.place import SourceChanged, copy_into, library_name, same_content
+from sortbox.daemon.place import (
+    STATE_FOLDER,
+    SourceChanged,
+    copy_into,
+    library_name,
+    same_content,
+)
 
 log = structlog.get_logger(__name__)
 
-STATE_FOLDER = ".sortbox"  # inside the library; hidden, so never taken for a class folder
-STATE_FILE = "daemon.json"  # in STATE_FOLDER: what the daemon is doing, for `sortbox status`
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sortbox.daemon.manifest import fsync_dir
 
+STATE_FOLDER = ".sortbox"  # sortbox's lock and state; hidden, so never taken for a class folder
 TEMP_PREFIX = ".sortbox-"
 TEMP_SUFFIX = ".tmp"
 HASH_CHARS = 12

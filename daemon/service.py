@@ -41,10 +41,8 @@ from sortbox.daemon.intake import Arrival, Identity, inside, is_ignored, walk_fi
 from sortbox.daemon.journal import Event, Journal, ModelLoaded, Placement
 from sortbox.daemon.manifest import current_version, retarget
 from sortbox.daemon.metrics import Metrics, write_textfile
-from sortbox.daemon.notify import Notifier, StateFile
+from sortbox.daemon.notify import Notifier, StateFile, state_file_of
 from sortbox.daemon.pipeline import (
-    STATE_FILE,
-    STATE_FOLDER,
     Classified,
     Library,
     Placed,
@@ -172,7 +170,7 @@ class Service:
             remove_originals=self.watching and s.on_success == "delete",
         )
         self.metrics.model = self.classifier.version
-        self._state = StateFile(s.library / STATE_FOLDER / STATE_FILE) if self.watching else None
+        self._state = StateFile(state_file_of(s.library)) if self.watching else None
 
         self._start_thread(self._placer_loop, "placer")
         for n in range(s.decode_workers):
@@ -433,15 +431,14 @@ class Service:
         if self.watching:
             self.tracker.finished(arrival.path)
             self.tracker.touched(arrival.path)  # waits out its quiet period, then comes back
-        else:
-            with self._lock:
+        with self._lock:
+            if not self.watching:
                 self._attempts[arrival.path] += 1
                 if self._attempts[arrival.path] >= MAX_ATTEMPTS and self._pause is None:
                     log.warning("kept_changing_not_sorted", path=str(arrival.path))
                     self.unfinished.append(arrival.path)
                 else:
                     self._again.append(arrival)
-        with self._lock:
             self._outstanding -= 1
 
     # -- decode, classify, place -------------------------------------------------------------

@@ -19,8 +19,7 @@ from sortbox.daemon.journal import (
     utc_now,
 )
 from sortbox.daemon.manifest import ModelError, current_version, read_manifest
-from sortbox.daemon.notify import read_state
-from sortbox.daemon.pipeline import STATE_FILE, STATE_FOLDER
+from sortbox.daemon.notify import read_state, state_file_of
 from sortbox.daemon.settings import Settings
 
 COUNTED = {"sorted": Sorted, "review": Review, "rejected": Rejected, "duplicate": Duplicate}
@@ -31,7 +30,7 @@ def gather_status(settings: Settings, now: datetime | None = None) -> dict[str, 
     now = now or utc_now()
     events = list(read_journal(settings.journal))
     status: dict[str, Any] = {"model": _model(settings, now)}
-    status["daemon"] = read_state(settings.library / STATE_FOLDER / STATE_FILE)
+    status["daemon"] = read_state(state_file_of(settings.library))
     status["last_hour"] = _counts(events, now - timedelta(hours=1))
     status["last_day"] = _counts(events, now - timedelta(days=1))
     status["review_rate"] = _review_rate(
