@@ -76,7 +76,9 @@ def read_and_prepare(
     sha256 = hashlib.sha256(data).hexdigest()
     content = data if len(data) <= KEEP_BYTES else None
     try:
-        return result(None, identity, sha256, prepare(data, spec, max_pixels), content)
+        return result(
+            None, identity, sha256, prepare(data, spec, max_pixels, arrival.path.name), content
+        )
     except Exception as exc:  # prepare() says BadImage; anything else is a decoder bug
         problem = str(exc) if isinstance(exc, BadImage) else f"cannot decode: {exc!r}"
         if identity_of(arrival.path) != identity:

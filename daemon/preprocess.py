@@ -6,6 +6,7 @@ exactly the way it was trained. Everything here is pure: bytes in, arrays out.
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from typing import Literal
@@ -46,17 +47,37 @@ PICTURE_FORMATS = (
 # after JPEG's reduced decoding (so: a huge PNG or TIFF) is refused rather than risk the host.
 MAX_ASPECT_RATIO = 25
 MAX_DECODED_PIXELS = 40_000_000
+# Camera RAW files. They are classified from the JPEG preview every camera embeds (no
+# demosaicing), read with rawpy, the optional `raw` extra.
+RAW_SUFFIXES = (".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf")
+RAW_EXTRA_MISSING = "a camera RAW file; install sortbox[raw] to sort RAW files"
+# LibRaw's `flip` (how the camera was held), as the turn that makes the preview upright
+_UPRIGHT = {
+    3: Image.Transpose.ROTATE_180,
+    5: Image.Transpose.ROTATE_90,
+    6: Image.Transpose.ROTATE_270,
+}
 
 
-def decode_rgb(data: bytes, min_side: int, max_pixels: int) -> Image.Image:
+def is_raw(name: str) -> bool:
+    return name.lower().endswith(RAW_SUFFIXES)
+
+
+def decode_rgb(data: bytes, min_side: int, max_pixels: int, name: str = "") -> Image.Image:
     """Decode, orient and convert to 8-bit RGB, never at more resolution than needed.
 
     `min_side` is the smallest shorter side the caller will resize to: JPEG draft mode
     lets libjpeg decode at 1/2, 1/4 or 1/8 scale while staying above it, which is what
-    makes a 12-megapixel photo cheap.
+    makes a 12-megapixel photo cheap. `name` (the file's name) tells a camera RAW file,
+    whose embedded preview is decoded instead. Multi-page and animated files give their
+    first page or frame.
     """
     if not data:
         raise BadImage("empty file")
+    if is_raw(name):
+        preview, turn = _raw_preview(data)
+        image = decode_rgb(preview, min_side, max_pixels)
+        return image.transpose(turn) if turn is not None else image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -85,9 +106,44 @@ def decode_rgb(data: bytes, min_side: int, max_pixels: int) -> Image.Image:
         raise BadImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
 
 
+@functools.cache
 def _openable() -> list[str]:
-    Image.init()  # registers the plugins installed now (pillow-heif adds HEIF)
+    Image.init()
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:  # a default dependency, but the rest must not depend on it
+        pass
+    else:
+        # HEIC/HEIF, every iPhone's format; libheif applies the rotation while decoding
+        register_heif_opener()
     return [name for name in PICTURE_FORMATS if name in Image.OPEN]
+
+
+def _raw_preview(data: bytes) -> tuple[bytes, Image.Transpose | None]:
+    """The embedded preview of a camera RAW file as image file bytes, and the turn that makes
+    it upright (None when the preview's own EXIF orientation does that)."""
+    try:
+        import rawpy
+    except ImportError:
+        raise BadImage(RAW_EXTRA_MISSING) from None
+    try:
+        with rawpy.imread(io.BytesIO(data)) as raw:
+            flip = raw.sizes.flip
+            thumb = raw.extract_thumb()
+    except Exception as exc:  # LibRaw's errors (no thumbnail, unsupported camera, corrupt)
+        raise BadImage(f"a RAW file without a readable preview: {type(exc).__name__}") from None
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        preview = bytes(thumb.data)
+    else:  # an uncompressed preview: an RGB array
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(thumb.data, dtype=np.uint8)).save(buffer, "PNG")
+        preview = buffer.getvalue()
+    try:
+        with Image.open(io.BytesIO(preview)) as probe:
+            oriented = _rotated(probe)
+    except Exception:
+        raise BadImage("a RAW file whose preview is not a picture") from None
+    return preview, None if oriented else _UPRIGHT.get(flip)
 
 
 def check_size(size: tuple[int, int], max_pixels: int) -> None:
@@ -186,7 +242,7 @@ def normalise(image: Image.Image, spec: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
 
 
-def prepare(data: bytes, spec: Preprocessing, max_pixels: int) -> np.ndarray:
-    """Bytes of an image file -> the model input for it (3 x crop x crop)."""
-    image = decode_rgb(data, spec.resize, max_pixels)
+def prepare(data: bytes, spec: Preprocessing, max_pixels: int, name: str = "") -> np.ndarray:
+    """Bytes of an image file (named `name`) -> the model input for it (3 x crop x crop)."""
+    image = decode_rgb(data, spec.resize, max_pixels, name)
     return normalise(resize_and_crop(image, spec), spec)

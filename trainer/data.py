@@ -28,11 +28,14 @@ from PIL import Image
 from sortbox.daemon.atomic import replacing
 from sortbox.daemon.journal import Review, Sorted, Undone, read_journal
 from sortbox.daemon.manifest import RESERVED_FOLDERS, check_class_name
-from sortbox.daemon.preprocess import BadImage, decode_rgb
+from sortbox.daemon.preprocess import RAW_SUFFIXES, BadImage, decode_rgb
 from sortbox.daemon.settings import Settings
 
 UNREADABLE = "unreadable: not a picture Pillow can decode"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {
+    ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif",
+    *RAW_SUFFIXES,
+}  # fmt: skip
 Role = Literal["train", "calibration", "test"]
 ROLES: tuple[Role, ...] = ("train", "calibration", "test")
 # a dataset's own split: folder name -> role
@@ -264,7 +267,7 @@ class HashCache:
             return (cached[2], cached[3]) if cached[2] else None
         try:
             data = file.read_bytes()
-            entry = (hashlib.sha256(data).hexdigest(), difference_hash(data))
+            entry = (hashlib.sha256(data).hexdigest(), difference_hash(data, file.name))
         except (OSError, BadImage):
             entry = None
         self._entries[key] = [st.st_size, st.st_mtime_ns, *(entry or (None, None))]
@@ -276,9 +279,9 @@ class HashCache:
             temporary.write_text(json.dumps(self._entries))
 
 
-def difference_hash(data: bytes) -> int:
+def difference_hash(data: bytes, name: str = "") -> int:
     """64-bit dHash: robust to resizing and re-compression, cheap to compare."""
-    image = decode_rgb(data, 64, 10**9).convert("L").resize((9, 8), Image.Resampling.BILINEAR)
+    image = decode_rgb(data, 64, 10**9, name).convert("L").resize((9, 8), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.int16)
     bits = (pixels[:, 1:] > pixels[:, :-1]).flatten()
     return int("".join("1" if b else "0" for b in bits), 2)

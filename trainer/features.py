@@ -95,7 +95,9 @@ class FeatureCache:
     def _compute(self, examples: list[Example]) -> None:
         views = []
         for example in examples:
-            plain = prepare(example.path.read_bytes(), self.spec, self.max_pixels)
+            plain = prepare(
+                example.path.read_bytes(), self.spec, self.max_pixels, example.path.name
+            )
             views += [plain, np.ascontiguousarray(plain[:, :, ::-1])]
         self._network.eval()
         with torch.no_grad():

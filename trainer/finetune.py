@@ -103,7 +103,12 @@ def training_batches(
                     [
                         normalise(
                             augment(
-                                decode_rgb(examples[i].path.read_bytes(), spec.resize, max_pixels),
+                                decode_rgb(
+                                    examples[i].path.read_bytes(),
+                                    spec.resize,
+                                    max_pixels,
+                                    examples[i].path.name,
+                                ),
                                 spec.crop,
                                 np.random.default_rng([seed, epoch, int(i)]),
                             ),
@@ -130,7 +135,10 @@ def plain_pictures(
     """The daemon's own preprocessing, in batches of 32."""
     for start in range(0, len(examples), 32):
         yield np.stack(
-            [prepare(e.path.read_bytes(), spec, max_pixels) for e in examples[start : start + 32]]
+            [
+                prepare(e.path.read_bytes(), spec, max_pixels, e.path.name)
+                for e in examples[start : start + 32]
+            ]
         )
 
 
