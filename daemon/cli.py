@@ -80,7 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument(
         "--since", type=parse_since, metavar="TIME", help="e.g. 2h, 30m, 2026-11-22T10:00Z"
     )
+    which.add_argument(
+        "--model",
+        metavar="VERSION",
+        help="every copy this model version placed that nobody moved or edited since",
+    )
     undo.add_argument("--dry-run", action="store_true", help="print what would be undone")
+
+    explain = command(
+        "explain",
+        explain_command,
+        "say what the daemon would decide for files, and why (top 3, threshold); touches nothing",
+    )
+    explain.add_argument("files", nargs="+", type=Path)
+    explain.add_argument("--json", action="store_true", help="one JSON object per file")
 
     command(
         "init", init_command, "create the default model (ImageNet classes grouped into folders)"
@@ -218,13 +231,14 @@ def undo_command(settings: Settings, args: argparse.Namespace) -> int:
     from sortbox.daemon.pipeline import locked
     from sortbox.daemon.undo import undo_one, undoable
 
-    last = args.last if args.last is not None or args.since is not None else 1
-    events = undoable(settings.journal, last, args.since)
+    chosen = args.last is not None or args.since is not None or args.model is not None
+    last = args.last if chosen else 1
+    events = undoable(settings.journal, last, args.since, args.model)
     if not events:
         print("nothing to undo", file=sys.stderr)
         return EXIT_OK
     journal = None if args.dry_run else Journal(settings.journal)
-    failures = 0
+    failures = left_alone = 0
     # the library's placement lock: a daemon or `sort` running beside us waits, and never
     # takes a copy we remove for one that is still there
     lock = contextlib.nullcontext() if args.dry_run else locked(settings.library)
@@ -232,7 +246,10 @@ def undo_command(settings: Settings, args: argparse.Namespace) -> int:
         with lock:
             for event in events:
                 outcome = undo_one(event, settings.library, journal)
-                failures += outcome.undone is None
+                if outcome.undone is None:
+                    # resetting a model leaves what the user touched alone by design
+                    left_alone += 1
+                    failures += args.model is None
                 status = (
                     "would undo"
                     if args.dry_run and outcome.undone
@@ -242,7 +259,17 @@ def undo_command(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         if journal is not None:
             journal.close()
+    print(f"{len(events) - left_alone} undone, {left_alone} left alone", file=sys.stderr)
     return EXIT_FAILURE if failures else EXIT_OK
+
+
+def explain_command(settings: Settings, args: argparse.Namespace) -> int:
+    from sortbox.daemon.explain import explain_files, render
+
+    answers = explain_files(args.files, settings)
+    for answer in answers:
+        print(json.dumps(answer) if args.json else render(answer))
+    return EXIT_FAILURE if any(a["folder"] is None for a in answers) else EXIT_OK
 
 
 def _trainer() -> object:

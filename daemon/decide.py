@@ -7,17 +7,30 @@ from dataclasses import dataclass
 import numpy as np
 from sortbox.daemon.manifest import REVIEW_FOLDER, Manifest
 
+SPOT_CHECK = "spot check"  # the journal's reason for a confident decision sent to review
+
 
 @dataclass(frozen=True)
 class Decision:
     label: str  # the model's best guess, also when the picture goes to review
     confidence: float
     top3: list[tuple[str, float]]
-    folder: str  # the label, or needs_review when the confidence is under the label's threshold
+    threshold: float  # the label's: at or above it, the picture is auto-sorted
+    # the label, or needs_review: under the label's threshold, or a spot check
+    folder: str
+    spot_check: bool = False  # confident, but sent to review so precision stays measured
 
     @property
     def needs_review(self) -> bool:
         return self.folder == REVIEW_FOLDER
+
+    def describe(self) -> str:
+        """In words, as `sortbox explain` says it."""
+        if self.spot_check:
+            return f"review (spot check): would be sorted into {self.label}"
+        if self.needs_review:
+            return f"review: {self.confidence:.2f} < {self.threshold:.2f} for {self.label}"
+        return f"sorted into {self.label} ({self.confidence:.2f} >= {self.threshold:.2f})"
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -27,13 +40,25 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def decide(logits: np.ndarray, manifest: Manifest) -> Decision:
-    """One image's logits -> where it goes, with the calibrated temperature and thresholds."""
+def decide(
+    logits: np.ndarray, manifest: Manifest, sha256: str | None = None, audit_rate: float = 0.0
+) -> Decision:
+    """One image's logits -> where it goes, with the calibrated temperature and thresholds.
+    A share `audit_rate` of the confident decisions go to review as spot checks."""
     probabilities = softmax(logits, manifest.temperature)
     order = np.argsort(-probabilities)
     best = int(order[0])
     label = manifest.classes[best]
     confidence = float(probabilities[best])
     top3 = [(manifest.classes[int(i)], round(float(probabilities[i]), 6)) for i in order[:3]]
-    folder = label if confidence >= manifest.thresholds[label] else REVIEW_FOLDER
-    return Decision(label=label, confidence=confidence, top3=top3, folder=folder)
+    threshold = manifest.thresholds[label]
+    confident = confidence >= threshold
+    spot_check = confident and sha256 is not None and is_spot_check(sha256, audit_rate)
+    folder = label if confident and not spot_check else REVIEW_FOLDER
+    return Decision(label, confidence, top3, threshold, folder, spot_check)
+
+
+def is_spot_check(sha256: str, audit_rate: float) -> bool:
+    """Chosen by the content's hash, uniform over pictures: the same picture gets the same
+    answer from the daemon, `sortbox sort` and `sortbox explain`, and no state is kept."""
+    return int(sha256[:12], 16) < audit_rate * 16**12

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import structlog
 from sortbox.daemon.classify import Classifier
-from sortbox.daemon.decide import Decision, decide
+from sortbox.daemon.decide import SPOT_CHECK, Decision, decide
 from sortbox.daemon.decode import Decoded
 from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import identity_of
@@ -121,7 +121,9 @@ def locked(library: Path) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 
-def classify_batch(batch: list[Decoded], classifier: Classifier, library: Library) -> Classified:
+def classify_batch(
+    batch: list[Decoded], classifier: Classifier, library: Library, audit_rate: float = 0.0
+) -> Classified:
     """The compute half: no writes, so it runs while the previous batch is being placed.
 
     Pictures whose content the library already holds are not run through the model;
@@ -135,7 +137,7 @@ def classify_batch(batch: list[Decoded], classifier: Classifier, library: Librar
     if wanted:
         logits = classifier.logits(np.stack([batch[n].pixels for n in wanted]))
         for n, row in zip(wanted, logits, strict=True):
-            decisions[n] = decide(row, classifier.manifest)
+            decisions[n] = decide(row, classifier.manifest, batch[n].sha256, audit_rate)
     return Classified(batch, decisions, classifier.version)
 
 
@@ -250,6 +252,7 @@ def _place(item: Decoded, decision: Decision, model: str, library: Library) -> S
         confidence=round(decision.confidence, 6),
         top3=decision.top3,
         model=model,
+        reason=SPOT_CHECK if needs_review and decision.spot_check else None,
         original_removed=library.remove_originals,
     )
 

@@ -62,7 +62,7 @@ _STOP = None  # end-of-work marker on the arrivals queue
 _MODEL_CHECK_INTERVAL_S = 1.0
 _INBOX_CHECK_INTERVAL_S = 1.0
 _DRAIN_TIMEOUT_S = 5.0
-_LIVE_SETTINGS = {"target_precision"}  # what SIGHUP applies without a restart
+_LIVE_SETTINGS = {"target_precision", "audit_rate"}  # what SIGHUP applies without a restart
 # Work waiting and no batch finished for this long: something is stuck. Stop pinging the
 # watchdog and exit 1 rather than look healthy while doing nothing.
 STALL_LIMIT_S = 120.0
@@ -469,7 +469,9 @@ class Service:
         # decoded before a model switch that changed the preprocessing: decode again
         batch = [d if d.spec == spec else self._decode(d.arrival) for d in batch]
         try:
-            classified = classify_batch(batch, self.classifier, self.library)
+            classified = classify_batch(
+                batch, self.classifier, self.library, self.settings.audit_rate
+            )
         except Exception:
             # The service must not die on one batch; its files stay where they are, and the
             # next rescan (or restart) brings them back.
@@ -635,6 +637,9 @@ class Service:
         needs_restart = [key for key in changed if key not in _LIVE_SETTINGS]
         if needs_restart:
             log.warning("reload_needs_restart", keys=needs_restart)
+        if "audit_rate" in changed:
+            self.settings = self.settings.model_copy(update={"audit_rate": fresh.audit_rate})
+            log.info("audit_rate_changed", audit_rate=fresh.audit_rate)
         if "target_precision" in changed:
             target = fresh.target_precision
             self.settings = self.settings.model_copy(update={"target_precision": target})

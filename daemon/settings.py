@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     # are re-derived from the model's calibration predictions whenever a model is loaded and
     # on SIGHUP (`systemctl reload sortbox`): no retraining needed.
     target_precision: float = Field(0.97, gt=0.0, le=1.0)
+    # This share of the confident decisions goes to needs_review anyway ("spot checks"), so the
+    # real precision stays measured even where nobody looks at the sorted folders. Filing a spot
+    # check into a class folder labels it for the trainer and counts in `sortbox status`.
+    audit_rate: float = Field(0.02, ge=0.0, le=1.0)
 
     train: TrainSettings = Field(default_factory=TrainSettings)
 

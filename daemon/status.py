@@ -6,6 +6,7 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
+from sortbox.daemon.feedback import precision_report
 from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import identity_of, walk_files
 from sortbox.daemon.journal import (
@@ -18,7 +19,7 @@ from sortbox.daemon.journal import (
     read_journal,
     utc_now,
 )
-from sortbox.daemon.manifest import ModelError, current_version, read_manifest
+from sortbox.daemon.manifest import Manifest, ModelError, current_version, read_manifest
 from sortbox.daemon.notify import read_state, state_file_of
 from sortbox.daemon.settings import Settings
 
@@ -29,6 +30,7 @@ MIN_FILES_FOR_DRIFT = 20
 def gather_status(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
     now = now or utc_now()
     events = list(read_journal(settings.journal))
+    manifest = _current_manifest(settings)
     status: dict[str, Any] = {"model": _model(settings, now)}
     status["daemon"] = read_state(state_file_of(settings.library))
     status["last_hour"] = _counts(events, now - timedelta(hours=1))
@@ -36,9 +38,20 @@ def gather_status(settings: Settings, now: datetime | None = None) -> dict[str, 
     status["review_rate"] = _review_rate(
         status["last_day"], status["model"].get("expected_review_rate")
     )
+    status["precision"] = precision_report(
+        events, settings.library, manifest, settings.target_precision, now
+    )
     status["last_training"] = _last_training(events)
     status["inbox_waiting"] = _waiting(settings, events)
     return status
+
+
+def _current_manifest(settings: Settings) -> Manifest | None:
+    version = current_version(settings.models_dir)
+    try:
+        return read_manifest(settings.models_dir / version) if version else None
+    except ModelError:
+        return None
 
 
 def _model(settings: Settings, now: datetime) -> dict[str, Any]:
@@ -131,6 +144,7 @@ def render(status: dict[str, Any]) -> str:
                 "WARNING:        far more pictures go to review than the model expected: "
                 "the pictures changed; review them and run `sortbox train`"
             )
+    lines += _render_precision(status["precision"])
     training = status["last_training"]
     if training is None:
         lines.append("last training:  never")
@@ -142,3 +156,36 @@ def render(status: dict[str, Any]) -> str:
     daemon = status["daemon"]
     lines.append(f"daemon:         {daemon['state'] if daemon else 'not running'}")
     return "\n".join(lines)
+
+
+def _render_precision(report: dict[str, Any]) -> list[str]:
+    overall = report["overall"]
+    title = f"precision ({report['days']} days, measured from your moves and spot checks):"
+    if overall["precision"] is None:
+        return [f"{title} nothing judged yet"]
+
+    def row(name: str, tally: dict[str, Any]) -> str:
+        measured = (
+            f"{tally['precision']:.1%} [{tally['interval'][0]:.1%}, {tally['interval'][1]:.1%}]"
+            if tally["precision"] is not None
+            else "-"
+        )
+        promised = f"{tally['promised']:.1%}" if tally["promised"] is not None else "-"
+        return (
+            f"  {name:14} {tally['auto_sorted']:6} {tally['corrections']:6} "
+            f"{tally['spot_checks_reviewed']:6} {measured:>24} {promised:>9}"
+        )
+
+    lines = [
+        title,
+        f"  {'class':14} {'auto':>6} {'moved':>6} {'spot':>6} {'measured [95% CI]':>24} "
+        f"{'promised':>9}",
+        *(row(name, tally) for name, tally in report["per_class"].items()),
+        row("all", overall),
+    ]
+    if overall["below_promise"]:
+        lines.append(
+            "WARNING:        auto-sorted pictures are measurably less often right than the model "
+            "promised: review needs_review, correct mistakes, and run `sortbox train`"
+        )
+    return lines

@@ -34,8 +34,11 @@ class UndoOutcome:
     message: str
 
 
-def undoable(journal: Path, last: int | None, since: datetime | None) -> list[Placement]:
-    """Placements not yet undone, newest first: the last `last`, or those since `since`."""
+def undoable(
+    journal: Path, last: int | None, since: datetime | None, model: str | None = None
+) -> list[Placement]:
+    """Placements not yet undone, newest first: the last `last`, those since `since`, or every
+    copy model version `model` placed."""
     placements: list[Placement] = []
     undone: set[tuple[str, str, str | None]] = set()
     for event in read_journal(journal):
@@ -50,6 +53,8 @@ def undoable(journal: Path, last: int | None, since: datetime | None) -> list[Pl
     ]
     if since is not None:
         candidates = [e for e in candidates if e.ts >= since]
+    if model is not None:
+        candidates = [e for e in candidates if isinstance(e, Sorted | Review) and e.model == model]
     if last is not None:
         candidates = candidates[-last:] if last > 0 else []
     return list(reversed(candidates))

@@ -1,0 +1,158 @@
+"""Real-world precision, measured from what users do with the library.
+
+The folder is the label. A picture the daemon auto-sorted that the user later moved into
+another class folder is a measured mistake; one still where it was put counts as right. A spot
+check (a confident decision sent to review on purpose, `audit_rate`) that the user files into a
+class folder is right if that is the class the model chose, wrong otherwise. Pictures deleted,
+renamed beyond recognition or not yet reviewed are not counted either way.
+
+Files are recognised by the 12-hex content hash in their library name, which moving a file
+in a file manager keeps: no hashing of the library is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sortbox.daemon.decide import SPOT_CHECK
+from sortbox.daemon.journal import Event, Review, Sorted, Undone
+from sortbox.daemon.manifest import RESERVED_FOLDERS, Manifest
+from sortbox.daemon.place import LIBRARY_NAME
+from sortbox.daemon.thresholds import derive_thresholds, wilson_interval
+
+WINDOW_DAYS = 30
+MIN_FOR_WARNING = 20  # judged pictures before measured precision may raise a warning
+
+
+def folders_by_hash(library: Path) -> dict[str, set[str]]:
+    """12-hex content hash -> the library folders a file with that hash sits in now."""
+    where: dict[str, set[str]] = {}
+    if not library.is_dir():
+        return where
+    for folder in library.iterdir():
+        if folder.name.startswith(".") or not folder.is_dir() or folder.is_symlink():
+            continue
+        for entry in folder.iterdir():
+            match = LIBRARY_NAME.match(entry.name)
+            if match:
+                where.setdefault(match["hash"], set()).add(folder.name)
+    return where
+
+
+@dataclass
+class Tally:
+    auto_sorted: int = 0  # auto-sorted and still to be found in the library
+    corrections: int = 0  # ... of which the user moved to another class
+    spot_checks: int = 0  # spot checks the user filed into a class folder
+    spot_checks_right: int = 0
+
+    def add(self, other: Tally) -> None:
+        self.auto_sorted += other.auto_sorted
+        self.corrections += other.corrections
+        self.spot_checks += other.spot_checks
+        self.spot_checks_right += other.spot_checks_right
+
+    @property
+    def judged(self) -> int:
+        return self.auto_sorted + self.spot_checks
+
+    @property
+    def right(self) -> int:
+        return self.auto_sorted - self.corrections + self.spot_checks_right
+
+    def report(self, promised: float | None) -> dict[str, Any]:
+        low, high = wilson_interval(self.right, self.judged)
+        return {
+            "auto_sorted": self.auto_sorted,
+            "corrections": self.corrections,
+            "spot_checks_reviewed": self.spot_checks,
+            "spot_checks_right": self.spot_checks_right,
+            "precision": self.right / self.judged if self.judged else None,
+            "interval": [round(low, 4), round(high, 4)] if self.judged else None,
+            "promised": promised,
+        }
+
+
+@dataclass
+class Measured:
+    overall: Tally = field(default_factory=Tally)
+    per_class: dict[str, Tally] = field(default_factory=dict)
+
+
+def measure(events: Iterable[Event], where: dict[str, set[str]], since: datetime) -> Measured:
+    """Tally the decisions made since `since` against where their files are now. Pure."""
+    latest: dict[str, Sorted | Review] = {}
+    for event in events:
+        if isinstance(event, Sorted | Review) and event.sha256 and event.dest:
+            latest[event.sha256] = event
+        elif isinstance(event, Undone) and event.sha256:
+            latest.pop(event.sha256, None)
+    measured = Measured()
+    for sha256, event in latest.items():
+        if event.ts < since:
+            continue
+        classes_now = {f for f in where.get(sha256[:12], set()) if f not in RESERVED_FOLDERS}
+        if not classes_now:
+            continue  # deleted, renamed, or (a spot check) not reviewed yet: no evidence
+        if isinstance(event, Sorted):
+            put = event.dest.split("/", 1)[0]  # type: ignore[union-attr]
+            outcome = Tally(auto_sorted=1, corrections=int(put not in classes_now))
+        elif event.reason == SPOT_CHECK:
+            outcome = Tally(spot_checks=1, spot_checks_right=int(event.label in classes_now))
+        else:
+            continue  # unsure pictures reviewed are labels, not a measure of auto-sorting
+        for tally in (measured.overall, measured.per_class.setdefault(event.label, Tally())):
+            tally.add(outcome)
+    return measured
+
+
+def promised_precision(manifest: Manifest, target: float) -> tuple[float | None, dict[str, float]]:
+    """What the model's calibration said auto-sorted pictures would reach: overall and per class
+    (the target itself where the model carries no calibration predictions)."""
+    points = manifest.calibration
+    if points is None:
+        return target, {}
+    thresholds = derive_thresholds(points, manifest.classes, target).per_class
+    per_class: dict[str, float] = {}
+    hits = total = 0
+    for index, name in enumerate(manifest.classes):
+        auto = [
+            correct
+            for predicted, confidence, correct in zip(
+                points.predicted, points.confidence, points.correct, strict=True
+            )
+            if predicted == index and confidence >= thresholds[name]
+        ]
+        if auto:
+            per_class[name] = round(sum(auto) / len(auto), 4)
+        hits, total = hits + sum(auto), total + len(auto)
+    return (round(hits / total, 4) if total else None), per_class
+
+
+def precision_report(
+    events: list[Event], library: Path, manifest: Manifest | None, target: float, now: datetime
+) -> dict[str, Any]:
+    measured = measure(events, folders_by_hash(library), now - timedelta(days=WINDOW_DAYS))
+    overall_promise, class_promise = (
+        promised_precision(manifest, target) if manifest is not None else (None, {})
+    )
+    overall = measured.overall.report(overall_promise)
+    interval = overall["interval"]
+    overall["below_promise"] = bool(
+        overall_promise is not None
+        and measured.overall.judged >= MIN_FOR_WARNING
+        and interval is not None
+        and interval[1] < overall_promise
+    )
+    return {
+        "days": WINDOW_DAYS,
+        "overall": overall,
+        "per_class": {
+            name: tally.report(class_promise.get(name))
+            for name, tally in sorted(measured.per_class.items())
+        },
+    }

@@ -1,0 +1,189 @@
+"""The answers users ask for: why a picture went where it did (`explain`), how right the sorter
+really is (`status`, spot checks), and resetting what a model did (`undo --model`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+from conftest import (
+    Daemon,
+    Home,
+    make_home,
+    publish_rgb_model,
+    sortbox,
+    wait_until,
+    write_picture,
+)
+from sortbox.daemon.decide import SPOT_CHECK, decide, is_spot_check
+from sortbox.daemon.manifest import read_manifest
+
+
+def test_explain_gives_the_daemons_own_decision(home: Home) -> None:
+    files = {
+        "red.jpg": "red",
+        "green.png": "green",
+        "unsure.jpg": "grey",  # equal scores: under the threshold, to review
+    }
+    for name, colour in files.items():
+        write_picture(home.inbox / name, colour, 3, "PNG" if name.endswith("png") else "JPEG")
+    (home.inbox / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    daemon = Daemon(home).start()
+    try:
+        wait_until(lambda: len(home.file_events()) == 4, 30, "4 decisions")
+    finally:
+        daemon.stop()
+    journaled = {e["src"]: e for e in home.file_events()}
+
+    names = sorted(journaled)
+    result = sortbox("explain", "--json", *(str(home.inbox / n) for n in names), config=home.config)
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(a["file"]).name for a in answers] == names
+    for name, answer in zip(names, answers, strict=True):
+        event = journaled[name]
+        assert answer["folder"] == event["dest"].split("/")[0], (answer, event)
+        assert answer["library_has"] == event["dest"]
+        if event["event"] == "rejected":
+            assert answer["decision"].startswith("rejected: ")
+            continue
+        assert answer["label"] == event["label"]
+        assert math.isclose(answer["confidence"], event["confidence"], abs_tol=1e-6)
+        assert [t["class"] for t in answer["top3"]] == [t[0] for t in event["top3"]]
+        assert answer["threshold"] == 0.6
+    by_name = dict(zip(names, answers, strict=True))
+    assert by_name["red.jpg"]["decision"].startswith("sorted into red (")
+    assert by_name["unsure.jpg"]["decision"].startswith("review: 0.")
+    assert "< 0.60 for " in by_name["unsure.jpg"]["decision"]
+
+    human = sortbox("explain", str(home.inbox / "red.jpg"), config=home.config)
+    assert "sorted into red" in human.stdout and "top 3: red" in human.stdout
+    assert home.file_events() == list(journaled.values())  # touched nothing
+
+
+def test_spot_checks_hold_their_rate_over_1000_decisions(tmp_path: Path) -> None:
+    """The pure choice: 1,000 confident decisions at audit_rate 0.02 give 20 ± binomial noise."""
+    publish_rgb_model(tmp_path / "models", "v1")
+    manifest = read_manifest(tmp_path / "models" / "v1")
+    confident = np.array([20.0, 0.0, 0.0], dtype=np.float32)
+    shas = [hashlib.sha256(f"picture {n}".encode()).hexdigest() for n in range(1000)]
+    chosen = [decide(confident, manifest, sha, 0.02) for sha in shas]
+    spot = sum(d.spot_check for d in chosen)
+    # 4 standard deviations of Binomial(1000, 0.02) (sd 4.4): fails ~1 in 15,000 seeds
+    assert abs(spot - 20) <= 4 * math.sqrt(1000 * 0.02 * 0.98), spot
+    assert all(d.needs_review for d in chosen if d.spot_check)
+    assert not any(d.needs_review for d in chosen if not d.spot_check)
+    # unsure decisions go to review anyway and are never counted as spot checks
+    unsure = decide(np.zeros(3, dtype=np.float32), manifest, shas[0], 1.0)
+    assert unsure.needs_review and not unsure.spot_check
+    assert not any(is_spot_check(sha, 0.0) for sha in shas)
+    assert all(is_spot_check(sha, 1.0) for sha in shas)
+
+
+def test_the_pipeline_journals_spot_checks_at_the_configured_rate(tmp_path: Path) -> None:
+    home = make_home(tmp_path, audit_rate=0.1)
+    publish_rgb_model(home.models, "v1")
+    for n in range(400):
+        write_picture(home.inbox / f"{n:04}.png", ("red", "green", "blue")[n % 3], n, "PNG")
+    result = sortbox("sort", str(home.inbox), config=home.config, timeout=300)
+    assert result.returncode == 0, result.stderr
+    events = home.file_events()
+    assert len(events) == 400
+    spot = [e for e in events if e.get("reason") == SPOT_CHECK]
+    assert abs(len(spot) - 40) <= 4 * math.sqrt(400 * 0.1 * 0.9), len(spot)
+    for event in spot:
+        assert event["event"] == "review" and event["dest"].startswith("needs_review/")
+        assert event["confidence"] >= 0.6  # confident: it would have been sorted
+    assert sum(e["event"] == "sorted" for e in events) == 400 - len(spot)
+
+
+def test_status_measures_precision_from_what_the_user_moved(tmp_path: Path) -> None:
+    home = make_home(tmp_path, audit_rate=0.25)
+    publish_rgb_model(home.models, "v1")
+    for n in range(60):
+        write_picture(home.inbox / f"{n:03}.jpg", ("red", "green", "blue")[n % 3], n)
+    assert sortbox("sort", str(home.inbox), config=home.config).returncode == 0
+    events = home.file_events()
+    auto = [e for e in events if e["event"] == "sorted"]
+    spot = [e for e in events if e.get("reason") == SPOT_CHECK]
+    assert len(spot) >= 2 and len(auto) >= 20
+
+    # The user finds two red pictures that "should" be blue, and files two spot checks: one
+    # where the model said, one elsewhere. The rest they leave alone; one they delete.
+    reds = [e for e in auto if e["label"] == "red"]
+    for event in reds[:2]:
+        move(home, event["dest"], "blue")
+    move(home, spot[0]["dest"], spot[0]["label"])
+    wrong = "green" if spot[1]["label"] != "green" else "blue"
+    move(home, spot[1]["dest"], wrong)
+    (home.library / auto[-1]["dest"]).unlink()
+
+    status = json.loads(sortbox("status", "--json", config=home.config).stdout)["precision"]
+    overall = status["overall"]
+    judged_auto = len(auto) - 1
+    assert overall["auto_sorted"] == judged_auto
+    assert overall["corrections"] == 2
+    assert overall["spot_checks_reviewed"] == 2 and overall["spot_checks_right"] == 1
+    expected = (judged_auto - 2 + 1) / (judged_auto + 2)
+    assert math.isclose(overall["precision"], expected)
+    low, high = overall["interval"]
+    assert low < expected < high and high - low < 0.3
+    assert overall["promised"] == 0.97  # this model has no calibration: the target
+    red = status["per_class"]["red"]
+    assert red["corrections"] == 2
+    human = sortbox("status", config=home.config).stdout
+    assert "measured from your moves and spot checks" in human and "moved" in human
+
+
+def move(home: Home, dest: str, folder: str) -> None:
+    """What a user does in a file manager: drag the file into another folder, same name."""
+    source = home.library / dest
+    (home.library / folder).mkdir(exist_ok=True)
+    shutil.move(source, home.library / folder / source.name)
+
+
+def test_undo_model_removes_what_that_model_placed_and_leaves_user_changes(
+    tmp_path: Path,
+) -> None:
+    home = make_home(tmp_path)
+    publish_rgb_model(home.models, "v1")
+    for n in range(6):
+        write_picture(home.inbox / "first" / f"{n}.jpg", ("red", "green")[n % 2], n)
+    assert sortbox("sort", str(home.inbox / "first"), config=home.config).returncode == 0
+    publish_rgb_model(home.models, "v2")
+    for n in range(3):
+        write_picture(home.inbox / "second" / f"{n}.jpg", "blue", 100 + n)
+    assert sortbox("sort", str(home.inbox / "second"), config=home.config).returncode == 0
+    by_model = {
+        v: [e["dest"] for e in home.file_events() if e.get("model") == v] for v in ("v1", "v2")
+    }
+    assert len(by_model["v1"]) == 6 and len(by_model["v2"]) == 3
+
+    moved, edited, *untouched = by_model["v1"]
+    move(home, moved, "blue")
+    with (home.library / edited).open("ab") as fh:
+        fh.write(b"edited by the user")
+
+    result = sortbox("undo", "--model", "v1", config=home.config)
+    assert result.returncode == 0, result.stderr
+    assert "4 undone, 2 left alone" in result.stderr
+    for dest in untouched:
+        assert not (home.library / dest).exists()
+    assert (home.library / "blue" / Path(moved).name).exists()
+    assert (home.library / edited).read_bytes().endswith(b"edited by the user")
+    for dest in by_model["v2"]:
+        assert (home.library / dest).exists()
+    undone = home.events("undone")
+    assert sorted(e["dest"] for e in undone) == sorted(untouched)
+    # the originals stay done: the daemon does not sort them again, only what is new
+    daemon = Daemon(home).start()
+    try:
+        write_picture(home.inbox / "new.jpg", "red", 999)
+        wait_until(lambda: any(e["src"] == "new.jpg" for e in home.file_events()), 20, "new.jpg")
+    finally:
+        daemon.stop()
+    assert len(home.file_events()) == 10
