@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.handler is import_command:  # makes the config it would otherwise need
+            return import_command(args)
         settings = load_settings(args.config)
         configure_logging(settings.log_level)
         return int(args.handler(settings, args) or EXIT_OK)
@@ -124,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     command("doctor", doctor_command, "check the setup and say what to fix")
+
+    export = command(
+        "export", export_command, "back up the journal, the models and the config to ARCHIVE"
+    )
+    export.add_argument("archive", type=Path, help="a .tar, or .tar.gz to compress")
+    restore = command(
+        "import",
+        import_command,
+        "restore an export into a fresh home: the config (if there is none), journal and models",
+    )
+    restore.add_argument("archive", type=Path)
 
     units = command("install-units", install_units_command, "write systemd units for this install")
     units.add_argument("--user", action="store_true", help="user units (~/.config/systemd/user)")
@@ -357,6 +370,33 @@ def doctor_command(settings: Settings, args: argparse.Namespace) -> int:
     findings = check(settings)
     print(render(findings))
     return EXIT_FAILURE if any(f.level == "fail" for f in findings) else EXIT_OK
+
+
+def export_command(settings: Settings, args: argparse.Namespace) -> int:
+    from sortbox.daemon.backup import export_archive
+    from sortbox.daemon.settings import default_config_path
+
+    config = (args.config or default_config_path()).absolute()
+    description = export_archive(settings, config, args.archive)
+    print(
+        f"wrote {args.archive}: the journal, {len(description['models'])} model(s), {config.name}. "
+        "The library's pictures are not in it: back them up with the rest of your files."
+    )
+    return EXIT_OK
+
+
+def import_command(args: argparse.Namespace) -> int:
+    from sortbox.daemon.backup import import_archive
+    from sortbox.daemon.settings import default_config_path
+
+    config = (args.config or default_config_path()).absolute()
+    settings, description = import_archive(args.archive, config)
+    print(
+        f"imported {args.archive} into {config.parent}: journal {settings.journal}, "
+        f"models {', '.join(description['restored_models']) or '(all already here)'}. "
+        f"Files under {description['folders']['inbox']} are now known under {settings.inbox}."
+    )
+    return EXIT_OK
 
 
 def install_units_command(settings: Settings, args: argparse.Namespace) -> int:

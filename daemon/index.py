@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sortbox.daemon.intake import Identity
-from sortbox.daemon.journal import Duplicate, Event, Rejected, Review, Sorted, Undone, read_journal
+from sortbox.daemon.journal import (
+    Duplicate,
+    Event,
+    Imported,
+    Rejected,
+    Review,
+    Sorted,
+    Undone,
+    read_journal,
+)
 from sortbox.daemon.place import LIBRARY_NAME
 
 
@@ -21,6 +30,14 @@ from sortbox.daemon.place import LIBRARY_NAME
 class SourceRecord:
     identity: Identity
     original_removed: bool  # on_success = "delete": the original was due to be removed
+    # journaled before an import: the file was copied here, so its inode is new
+    moved: bool = False
+
+    def matches(self, identity: Identity) -> bool:
+        if self.moved:
+            mine = self.identity
+            return (mine.size, mine.mtime_ns) == (identity.size, identity.mtime_ns)
+        return self.identity == identity
 
 
 class DoneIndex:
@@ -55,6 +72,13 @@ class DoneIndex:
                 if event.sha256 and self._content.get(event.sha256) == event.dest:
                     del self._content[event.sha256]
                 self._remember_source(event)
+            elif isinstance(event, Imported):
+                self._sources = {
+                    _relocated(key, event.roots): SourceRecord(
+                        record.identity, record.original_removed, moved=True
+                    )
+                    for key, record in self._sources.items()
+                }
 
     def _remember_source(self, event: Sorted | Review | Duplicate | Rejected | Undone) -> None:
         if event.size is None or event.mtime_ns is None or event.inode is None:
@@ -67,7 +91,7 @@ class DoneIndex:
         """The record for this exact file (same path, size, mtime and inode), if any."""
         with self._lock:
             record = self._sources.get(str(path))
-        return record if record and record.identity == identity else None
+        return record if record and record.matches(identity) else None
 
     def copy_of(self, sha256: str) -> str | None:
         with self._lock:
@@ -94,3 +118,12 @@ class DoneIndex:
                 if match and match["hash"] not in known and entry.is_file():
                     orphans[match["hash"]] = entry
         return orphans
+
+
+def _relocated(path: str, roots: dict[str, str]) -> str:
+    """`path` under the new folder its old folder was imported as."""
+    for old, new in roots.items():
+        old = old.rstrip("/")
+        if path == old or path.startswith(old + "/"):
+            return new.rstrip("/") + path[len(old) :]
+    return path

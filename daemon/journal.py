@@ -103,9 +103,19 @@ class TrainingRun(_Event):
     reason: str
 
 
+class Imported(_Event):
+    """`sortbox import`: the history before this line was made under other folders. Inputs
+    journaled under an old root are the same files under the new one (matched by size and
+    mtime, since a copy to another disk changes inodes)."""
+
+    event: Literal["imported"] = "imported"
+    archive: str
+    roots: dict[str, str]  # old absolute folder -> new absolute folder
+
+
 Placement = Sorted | Review | Duplicate | Rejected
 Event = Annotated[
-    Sorted | Review | Duplicate | Rejected | Undone | ModelLoaded | TrainingRun,
+    Sorted | Review | Duplicate | Rejected | Undone | ModelLoaded | TrainingRun | Imported,
     Field(discriminator="event"),
 ]
 _EVENT = TypeAdapter(Event)

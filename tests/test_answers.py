@@ -187,3 +187,67 @@ def test_undo_model_removes_what_that_model_placed_and_leaves_user_changes(
     finally:
         daemon.stop()
     assert len(home.file_events()) == 10
+
+
+def test_export_and_import_onto_a_fresh_folder_without_sorting_again(tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    old = make_home(tmp_path / "old")
+    publish_rgb_model(old.models, "v1")
+    publish_rgb_model(old.models, "v2")
+    for n in range(8):
+        write_picture(old.inbox / "2026" / f"{n}.jpg", ("red", "green", "blue")[n % 3], n)
+    daemon = Daemon(old).start()
+    try:
+        wait_until(lambda: len(old.file_events()) == 8, 30, "8 sorted")
+    finally:
+        daemon.stop()
+    archive = tmp_path / "sortbox-backup.tar.gz"
+    result = sortbox("export", str(archive), config=old.config)
+    assert result.returncode == 0, result.stderr
+    assert sortbox("export", str(archive), config=old.config).returncode == 2  # never overwrites
+
+    # The move: the user copies the pictures (inbox and library) with their own tools, then
+    # imports the archive into the new home, which has no config yet.
+    new_root = tmp_path / "new"
+    shutil.copytree(old.inbox, new_root / "inbox")
+    shutil.copytree(old.library, new_root / "library", ignore=shutil.ignore_patterns(".sortbox"))
+    result = sortbox("import", str(archive), config=new_root / "config.toml")
+    assert result.returncode == 0, result.stderr
+    new = Home(new_root, new_root / "config.toml")
+    assert (new.models / "current").resolve().name == "v2"
+    assert [e["event"] for e in new.events()][:-1] == [e["event"] for e in old.events()]
+    assert new.events()[-1]["event"] == "imported"
+    # importing again would overwrite the journal: refused
+    assert sortbox("import", str(archive), config=new.config).returncode == 2
+
+    daemon = Daemon(new).start()
+    try:
+        write_picture(new.inbox / "after-the-move.jpg", "blue", 77)
+        wait_until(lambda: len(new.file_events()) == 9, 20, "the new picture")
+    finally:
+        daemon.stop()
+    fresh = new.file_events()[8:]
+    assert [e["src"] for e in fresh] == ["after-the-move.jpg"]  # nothing sorted a second time
+    assert fresh[0]["event"] == "sorted"
+    # the trainer still knows which library files the daemon put there (not user labels)
+    status = json.loads(sortbox("status", "--json", config=new.config).stdout)
+    assert status["inbox_waiting"] == 0
+    assert status["precision"]["overall"]["auto_sorted"] == 9
+
+
+def test_import_refuses_an_archive_that_writes_outside(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        data = b'{"format": 1}'
+        for name in ("sortbox-export.json", "models/../../escaped.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "home").mkdir()
+    result = sortbox("import", str(archive), config=tmp_path / "home" / "config.toml")
+    assert result.returncode == 2 and "unexpected entry" in result.stderr
+    assert not (tmp_path / "escaped.txt").exists()
+    assert list((tmp_path / "home").iterdir()) == []
