@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+from sortbox.daemon.group import role_of
 from sortbox.daemon.intake import Arrival, Identity, identity_of
 from sortbox.daemon.place import open_input
 from sortbox.daemon.preprocess import BadImage, Preprocessing, prepare
@@ -29,6 +30,8 @@ class Decoded:
     # the file changed while it was read (a writer we could not see): not a verdict on the
     # picture; it goes back to waiting until it is complete
     changed: bool = False
+    # its RAW file and sidecars, read and hashed, not decoded: they go where the picture goes
+    companions: tuple[Decoded, ...] = ()
 
 
 # Inputs up to this size are kept in memory from hashing to copying (one read, one hash);
@@ -36,8 +39,18 @@ class Decoded:
 KEEP_BYTES = 32 * 1024 * 1024
 
 
+def read_group(arrival: Arrival, spec: Preprocessing, max_pixels: int, max_bytes: int) -> Decoded:
+    """The picture, decoded, with its companions read and hashed."""
+    picture = read_and_prepare(arrival, spec, max_pixels, max_bytes)
+    companions = tuple(
+        read_and_prepare(c, spec, max_pixels, max_bytes, decode=False) for c in arrival.companions
+    )
+    changed = picture.changed or any(c.changed for c in companions)
+    return dataclasses.replace(picture, companions=companions, changed=changed)
+
+
 def read_and_prepare(
-    arrival: Arrival, spec: Preprocessing, max_pixels: int, max_bytes: int
+    arrival: Arrival, spec: Preprocessing, max_pixels: int, max_bytes: int, decode: bool = True
 ) -> Decoded:
     def result(
         problem: str | None,
@@ -75,6 +88,12 @@ def read_and_prepare(
         os.close(fd)
     sha256 = hashlib.sha256(data).hexdigest()
     content = data if len(data) <= KEEP_BYTES else None
+    if not decode:  # a companion: its bytes are all that matter
+        changed = identity_of(arrival.path) != identity
+        return dataclasses.replace(result(None, identity, sha256, content=content), changed=changed)
+    if role_of(arrival.path) == "sidecar":
+        problem = "a sidecar file whose picture did not arrive with it (within pair_wait_s)"
+        return result(problem, identity, sha256, content=content)
     try:
         return result(
             None, identity, sha256, prepare(data, spec, max_pixels, arrival.path.name), content

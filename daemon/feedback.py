@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sortbox.daemon.decide import SPOT_CHECK
+from sortbox.daemon.group import COMPANION_OF
 from sortbox.daemon.journal import Event, Review, Sorted, Undone
 from sortbox.daemon.manifest import RESERVED_FOLDERS, Manifest
 from sortbox.daemon.place import LIBRARY_NAME
@@ -88,7 +89,8 @@ def measure(events: Iterable[Event], where: dict[str, set[str]], since: datetime
     latest: dict[str, Sorted | Review] = {}
     for event in events:
         if isinstance(event, Sorted | Review) and event.sha256 and event.dest:
-            latest[event.sha256] = event
+            if not (event.reason or "").startswith(COMPANION_OF):  # a RAW file or sidecar
+                latest[event.sha256] = event  # that went with its picture is no second vote
         elif isinstance(event, Undone) and event.sha256:
             latest.pop(event.sha256, None)
     measured = Measured()

@@ -30,10 +30,16 @@ class Arrival:
     root: Path  # the inbox, or the folder given to `sortbox sort`
     identity: Identity
     complete_at: float = field(default=0.0, compare=False)  # monotonic time it became stable
+    # files that travel with this picture: its RAW file and sidecars (see group.py)
+    companions: tuple[Arrival, ...] = ()
 
     @property
     def relative(self) -> str:
         return self.path.relative_to(self.root).as_posix()
+
+    @property
+    def members(self) -> tuple[Arrival, ...]:
+        return (self, *self.companions)
 
 
 def is_ignored(relative: str, patterns: list[str]) -> bool:

@@ -27,6 +27,7 @@ import structlog
 from sortbox.daemon.classify import Classifier
 from sortbox.daemon.decide import SPOT_CHECK, Decision, decide
 from sortbox.daemon.decode import Decoded
+from sortbox.daemon.group import COMPANION_OF, role_of, sidecar_name
 from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import identity_of
 from sortbox.daemon.journal import Duplicate, Journal, Placement, Rejected, Review, Sorted
@@ -38,6 +39,7 @@ from sortbox.daemon.place import (
     library_name,
     same_content,
 )
+from sortbox.daemon.preprocess import is_raw
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +57,8 @@ class Classified:
 class Placed:
     events: list[Placement] = field(default_factory=list)
     retry: list[Decoded] = field(default_factory=list)  # not handled this time; try again later
+    # companions of a picture that was not classified (rejected, duplicate): each on its own
+    alone: list[Decoded] = field(default_factory=list)
     failure: OSError | None = None  # the library or journal could not be written: pause
     failed_writing: str = ""  # "library" or "journal"
 
@@ -179,6 +183,16 @@ def place_batch(classified: Classified, library: Library) -> Placed:
             placed.events.append(event)
             if event.dest and item.sha256:
                 placed_now[item.sha256] = event.dest
+            if isinstance(event, Sorted | Review):
+                try:
+                    placed.events += _place_companions(item, event, library, placed_now)
+                except SourceChanged:
+                    placed.alone += item.companions  # the picture stays placed; they come again
+                except OSError as exc:
+                    placed.failure, placed.failed_writing = exc, "library"
+                    placed.alone += item.companions
+            else:
+                placed.alone += item.companions
         try:
             _journal(placed.events, library)
         except OSError as exc:
@@ -186,7 +200,7 @@ def place_batch(classified: Classified, library: Library) -> Placed:
             # their names and adopts them. Their inputs stay in the inbox.
             placed.failure, placed.failed_writing = exc, "journal"
             placed.retry = list(classified.items)
-            placed.events = []
+            placed.events, placed.alone = [], []
             return placed
     if library.remove_originals:
         _remove_originals(placed.events, classified.items)
@@ -216,16 +230,17 @@ def _fields(item: Decoded) -> dict[str, Any]:
     }
 
 
-def _copy(item: Decoded, folder: str, library: Library) -> str:
+def _copy(item: Decoded, folder: str, library: Library, preferred: str | None = None) -> str:
     assert item.sha256 is not None
     if library.dry_run:
-        return f"{folder}/{library_name(item.arrival.path.name, item.sha256)}"
+        return f"{folder}/{preferred or library_name(item.arrival.path.name, item.sha256)}"
     final = copy_into(
         item.arrival.path,
         library.root / folder,
         item.arrival.path.name,
         item.sha256,
         item.content,
+        preferred,
     )
     if item.identity is not None:
         # keep the capture time photo tools sort by; best effort
@@ -257,6 +272,54 @@ def _place(item: Decoded, decision: Decision, model: str, library: Library) -> S
     )
 
 
+def _place_companions(
+    item: Decoded, placed: Sorted | Review, library: Library, placed_now: dict[str, str]
+) -> list[Placement]:
+    """The picture's RAW file and sidecars, into the folder the picture went to, journaled
+    with its decision. A sidecar is named after the picture it describes (group.py)."""
+    assert placed.dest is not None
+    folder = placed.dest.split("/", 1)[0]
+    names_in_library = {item.arrival.path.name: placed.dest.rsplit("/", 1)[-1]}
+    events: list[Placement] = []
+    # RAW files first: a sidecar then pairs with the RAW copy it was written for
+    ordered = sorted(item.companions, key=lambda c: role_of(c.arrival.path) == "sidecar")
+    for companion in ordered:
+        assert companion.sha256 is not None
+        earlier = placed_now.get(companion.sha256) or library.copy_of(companion.sha256)
+        if earlier:
+            events.append(_duplicate(companion, earlier, library))
+            continue
+        name = companion.arrival.path.name
+        preferred = None
+        if role_of(companion.arrival.path) == "sidecar":
+            original, in_library = _described_by(name, names_in_library)
+            preferred = sidecar_name(name, original, in_library)
+        dest = _copy(companion, folder, library, preferred)
+        names_in_library[name] = dest.rsplit("/", 1)[-1]
+        placed_now[companion.sha256] = dest
+        fields = placed.model_dump(include={"label", "confidence", "top3", "model"})
+        events.append(
+            type(placed)(
+                **_fields(companion),
+                **fields,
+                dest=dest,
+                reason=f"{COMPANION_OF}{item.arrival.relative}",
+                original_removed=library.remove_originals,
+            )
+        )
+    return events
+
+
+def _described_by(sidecar: str, names_in_library: dict[str, str]) -> tuple[str, str]:
+    """The picture a sidecar belongs to: the one its name extends (`IMG_1.CR2.xmp`), else a
+    RAW file (what editors write `IMG_1.xmp` for), else the group's picture."""
+    for original, in_library in names_in_library.items():
+        if sidecar.lower().startswith(original.lower() + "."):
+            return original, in_library
+    raws = [(o, n) for o, n in names_in_library.items() if is_raw(o)]
+    return raws[0] if raws else next(iter(names_in_library.items()))
+
+
 def _reject(item: Decoded, library: Library) -> Rejected:
     reason = item.problem or "unknown problem"
     dest = None
@@ -285,7 +348,11 @@ def _duplicate(item: Decoded, earlier: str, library: Library) -> Duplicate:
 
 
 def _remove_originals(events: list[Placement], batch: list[Decoded]) -> None:
-    by_source = {(str(item.arrival.root), item.arrival.relative): item for item in batch}
+    by_source = {
+        (str(member.arrival.root), member.arrival.relative): member
+        for item in batch
+        for member in (item, *item.companions)
+    }
     for event in events:
         if not event.original_removed:
             continue

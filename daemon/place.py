@@ -67,6 +67,7 @@ def copy_into(
     original_name: str,
     expected_sha256: str,
     content: bytes | None = None,
+    preferred_name: str | None = None,
 ) -> Path:
     """Copy `source` into `folder` atomically under its library name; return the final path.
 
@@ -74,6 +75,7 @@ def copy_into(
     the copy the very bytes that were classified, and saves reading and hashing again.
     If the name is taken by identical content (a copy made before a crash), that file is
     the result. If it is taken by other content, a longer hash prefix makes the name unique.
+    `preferred_name` (a sidecar named after its picture) is tried first.
     """
     folder.mkdir(parents=True, exist_ok=True)
     if content is not None:
@@ -81,8 +83,9 @@ def copy_into(
     else:
         temporary = write_verified_temp(source, folder, expected_sha256)
     try:
-        for hash_chars in (HASH_CHARS, 24, 64):
-            final = folder / library_name(original_name, expected_sha256, hash_chars)
+        names = [library_name(original_name, expected_sha256, n) for n in (HASH_CHARS, 24, 64)]
+        for name in [preferred_name, *names] if preferred_name else names:
+            final = folder / name
             try:
                 os.link(temporary, final)
             except FileExistsError:

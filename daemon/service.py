@@ -35,7 +35,8 @@ from types import FrameType
 import structlog
 from sortbox.daemon.batch import next_batch
 from sortbox.daemon.classify import Classifier, load_classifier, load_current
-from sortbox.daemon.decode import Decoded, lower_thread_priority, read_and_prepare
+from sortbox.daemon.decode import Decoded, lower_thread_priority, read_group
+from sortbox.daemon.group import Grouper, group_all
 from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import Arrival, Identity, inside, is_ignored, walk_files
 from sortbox.daemon.journal import Event, Journal, ModelLoaded, Placement
@@ -183,6 +184,7 @@ class Service:
             # nothing there, and a file must look the same at two checks, not one.
             quiet = max(s.quiet_period_s, s.poll_interval_s) if mode == "poll" else s.quiet_period_s
             self.tracker = StabilityTracker(quiet, confirmations=2 if mode == "poll" else 1)
+            self.grouper = Grouper(s.pair_wait_s)
             self._watch_mode = mode
             self._watch_inbox()
             self._start_thread(self._intake_loop, "intake")
@@ -291,8 +293,8 @@ class Service:
             if now >= next_rescan:
                 self._rescan()
                 next_rescan = now + self.settings.rescan_interval_s
-            due_in = self.tracker.next_due_in()
-            timeout = min(0.5, next_rescan - now, due_in if due_in is not None else 0.5)
+            waits = (self.tracker.next_due_in(), self.grouper.next_due_in())
+            timeout = min(0.5, next_rescan - now, *(w for w in waits if w is not None))
             try:
                 self._notice(*self._notices.get(timeout=max(0.005, timeout)))
                 while True:
@@ -300,8 +302,12 @@ class Service:
             except queue.Empty:
                 pass
             for path, identity in self.tracker.take_stable():
-                self._consider(path, identity, self.settings.inbox)
-            self.metrics.queue_depth = self.tracker.waiting
+                arrival = self._consider(path, identity, self.settings.inbox)
+                if arrival is not None:
+                    self.grouper.add(arrival)
+            for arrival in self.grouper.take_ready():
+                self._admit(arrival)
+            self.metrics.queue_depth = self.tracker.waiting + self.grouper.holding
 
     def _watch_inbox(self) -> None:
         inbox = self.settings.inbox
@@ -335,6 +341,7 @@ class Service:
             return
         if not self._wanted(path):
             return
+        self.grouper.noticed(path)  # a picture that becomes complete first waits for it
         if kind == "renamed":
             self.tracker.renamed(path)
         elif kind == "opened":
@@ -353,16 +360,18 @@ class Service:
     def _rescan(self) -> None:
         for path in walk_files(self.settings.inbox, self.settings.ignore):
             if not self.tracker.is_tracked(path):
+                self.grouper.noticed(path)
                 self.tracker.touched(path)
 
     # -- intake: the given files (`sortbox sort`) ----------------------------------------------
 
     def _feed_loop(self) -> None:
         assert self._inputs is not None
-        for arrival in self._inputs:
+        fresh = [self._consider(a.path, a.identity, a.root) for a in self._inputs]
+        for arrival in group_all([a for a in fresh if a is not None]):
             if self.should_exit.is_set():
                 return
-            self._consider(arrival.path, arrival.identity, arrival.root)
+            self._admit(arrival)
         self._listed = True
         while not self.should_exit.is_set():
             with self._lock:
@@ -381,22 +390,26 @@ class Service:
 
     # -- intake: both ------------------------------------------------------------------------
 
-    def _consider(self, path: Path, identity: Identity, root: Path) -> None:
+    def _consider(self, path: Path, identity: Identity, root: Path) -> Arrival | None:
+        """The file as an arrival to sort, or None: done before, or outside its folder."""
         done = self.library.index.source(path, identity)
         if done is not None:
             if done.original_removed and self.library.remove_originals:
                 # journaled as placed, but we stopped before removing the original
                 path.unlink(missing_ok=True)
-            self._finish(path, counted=False)
+            self._finish(Arrival(path, root, identity), counted=False)
             if self._on_batch is not None:
                 self._on_batch([], 1)  # `sort`: done before, counts towards the progress bar
-            return
+            return None
         if not inside(path, root):
             log.warning("outside_inbox_skipped", path=str(path))
-            self._finish(path, counted=False)
-            return
+            self._finish(Arrival(path, root, identity), counted=False)
+            return None
+        return Arrival(path, root, identity, complete_at=time.monotonic())
+
+    def _admit(self, arrival: Arrival) -> None:
         self._wait_while_paused()
-        self._enqueue(Arrival(path, root, identity, complete_at=time.monotonic()), counted=False)
+        self._enqueue(arrival, counted=False)
 
     def _enqueue(self, arrival: Arrival, counted: bool) -> None:
         if not counted:
@@ -408,7 +421,7 @@ class Service:
                 return
             except queue.Full:
                 continue  # back-pressure: intake waits, the file waits in the inbox
-        self._finish(arrival.path)
+        self._finish(arrival)
 
     def _wait_while_paused(self) -> None:
         while not self.should_exit.is_set():
@@ -418,19 +431,22 @@ class Service:
                 return
             time.sleep(min(0.2, pause.until - time.monotonic()))
 
-    def _finish(self, path: Path, counted: bool = True) -> None:
-        """Done with this input for now: placed, or left where it is for a later look."""
+    def _finish(self, arrival: Arrival, counted: bool = True) -> None:
+        """Done with this input (and its companions) for now: placed, or left where it is for
+        a later look."""
         if counted:
             with self._lock:
                 self._outstanding -= 1
         if self.watching:
-            self.tracker.finished(path)
+            for member in arrival.members:
+                self.tracker.finished(member.path)
 
     def _retry(self, arrival: Arrival) -> None:
         """Not handled this time (changed while read, library not writable): again later."""
         if self.watching:
-            self.tracker.finished(arrival.path)
-            self.tracker.touched(arrival.path)  # waits out its quiet period, then comes back
+            for member in arrival.members:
+                self.tracker.finished(member.path)
+                self.tracker.touched(member.path)  # its quiet period again, then it comes back
         with self._lock:
             if not self.watching:
                 self._attempts[arrival.path] += 1
@@ -441,12 +457,20 @@ class Service:
                     self._again.append(arrival)
             self._outstanding -= 1
 
+    def _handle_alone(self, companion: Arrival) -> None:
+        """A RAW file or sidecar whose picture was not classified: it comes back on its own."""
+        if self.watching:
+            self.tracker.touched(companion.path)
+        else:
+            with self._lock:
+                self._again.append(companion)
+
     # -- decode, classify, place -------------------------------------------------------------
 
     def _decode(self, arrival: Arrival) -> Decoded:
         s = self.settings
         spec = self.classifier.manifest.preprocessing
-        return read_and_prepare(arrival, spec, s.max_pixels, s.max_file_bytes)
+        return read_group(arrival, spec, s.max_pixels, s.max_file_bytes)
 
     def _decode_loop(self) -> None:
         lower_thread_priority()
@@ -477,7 +501,7 @@ class Service:
             # next rescan (or restart) brings them back.
             log.exception("classification_failed", files=len(batch))
             for item in batch:
-                self._finish(item.arrival.path)
+                self._finish(item.arrival)
             return
         self._classified.put(classified)
 
@@ -497,7 +521,9 @@ class Service:
         retried = {id(item) for item in placed.retry}
         for item in classified.items:
             if id(item) not in retried:
-                self._finish(item.arrival.path)
+                self._finish(item.arrival)
+        for companion in placed.alone:
+            self._handle_alone(companion.arrival)
         self._last_progress = time.monotonic()
         if self._unjournaled:
             self._journal_later()
@@ -512,7 +538,9 @@ class Service:
                 reason=event.reason,
             )
         if self._on_batch is not None:
-            self._on_batch(placed.events, len(classified.items) - len(placed.retry))
+            handled = [i for i in classified.items if id(i) not in retried]
+            members = sum(1 + len(i.companions) for i in handled) - len(placed.alone)
+            self._on_batch(placed.events, members)
         if self.watching:
             self._write_metrics()
 

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     quiet_period_s: float = Field(0.25, ge=0.0)
     poll_interval_s: float = Field(2.0, gt=0.0)
     rescan_interval_s: float = Field(300.0, gt=0.0)
+    # A RAW file or sidecar waits this long for the picture it belongs to (and a picture for
+    # a RAW file or sidecar of its name still being written); see daemon/group.py.
+    pair_wait_s: float = Field(3.0, ge=0.0)
 
     batch_size: int = Field(8, ge=1, le=256)
     max_wait_ms: int = Field(100, ge=0)

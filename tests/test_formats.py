@@ -10,12 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLOTHING10, Daemon, Home, encode, make_home, publish_rgb_model, wait_until
+from conftest import (
+    CLOTHING10,
+    Daemon,
+    Home,
+    dng,
+    encode,
+    make_home,
+    publish_rgb_model,
+    wait_until,
+)
 from PIL import Image
-from pillow_heif import register_heif_opener
 from sortbox.daemon.preprocess import RAW_EXTRA_MISSING, Preprocessing, prepare
-
-register_heif_opener()  # the tests write HEIC with pillow-heif's own encoder
 
 SPEC = Preprocessing(resize=128, crop=112)
 ORIENTATION = 0x0112
@@ -38,45 +44,6 @@ def orientation_exif(value: int) -> bytes:
     exif = Image.Exif()
     exif[ORIENTATION] = value
     return exif.tobytes()
-
-
-def dng(preview: Image.Image, orientation: int = 1) -> bytes:
-    """A real DNG as cameras write it: IFD0 holds a JPEG preview, a SubIFD the sensor's CFA data.
-    Written with tifffile (JPEG encoded by imagecodecs); LibRaw reads it as any camera's DNG."""
-    tifffile = pytest.importorskip("tifffile", reason="writing a DNG needs tifffile")
-    pytest.importorskip("imagecodecs", reason="writing a DNG's JPEG preview needs imagecodecs")
-    sensor = np.random.default_rng(0).integers(0, 4095, (64, 64), dtype=np.uint16)
-    identity_matrix = (1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1)
-    buffer = io.BytesIO()
-    with tifffile.TiffWriter(buffer) as tif:
-        tif.write(
-            np.asarray(preview),
-            photometric="rgb",
-            compression="jpeg",
-            compressionargs={"level": 92},
-            subfiletype=1,  # a reduced-resolution preview
-            subifds=1,
-            rowsperstrip=preview.height,
-            extratags=[
-                (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
-                (271, "s", 0, "sortbox", True),  # Make
-                (272, "s", 0, "test camera", True),  # Model
-                (50708, "s", 0, "sortbox test camera", True),  # UniqueCameraModel
-                (ORIENTATION, "H", 1, orientation, True),
-            ],
-        )
-        tif.write(
-            sensor,
-            photometric=32803,  # CFA
-            subfiletype=0,
-            extratags=[
-                (33421, "H", 2, (2, 2), True),  # CFARepeatPatternDim
-                (33422, "B", 4, (0, 1, 1, 2), True),  # CFAPattern: RGGB
-                (50721, "2i", 9, identity_matrix, True),  # ColorMatrix1
-                (50717, "H", 1, 4095, True),  # WhiteLevel
-            ],
-        )
-    return buffer.getvalue()
 
 
 def sideways_file(kind: str, upright: Image.Image) -> tuple[str, bytes]:

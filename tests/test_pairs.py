@@ -1,0 +1,138 @@
+"""RAW+JPEG pairs and sidecars travel together: decided once, from the picture, into one folder."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Daemon, dng, encode, make_home, picture, publish_rgb_model, sortbox, wait_until
+from sortbox.daemon.group import COMPANION_OF, Grouper, group_key, sidecar_name
+from sortbox.daemon.intake import Arrival, Identity
+
+pytest.importorskip("rawpy", reason="RAW support is the optional extra sortbox[raw]")
+
+
+def arrival(path: str) -> Arrival:
+    return Arrival(Path(path), Path("/in"), Identity(1, 1, 1))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_group_keys_and_sidecar_names() -> None:
+    keys = {group_key(Path(p)) for p in ("/in/IMG_1.JPG", "/in/img_1.cr2", "/in/IMG_1.CR2.xmp")}
+    assert keys == {(Path("/in"), "img_1")}
+    assert group_key(Path("/in/IMG_1.JPG")) != group_key(Path("/in/other/IMG_1.JPG"))
+    assert sidecar_name("IMG_1.CR2.xmp", "IMG_1.CR2", "IMG_1.0123456789ab.cr2") == (
+        "IMG_1.0123456789ab.cr2.xmp"
+    )
+    assert sidecar_name("IMG_1.XMP", "IMG_1.CR2", "IMG_1.0123456789ab.cr2") == (
+        "IMG_1.0123456789ab.xmp"
+    )
+
+
+def test_grouper_waits_only_where_a_partner_is_on_its_way() -> None:
+    clock = Clock()
+    grouper = Grouper(pair_wait_s=3.0, clock=clock)
+    # a lone picture goes at once
+    grouper.add(arrival("/in/solo.jpg"))
+    assert [a.path.name for a in grouper.take_ready()] == ["solo.jpg"]
+    # a picture whose RAW file is still being written waits for it ...
+    grouper.noticed(Path("/in/IMG_1.CR2"))
+    grouper.add(arrival("/in/IMG_1.JPG"))
+    assert grouper.take_ready() == []
+    grouper.add(arrival("/in/IMG_1.CR2"))
+    (group,) = grouper.take_ready()
+    assert group.path.name == "IMG_1.JPG"
+    assert [c.path.name for c in group.companions] == ["IMG_1.CR2"]
+    # ... a RAW file waits for its picture, at most pair_wait_s, then goes alone
+    grouper.add(arrival("/in/IMG_2.NEF"))
+    clock.now += 2.9
+    assert grouper.take_ready() == []
+    clock.now += 0.2
+    (alone,) = grouper.take_ready()
+    assert alone.path.name == "IMG_2.NEF" and alone.companions == ()
+    # a sidecar that comes first is picked up by its picture
+    grouper.add(arrival("/in/IMG_3.AAE"))
+    grouper.add(arrival("/in/IMG_3.HEIC"))
+    (group,) = grouper.take_ready()
+    assert [c.path.name for c in group.companions] == ["IMG_3.AAE"]
+    # a partner noticed that never completes (deleted half-way) holds nobody past the wait
+    grouper.noticed(Path("/in/IMG_4.DNG"))
+    grouper.add(arrival("/in/IMG_4.JPG"))
+    clock.now += 3.1
+    assert [a.path.name for a in grouper.take_ready()] == ["IMG_4.JPG"]
+    assert grouper.holding == 0
+
+
+def write_camera_import(folder: Path) -> None:
+    """A camera card copied in: the RAW first (large, slow), then its JPEG, then a sidecar.
+    The RAW's own preview is blue while the JPEG is red: if the RAW went where its preview
+    says, it would land in blue/."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "IMG_0001.DNG").write_bytes(dng(picture("blue", 1, (160, 120))))
+    time.sleep(0.3)
+    (folder / "IMG_0001.JPG").write_bytes(encode(picture("red", 1, (160, 120)), "JPEG"))
+    (folder / "IMG_0001.xmp").write_bytes(b"<x:xmpmeta>rating 5</x:xmpmeta>")
+    (folder / "IMG_0001.JPG.xmp").write_bytes(b"<x:xmpmeta>for the JPEG</x:xmpmeta>")
+    (folder / "IMG_0002.HEIC").write_bytes(encode(picture("green", 2), "HEIF"))
+    (folder / "IMG_0002.AAE").write_bytes(b"<plist>edits</plist>")
+
+
+def check_pairs_placed(events: list[dict], library: Path, prefix: str = "") -> None:
+    by_src = {e["src"]: e for e in events}
+    jpeg, raw = by_src[f"{prefix}IMG_0001.JPG"], by_src[f"{prefix}IMG_0001.DNG"]
+    assert jpeg["event"] == "sorted" and jpeg["dest"].startswith("red/")
+    assert raw["event"] == "sorted" and raw["dest"].startswith("red/")  # followed, not blue
+    assert raw["reason"] == f"{COMPANION_OF}{prefix}IMG_0001.JPG"
+    assert raw["label"] == jpeg["label"] and raw["confidence"] == jpeg["confidence"]
+    raw_name = Path(raw["dest"]).name  # IMG_0001.<hash>.dng
+    jpeg_name = Path(jpeg["dest"]).name
+    # photo tools pair sidecars by name: IMG_0001.xmp went with the RAW, .JPG.xmp with the JPEG
+    assert by_src[f"{prefix}IMG_0001.xmp"]["dest"] == f"red/{raw_name.rsplit('.', 1)[0]}.xmp"
+    assert by_src[f"{prefix}IMG_0001.JPG.xmp"]["dest"] == f"red/{jpeg_name}.xmp"
+    heic = by_src[f"{prefix}IMG_0002.HEIC"]
+    assert heic["dest"].startswith("green/")
+    assert by_src[f"{prefix}IMG_0002.AAE"]["dest"].startswith("green/IMG_0002.")
+    for event in events:
+        assert (library / event["dest"]).is_file()
+
+
+@pytest.mark.parametrize("on_success", ["keep", "delete"])
+def test_the_daemon_places_a_camera_import_together(tmp_path: Path, on_success: str) -> None:
+    home = make_home(tmp_path, pair_wait_s=2.0, on_success=on_success)
+    publish_rgb_model(home.models, "v1")
+    daemon = Daemon(home).start()
+    try:
+        write_camera_import(home.inbox / "card")
+        (home.inbox / "card" / "lonely.xmp").write_bytes(b"<x:xmpmeta/>")
+        (home.inbox / "card" / "IMG_0009.DNG").write_bytes(dng(picture("blue", 9, (160, 120))))
+        wait_until(lambda: len(home.file_events()) == 8, 30, "8 files placed")
+    finally:
+        daemon.stop()
+    events = home.file_events()
+    check_pairs_placed(events, home.library, "card/")
+    by_src = {e["src"]: e for e in events}
+    # no picture came for these within pair_wait_s: the RAW file is sorted from its preview,
+    # the sidecar rejected, saying why
+    assert by_src["card/IMG_0009.DNG"]["dest"].startswith("blue/")
+    lonely = by_src["card/lonely.xmp"]
+    assert lonely["event"] == "rejected" and "sidecar" in lonely["reason"]
+    left = sorted(p.name for p in (home.inbox / "card").iterdir())
+    assert left == ([] if on_success == "delete" else sorted(p.split("/")[1] for p in by_src))
+
+
+def test_sort_groups_without_waiting(tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    publish_rgb_model(home.models, "v1")
+    write_camera_import(tmp_path / "card")
+    result = sortbox("sort", str(tmp_path / "card"), config=home.config)
+    assert result.returncode == 0, result.stderr
+    check_pairs_placed(home.file_events(), home.library)
+    assert len(home.file_events()) == 6
