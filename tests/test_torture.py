@@ -489,12 +489,12 @@ def test_sighup_during_start_up_does_not_kill_the_daemon(home: Home) -> None:
 INJECTED = """
 import sys
 from sortbox.daemon import service
-real = service.read_and_prepare
+real = service.read_group
 def exploding(arrival, *args):
     if arrival.path.name == "boom.jpg":
         raise SystemError("a decoder bug nobody caught")
     return real(arrival, *args)
-service.read_and_prepare = exploding
+service.read_group = exploding
 from sortbox.daemon.cli import main
 sys.exit(main(sys.argv[1:]))
 """
