@@ -305,6 +305,8 @@ class Service:
                 arrival = self._consider(path, identity, self.settings.inbox)
                 if arrival is not None:
                     self.grouper.add(arrival)
+                else:
+                    self.grouper.forget(path)  # nothing to wait for
             for arrival in self.grouper.take_ready():
                 self._admit(arrival)
             self.metrics.queue_depth = self.tracker.waiting + self.grouper.holding
