@@ -32,6 +32,7 @@ from conftest import (
     CLOTHING10,
     Daemon,
     Home,
+    dng,
     jpeg_bytes,
     make_home,
     publish_rgb_model,
@@ -175,6 +176,10 @@ def hostile_inbox(inbox: Path, photos: list[bytes]) -> tuple[list[bytes], list[s
         put(f"formats/photo.{fmt.lower()}", data, "any")
         for variant, fuzzed in fuzzed_variants(data, rng).items():
             put(f"fuzzed/{variant}.{fmt.lower()}", fuzzed, "any")
+    raw = dng(photo.convert("RGB"))  # camera RAW: LibRaw parses these, corrupt ones too
+    put("formats/photo.dng", raw, "any")
+    for variant, fuzzed in fuzzed_variants(raw, rng).items():
+        put(f"fuzzed/{variant}.dng", fuzzed, "any")
     put("zero-length.png", b"", "bad")
     put("notes.jpg", b"this is a text file, not a picture\n", "bad")
     put("page.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "bad")
