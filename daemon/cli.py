@@ -75,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     sort.add_argument(
         "--dry-run", action="store_true", help="print what would happen; touch nothing"
     )
+    sort.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this machine's pipeline (default); ray: a Ray cluster (extra `cluster`)",
+    )
+    sort.add_argument(
+        "--address", help="--engine ray: the cluster (auto, HOST:PORT); default: start one here"
+    )
+    sort.add_argument(
+        "--workers", type=int, help="--engine ray: model actors (default: the cluster's CPUs)"
+    )
 
     undo = command("undo", undo_command, "reverse placements recorded in the journal")
     which = undo.add_mutually_exclusive_group()
@@ -210,6 +222,8 @@ def sort_command(settings: Settings, args: argparse.Namespace) -> int:
         inputs = collect(args.paths, settings.library, settings.ignore)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.engine == "ray":
+        return ray_sort(settings, args, inputs)
     events: list[Placement] = []
     with tqdm(total=len(inputs), unit="img", disable=not sys.stderr.isatty()) as bar:
 
@@ -219,6 +233,48 @@ def sort_command(settings: Settings, args: argparse.Namespace) -> int:
 
         service = Service(settings, inputs=inputs, dry_run=args.dry_run, on_batch=on_batch)
         failed = service.run()
+    report_sorted(events, args.dry_run)
+    for path in service.unfinished:
+        print(f"not sorted (it kept changing while read): {path}", file=sys.stderr)
+    return EXIT_FAILURE if failed or not service.done or service.unfinished else EXIT_OK
+
+
+def ray_sort(settings: Settings, args: argparse.Namespace, inputs: list) -> int:
+    from sortbox.daemon.ray_engine import ClusterExtraMissing, sort_on_ray
+    from tqdm import tqdm
+
+    with tqdm(total=len(inputs), unit="img", disable=not sys.stderr.isatty()) as bar:
+        try:
+            outcome = sort_on_ray(
+                settings,
+                inputs,
+                args.address,
+                args.workers,
+                args.dry_run,
+                on_batch=lambda placed, finished: bar.update(finished),
+            )
+        except ClusterExtraMissing as exc:
+            print(f"sortbox: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+    report_sorted(outcome.events, args.dry_run)
+    done = len(outcome.events)
+    rate = done / outcome.seconds if outcome.seconds > 0 else 0.0
+    shares = ", ".join(
+        f"{worker} {n / max(1, sum(outcome.per_worker.values())):.0%}"
+        for worker, n in sorted(outcome.per_worker.items())
+    )
+    print(
+        f"ray: {done} files in {outcome.seconds:.1f} s = {rate:.1f} images/s on "
+        f"{outcome.workers} workers ({shares or 'none'}); {outcome.skipped_done} done before; "
+        f"{len(outcome.unfinished)} to sort again",
+        file=sys.stderr,
+    )
+    for path in outcome.unfinished:
+        print(f"not sorted this time (run again): {path}", file=sys.stderr)
+    return EXIT_FAILURE if outcome.unfinished else EXIT_OK
+
+
+def report_sorted(events: list, dry_run: bool) -> None:
     for event in events:
         where = event.dest or "(not copied)"
         detail = (
@@ -226,17 +282,14 @@ def sort_command(settings: Settings, args: argparse.Namespace) -> int:
             if event.confidence is not None
             else event.reason
         )
-        prefix = "would be " if args.dry_run else ""
+        prefix = "would be " if dry_run else ""
         print(f"{prefix}{event.event:9} {event.src} -> {where}  [{detail}]")
     counts = {
         name: sum(e.event == name for e in events)
         for name in ("sorted", "review", "duplicate", "rejected")
     }
     summary = ", ".join(f"{n} {name}" for name, n in counts.items())
-    print(f"{'dry run: ' if args.dry_run else ''}{len(events)} files: {summary}", file=sys.stderr)
-    for path in service.unfinished:
-        print(f"not sorted (it kept changing while read): {path}", file=sys.stderr)
-    return EXIT_FAILURE if failed or not service.done or service.unfinished else EXIT_OK
+    print(f"{'dry run: ' if dry_run else ''}{len(events)} files: {summary}", file=sys.stderr)
 
 
 def undo_command(settings: Settings, args: argparse.Namespace) -> int:

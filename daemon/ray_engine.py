@@ -1,0 +1,204 @@
+"""`sortbox sort --engine ray`: backfill an archive on a Ray cluster, with the same results and
+the same exactly-once journal as the local pipeline.
+
+Split of the work (chosen so that exactly-once needs nothing new):
+
+    driver ─ list files, skip what the journal has, group pairs
+      │        (the daemon's done-index and grouping)
+      ▼
+    Ray Data map_batches on an actor pool ─ read, hash, decode, classify
+      │        (each actor loads the published model once and checks its sha256)
+      ▼
+    driver ─ decide, place, journal: `place_batch` under the library lock, as the daemon does
+
+Workers return per-file results: the file's identity and sha256 and the model's logits, or the
+reason it cannot be used. Only the driver writes: placing from the workers would need the same
+lock on a shared filesystem for every file, while copying is a small share of the work (reading
+and decoding dominate, and they are spread). A daemon running beside a backfill, or a second
+backfill, takes the same lock, so a content lands once. A run that is interrupted (Ctrl-C, the
+driver killed, a node lost) leaves only whole journaled batches; running it again skips them.
+
+The inbox or archive, the library and `models_dir` must be at the same paths on every node
+(one machine, or a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from sortbox.daemon.classify import load_classifier
+from sortbox.daemon.decide import Decision, decide
+from sortbox.daemon.decode import Decoded, read_group
+from sortbox.daemon.group import group_all
+from sortbox.daemon.index import DoneIndex
+from sortbox.daemon.intake import Arrival, inside
+from sortbox.daemon.journal import Journal, Placement
+from sortbox.daemon.manifest import ModelError, current_version, read_manifest, retarget
+from sortbox.daemon.pipeline import Classified, Library, place_batch
+from sortbox.daemon.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+CLUSTER_EXTRA_MISSING = "--engine ray needs the cluster extra: pip install -e '.[cluster]'"
+
+
+class ClusterExtraMissing(Exception):
+    pass
+
+
+@dataclass
+class Backfill:
+    """What a run did, for the closing figures."""
+
+    events: list[Placement] = field(default_factory=list)
+    skipped_done: int = 0
+    unfinished: list[Path] = field(default_factory=list)  # to sort again (changed, disk full)
+    per_worker: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    workers: int = 0
+
+
+class ClassifyFiles:
+    """The Ray Data actor: loads the model once, then reads, decodes and classifies batches.
+    Runs on the workers; uses the CPUs Ray gave it."""
+
+    def __init__(self, version_dir: str, max_pixels: int, max_bytes: int) -> None:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        # load_classifier checks the ONNX file's sha256 against the manifest
+        self.classifier = load_classifier(Path(version_dir), threads=max(1, int(cpus)))
+        self.max_pixels, self.max_bytes = max_pixels, max_bytes
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        spec = self.classifier.manifest.preprocessing
+        arrivals = [pickle.loads(blob) for blob in batch["arrival"]]
+        items = [read_group(a, spec, self.max_pixels, self.max_bytes) for a in arrivals]
+        usable = [n for n, item in enumerate(items) if item.problem is None and not item.changed]
+        logits: list[np.ndarray | None] = [None] * len(items)
+        if usable:
+            rows = self.classifier.logits(np.stack([items[n].pixels for n in usable]))
+            for n, row in zip(usable, rows, strict=True):
+                logits[n] = row
+        return {
+            # pixels and bytes stay here: the driver copies from the file and checks its hash
+            "item": [pickle.dumps(_slim(item)) for item in items],
+            "logits": [pickle.dumps(row) for row in logits],
+            "worker": [self.worker] * len(items),
+        }
+
+
+def _slim(item: Decoded) -> Decoded:
+    companions = tuple(_slim(c) for c in item.companions)
+    return dataclasses.replace(item, pixels=None, content=None, companions=companions)
+
+
+def sort_on_ray(
+    settings: Settings,
+    inputs: list[Arrival],
+    address: str | None,
+    workers: int | None,
+    dry_run: bool = False,
+    on_batch: Callable[[list[Placement], int], None] | None = None,
+) -> Backfill:
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise ClusterExtraMissing(CLUSTER_EXTRA_MISSING) from None
+    version = current_version(settings.models_dir)
+    if version is None:
+        raise ModelError(f"no current model in {settings.models_dir}; run `sortbox init`")
+    version_dir = settings.models_dir / version
+    manifest = retarget(read_manifest(version_dir), settings.target_precision)
+
+    journal = None if dry_run else Journal(settings.journal)
+    library = Library(
+        settings.library, DoneIndex.load(settings.journal, settings.library), journal, False
+    )
+    outcome = Backfill()
+    todo = []
+    for arrival in inputs:
+        if library.index.source(arrival.path, arrival.identity) or not inside(
+            arrival.path, arrival.root
+        ):
+            outcome.skipped_done += 1
+        else:
+            todo.append(arrival)
+    if on_batch is not None and outcome.skipped_done:
+        on_batch([], outcome.skipped_done)
+    groups = group_all(todo)
+
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        outcome.workers = size
+        started = time.monotonic()
+        if groups:
+            rows = ray.data.from_items(
+                [{"arrival": pickle.dumps(g)} for g in groups],
+                override_num_blocks=max(1, min(len(groups), size * 8)),
+            ).map_batches(
+                ClassifyFiles,
+                fn_constructor_args=(
+                    str(version_dir),
+                    settings.max_pixels,
+                    settings.max_file_bytes,
+                ),
+                batch_size=settings.batch_size,
+                concurrency=size,
+                num_cpus=1,
+                # a lost node's actors are started again elsewhere and their batches redone
+                max_restarts=-1,
+                max_task_retries=-1,
+            )
+            for batch in rows.iter_batches(batch_size=settings.batch_size, batch_format="numpy"):
+                _place(batch, manifest, settings.audit_rate, library, outcome, on_batch)
+        outcome.seconds = time.monotonic() - started
+    finally:
+        ray.shutdown()
+        if journal is not None:
+            journal.close()
+    return outcome
+
+
+def _place(
+    batch: dict[str, np.ndarray],
+    manifest: Any,
+    audit_rate: float,
+    library: Library,
+    outcome: Backfill,
+    on_batch: Callable[[list[Placement], int], None] | None,
+) -> None:
+    """The driver's half: the local pipeline's decide and place_batch, unchanged."""
+    items: list[Decoded] = [pickle.loads(blob) for blob in batch["item"]]
+    logits = [pickle.loads(blob) for blob in batch["logits"]]
+    decisions: list[Decision | None] = [
+        decide(row, manifest, item.sha256, audit_rate) if row is not None else None
+        for item, row in zip(items, logits, strict=True)
+    ]
+    placed = place_batch(Classified(items, decisions, manifest.version), library)
+    if placed.failure is not None:
+        log.error("placing_failed", where=placed.failed_writing, error=str(placed.failure))
+    left = [*placed.retry, *placed.alone]
+    outcome.unfinished += [item.arrival.path for item in left]
+    outcome.events += placed.events
+    for item, worker in zip(items, batch["worker"], strict=True):
+        outcome.per_worker[str(worker)] += 1 + len(item.companions)
+    if on_batch is not None:
+        members = sum(1 + len(i.companions) for i in items)
+        on_batch(placed.events, members - sum(1 + len(i.companions) for i in left))
