@@ -41,7 +41,12 @@ class Classifier:
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
-def open_session(model_path: Path, threads: int) -> ort.InferenceSession:
+CPU_ONLY = ("CPUExecutionProvider",)
+
+
+def open_session(
+    model_path: Path, threads: int, providers: tuple[str, ...] = CPU_ONLY
+) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -49,20 +54,23 @@ def open_session(model_path: Path, threads: int) -> ort.InferenceSession:
     # ORT's worker threads busy-wait between runs by default, taking the cores our decoder
     # threads need; sleeping instead raised pipeline throughput on 2 cores (benchmarks/).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(
-        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=list(providers))
 
 
 def load_classifier(
-    version_dir: Path, threads: int, run_size: int = 1, target_precision: float | None = None
+    version_dir: Path,
+    threads: int,
+    run_size: int = 1,
+    target_precision: float | None = None,
+    providers: tuple[str, ...] = CPU_ONLY,
 ) -> Classifier:
     """Load and check one published version; raises ModelError with the reason. With a
-    `target_precision`, thresholds are re-derived for it from the calibration predictions."""
+    `target_precision`, thresholds are re-derived for it from the calibration predictions.
+    The daemon runs on the CPU only (its unit allows no devices); Ray actors may add CUDA."""
     manifest = read_manifest(version_dir)
     model_path = verify_model_file(version_dir, manifest)
     try:
-        session = open_session(model_path, threads)
+        session = open_session(model_path, threads, providers)
     except Exception as exc:  # ORT raises its own exception types for malformed graphs
         raise ModelError(f"{model_path}: ONNX Runtime cannot load it: {exc}") from None
     _check_signature(session, manifest, model_path)

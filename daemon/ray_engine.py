@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import structlog
-from sortbox.daemon.classify import load_classifier
+from sortbox.daemon.classify import CPU_ONLY, load_classifier
 from sortbox.daemon.decide import Decision, decide
 from sortbox.daemon.decode import Decoded, read_group
 from sortbox.daemon.group import group_all
@@ -74,11 +74,17 @@ class ClassifyFiles:
     Runs on the workers; uses the CPUs Ray gave it."""
 
     def __init__(self, version_dir: str, max_pixels: int, max_bytes: int) -> None:
+        import onnxruntime
         import ray
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        # onnxruntime-gpu installed on a GPU node in place of onnxruntime: use its CUDA provider
+        cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        providers = ("CUDAExecutionProvider", *CPU_ONLY) if cuda else CPU_ONLY
         # load_classifier checks the ONNX file's sha256 against the manifest
-        self.classifier = load_classifier(Path(version_dir), threads=max(1, int(cpus)))
+        self.classifier = load_classifier(
+            Path(version_dir), threads=max(1, int(cpus)), providers=providers
+        )
         self.max_pixels, self.max_bytes = max_pixels, max_bytes
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 

@@ -217,3 +217,24 @@ def test_target_precision_from_config_applies_to_a_running_daemon(tmp_path: Path
         assert second["event"] == "sorted" and second["dest"].startswith("red/"), second
     finally:
         assert daemon.stop() == 0
+
+
+def test_engine_ray_without_the_cluster_extra_says_what_to_install(
+    home: Home, tmp_path: Path
+) -> None:
+    write_picture(home.inbox / "a.jpg", "red", 1)
+    without_ray = tmp_path / "no_ray"
+    without_ray.mkdir()
+    # a `ray` that cannot be imported, exactly as when the package is not installed
+    (without_ray / "ray.py").write_text("raise ImportError('No module named ray')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "sortbox.daemon.cli", "sort", str(home.inbox), "--engine", "ray"],
+        env={"PYTHONPATH": str(without_ray), "PATH": "/usr/bin:/bin"},
+        cwd=home.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "--engine ray needs the cluster extra: pip install -e '.[cluster]'" in result.stderr
+    assert home.file_events() == []  # nothing was sorted by another engine instead
