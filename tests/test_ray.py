@@ -15,11 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CLOTHING10, Home, make_home, publish_rgb_model, sortbox, wait_until
-
-pytest.importorskip(
-    "ray", reason="the cluster extra is not installed: pip install -e '.[cluster]'"
+from conftest import (
+    CLOTHING10,
+    Daemon,
+    Home,
+    make_home,
+    publish_rgb_model,
+    sortbox,
+    wait_until,
 )
+
+pytest.importorskip("ray", reason="the cluster extra is not installed: pip install -e '.[cluster]'")
 RAY = Path(sys.executable).with_name("ray")
 
 
@@ -187,3 +193,21 @@ def test_a_lost_worker_node_does_not_stop_the_backfill(tmp_path: Path, cluster: 
     print(f"node killed after {placed_when_killed} of 160 files; {stderr.splitlines()[-1]}")
     assert placed_when_killed < 160
     assert_exactly_once(home, 160)
+
+
+def test_a_daemon_beside_the_backfill_never_doubles_a_picture(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    home = ray_home(tmp_path, "ray")
+    shutil.rmtree(home.inbox)
+    shutil.copytree(archive(tmp_path, 80), home.inbox)
+    daemon = Daemon(home).start()  # its start-up rescan takes the same 80 files
+    try:
+        code, stderr = finish(ray_sort(home, home.inbox, cluster, "--workers", "2"))
+        assert code == 0, stderr
+        wait_until(lambda: len({e["src"] for e in home.file_events()}) == 80, 60, "all 80")
+    finally:
+        daemon.stop()
+    placed = [e for e in home.file_events() if e["event"] in ("sorted", "review")]
+    assert len(placed) == len({e["sha256"] for e in placed}) == 80, "a content placed twice"
+    assert len(home.library_files()) == 80
