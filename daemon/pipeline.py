@@ -37,6 +37,7 @@ from sortbox.daemon.place import (
     SourceChanged,
     copy_into,
     library_name,
+    remove_leftover_temps,
     same_content,
 )
 from sortbox.daemon.preprocess import is_raw
@@ -123,6 +124,14 @@ def locked(library: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the flock
+
+
+def remove_crash_leftovers(library: Path) -> int:
+    """Delete the temporary copies a crash left in the library. Under the placement lock: a
+    process placing right now (a daemon beside `sortbox sort`) has its temporary files in
+    there too, and they are not leftovers."""
+    with locked(library):
+        return remove_leftover_temps(library)
 
 
 def classify_batch(

@@ -45,7 +45,7 @@ from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import Arrival, inside
 from sortbox.daemon.journal import Journal, Placement
 from sortbox.daemon.manifest import ModelError, current_version, read_manifest, retarget
-from sortbox.daemon.pipeline import Classified, Library, place_batch
+from sortbox.daemon.pipeline import Classified, Library, place_batch, remove_crash_leftovers
 from sortbox.daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -130,6 +130,8 @@ def sort_on_ray(
     version_dir = settings.models_dir / version
     manifest = retarget(read_manifest(version_dir), settings.target_precision)
 
+    if not dry_run:
+        remove_crash_leftovers(settings.library)  # e.g. of a driver killed mid-copy
     journal = None if dry_run else Journal(settings.journal)
     library = Library(
         settings.library, DoneIndex.load(settings.journal, settings.library), journal, False

@@ -50,8 +50,8 @@ from sortbox.daemon.pipeline import (
     classify_batch,
     is_disk_full,
     place_batch,
+    remove_crash_leftovers,
 )
-from sortbox.daemon.place import remove_leftover_temps
 from sortbox.daemon.settings import ConfigError, Settings
 from sortbox.daemon.stability import StabilityTracker
 from sortbox.daemon.watch import Notice, resolve_watch_mode, start_observer
@@ -162,7 +162,7 @@ class Service:
         self.classifier = load_current(
             s.models_dir, s.inference_threads, s.inference_run_size, s.target_precision
         )
-        removed = 0 if self._dry_run else remove_leftover_temps(s.library)
+        removed = 0 if self._dry_run else remove_crash_leftovers(s.library)
         journal = None if self._dry_run else Journal(s.journal)
         self.library = Library(
             s.library,
