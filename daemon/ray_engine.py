@@ -44,7 +44,13 @@ from sortbox.daemon.group import group_all
 from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import Arrival, inside
 from sortbox.daemon.journal import Journal, Placement
-from sortbox.daemon.manifest import ModelError, current_version, read_manifest, retarget
+from sortbox.daemon.manifest import (
+    Manifest,
+    ModelError,
+    current_version,
+    read_manifest,
+    retarget,
+)
 from sortbox.daemon.pipeline import Classified, Library, place_batch, remove_crash_leftovers
 from sortbox.daemon.settings import Settings
 
@@ -186,7 +192,7 @@ def sort_on_ray(
 
 def _place(
     batch: dict[str, np.ndarray],
-    manifest: Any,
+    manifest: Manifest,
     audit_rate: float,
     library: Library,
     outcome: Backfill,
