@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sortbox.daemon.decide import SPOT_CHECK
 from sortbox.daemon.group import COMPANION_OF
 from sortbox.daemon.journal import Event, Review, Sorted, Undone
@@ -118,21 +119,18 @@ def promised_precision(manifest: Manifest, target: float) -> tuple[float | None,
     points = manifest.calibration
     if points is None:
         return target, {}
-    thresholds = derive_thresholds(points, manifest.classes, target).per_class
-    per_class: dict[str, float] = {}
-    hits = total = 0
-    for index, name in enumerate(manifest.classes):
-        auto = [
-            correct
-            for predicted, confidence, correct in zip(
-                points.predicted, points.confidence, points.correct, strict=True
-            )
-            if predicted == index and confidence >= thresholds[name]
-        ]
-        if auto:
-            per_class[name] = round(sum(auto) / len(auto), 4)
-        hits, total = hits + sum(auto), total + len(auto)
-    return (round(hits / total, 4) if total else None), per_class
+    derived = derive_thresholds(points, manifest.classes, target)
+    predicted = np.asarray(points.predicted, dtype=int)
+    correct = np.asarray(points.correct, dtype=bool)
+    thresholds = np.array([derived.per_class[name] for name in manifest.classes])
+    auto = np.asarray(points.confidence) >= thresholds[predicted]
+    per_class = {
+        name: round(float(correct[mine].mean()), 4)
+        for index, name in enumerate(manifest.classes)
+        if (mine := auto & (predicted == index)).any()
+    }
+    overall = round(derived.auto_precision, 4) if derived.auto_count else None
+    return overall, per_class
 
 
 def precision_report(

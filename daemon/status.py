@@ -30,8 +30,8 @@ MIN_FILES_FOR_DRIFT = 20
 def gather_status(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
     now = now or utc_now()
     events = list(read_journal(settings.journal))
-    manifest = _current_manifest(settings)
-    status: dict[str, Any] = {"model": _model(settings, now)}
+    model, manifest = _model(settings, now)
+    status: dict[str, Any] = {"model": model}
     status["daemon"] = read_state(state_file_of(settings.library))
     status["last_hour"] = _counts(events, now - timedelta(hours=1))
     status["last_day"] = _counts(events, now - timedelta(days=1))
@@ -46,23 +46,16 @@ def gather_status(settings: Settings, now: datetime | None = None) -> dict[str, 
     return status
 
 
-def _current_manifest(settings: Settings) -> Manifest | None:
-    version = current_version(settings.models_dir)
-    try:
-        return read_manifest(settings.models_dir / version) if version else None
-    except ModelError:
-        return None
-
-
-def _model(settings: Settings, now: datetime) -> dict[str, Any]:
+def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest | None]:
+    """The current model in words, and its manifest (None when there is no usable one)."""
     version = current_version(settings.models_dir)
     if version is None:
-        return {"version": None, "problem": "no current model (run `sortbox init`)"}
+        return {"version": None, "problem": "no current model (run `sortbox init`)"}, None
     try:
         manifest = read_manifest(settings.models_dir / version)
     except ModelError as exc:
-        return {"version": version, "problem": str(exc)}
-    return {
+        return {"version": version, "problem": str(exc)}, None
+    described = {
         "version": version,
         "kind": manifest.kind,
         "created": manifest.created.isoformat(),
@@ -70,6 +63,7 @@ def _model(settings: Settings, now: datetime) -> dict[str, Any]:
         "classes": manifest.classes,
         "expected_review_rate": manifest.expected_review_rate,
     }
+    return described, manifest
 
 
 def _counts(events: list[Event], since: datetime) -> dict[str, int]:
