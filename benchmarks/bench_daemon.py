@@ -1,19 +1,27 @@
-"""Benchmark the sorting pipeline against a naive baseline, on real photos.
+"""How close sortbox runs to the machine's limit, on camera-like 12-megapixel JPEGs.
 
-    python benchmarks/bench_daemon.py [--workdir .bench] [--large 120] [--small 240]
+    python benchmarks/bench_daemon.py [--workdir .bench] [--photos 120] [--rate 5]
+                                      [--drop 10000] [--further 50000]
 
-Prints, for the same pictures in the same run:
-  * throughput (images/s) of sortbox's pipeline (draft decoding in parallel with batched
-    inference, atomic copies, fsynced journal) and of a naive baseline (one file at a time,
-    full-size Pillow decode, one ONNX Runtime call per image, plain copy): 12-megapixel JPEGs
-    alone, and a mix with ordinary photos;
-  * latency from "file complete in the inbox" to "journal line on disk" (p50, p99) for the real
-    daemon (`sortbox run`) with 12-megapixel JPEGs arriving at 5 per second;
-  * peak RSS of each.
+Makes its own pictures: 4032x3024 JPEGs at quality 90 with sensor-like noise, cut from the
+photos of Debian's plasma-workspace-wallpapers package (apt-get download, dpkg -x), and small
+distinct photos made from ../shared/data/clothing10 for the scale runs. Needs the trainer
+extra (`sortbox init` builds the real default model) and `simplejpeg` for the decoder
+comparison (pip install simplejpeg; skipped without it).
 
-Needs the trainer extra (for `sortbox init`, the real default model). Large photos come from
-Debian's plasma-workspace-wallpapers package (apt-get download, dpkg -x), cut into distinct
-4240x2832 crops; ordinary ones from ../shared/data/clothing10.
+Prints, in one run, each with its ratio:
+  * throughput (images/s) of
+      - the ceiling: sortbox's own decoding and model, decoders in parallel with batched
+        inference, and nothing else (no hashing, copying or journaling);
+      - a naive sorter (full decode, one model call per picture, plain copy);
+      - `sortbox sort` from ready to done, and `sortbox run` with all photos dropped at once;
+  * Pillow's draft decoding against simplejpeg's (libjpeg-turbo) scaled decoding;
+  * latency from "complete in the inbox" to "journal line durable" (p50, p99) for files
+    renamed in and for files written in place and closed by their only writer;
+  * scale: `--drop` files dropped at once (all accounted for, peak RSS), RSS across
+    `--further` files more, and the time to restart ready with all of them done.
+
+Every measurement runs in its own process, so each peak RSS is its own.
 """
 
 from __future__ import annotations
@@ -21,48 +29,55 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
+from sortbox.daemon.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 CLOTHING10 = REPO.parent / "shared" / "data" / "clothing10"
 WALLPAPERS = "plasma-workspace-wallpapers"
 SORTBOX = [sys.executable, "-m", "sortbox.daemon.cli"]
+CAMERA_SIZE = (4032, 3024)  # 12.2 megapixels, the 4:3 size of most phone cameras
 
 
 # -- the pictures --------------------------------------------------------------------------------
 
 
-def large_photos(workdir: Path, count: int) -> Path:
+def camera_photos(workdir: Path, count: int) -> Path:
+    """Distinct 4032x3024 JPEGs, quality 90, with sensor-like noise, made once and kept."""
     from PIL import Image
 
-    folder = workdir / f"large-{count}"
-    if folder.is_dir() and len(list(folder.iterdir())) == count:
+    folder = workdir / f"camera-{count}"
+    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == count:
         return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     sources = wallpaper_sources(workdir)
-    folder.mkdir(parents=True, exist_ok=True)
-    # 4240 x 2832 = 12.0 megapixels (a common 3:2 camera size), cut at different places
-    # from the 5120 x 2880 originals so every file is a distinct real photo
-    width, height = 4240, 2832
-    offsets = [(x, y) for y in (0, 24, 48) for x in (0, 220, 440, 660, 880)]
-    made = 0
-    for x, y in offsets:
-        for source in sources:
-            if made == count:
-                return folder
-            with Image.open(source) as image:
-                crop = image.convert("RGB").crop((x, y, x + width, y + height))
-                crop.save(folder / f"photo-{made:03}.jpg", quality=92)
-            made += 1
-    if made < count:
-        raise SystemExit(f"only {made} distinct large photos available")
+    rng = np.random.default_rng(0)
+    width, height = CAMERA_SIZE
+    for n in range(count):
+        with Image.open(sources[n % len(sources)]) as wallpaper:
+            scale = height / wallpaper.height  # 5120x2880 -> 5376x3024
+            wide = wallpaper.convert("RGB").resize(
+                (round(wallpaper.width * scale), height), Image.Resampling.BICUBIC
+            )
+        left = (n // len(sources)) * 97 % (wide.width - width + 1)
+        pixels = np.asarray(wide.crop((left, 0, left + width, height)), dtype=np.float32)
+        # shot noise grows with brightness, read noise does not; a little per channel
+        sigma = 1.5 + 0.02 * pixels
+        noisy = pixels + sigma * rng.standard_normal(pixels.shape, dtype=np.float32)
+        photo = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+        photo.save(folder / f"IMG_{n:04}.jpg", quality=90)
     return folder
 
 
@@ -71,76 +86,146 @@ def wallpaper_sources(workdir: Path) -> list[Path]:
     if not unpacked.is_dir():
         download = workdir / "deb"
         download.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["apt-get", "download", WALLPAPERS], cwd=download, check=True)
+        if not list(download.glob("*.deb")):
+            subprocess.run(["apt-get", "download", WALLPAPERS], cwd=download, check=True)
         deb = next(download.glob("*.deb"))
         subprocess.run(["dpkg", "-x", str(deb), str(unpacked)], check=True)
-    return sorted(unpacked.rglob("5120x2880.*"))
+    sources = sorted(unpacked.rglob("5120x2880.*"))
+    if not sources:
+        raise SystemExit(f"no 5120x2880 photos in {unpacked}")
+    return sources
 
 
-def small_photos(count: int) -> list[Path]:
-    per_class = count // 10
-    return [
-        p
-        for c in sorted(CLOTHING10.iterdir())
-        if c.is_dir()
-        for p in sorted(c.iterdir())[:per_class]
-    ]
+def small_photos(workdir: Path, count: int) -> Path:
+    """`count` distinct 640x480 JPEGs (~40 KB) from the clothing10 photos: what a scanner
+    folder or an old archive holds, and enough to stress the bookkeeping, not the decoder."""
+    from PIL import Image
+
+    folder = workdir / f"small-{count}"
+    if folder.is_dir() and len(list(folder.iterdir())) == count:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    sources = sorted(p for c in sorted(CLOTHING10.iterdir()) if c.is_dir() for p in c.iterdir())
+    made = 0
+    for variant in range(count // len(sources) + 1):
+        for source in sources:
+            if made == count:
+                return folder
+            with Image.open(source) as image:
+                small = image.convert("RGB").resize((640, 480))
+            small.putpixel((variant % 640, variant // 640), (variant % 256, 0, made % 256))
+            small.save(folder / f"{made:06}.jpg", quality=85)
+            made += 1
+    return folder
 
 
-# -- one measurement per child process, so peak RSS is its own -----------------------------------
+# -- throughput: one child process per measurement ------------------------------------------------
 
 
 def child(mode: str, home: Path, inputs: Path) -> dict:
     from sortbox.daemon.settings import load_settings
 
     settings = load_settings(home / "config.toml")
-    started = time.perf_counter()
-    if mode == "sortbox":
-        from sortbox.daemon.intake import collect
-        from sortbox.daemon.service import Service
-
-        count = 0
-
-        def counted(events: list, finished: int) -> None:
-            nonlocal count
-            count += len(events)
-
-        Service(
-            settings, inputs=collect([inputs], settings.library, settings.ignore), on_batch=counted
-        ).run()
-    else:
-        count = naive_sort(settings, inputs)
-    elapsed = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    measure = {"ceiling": ceiling, "naive": naive_sort, "sort": sortbox_sort}[mode]
+    count, seconds = measure(settings, inputs)
     return {
         "images": count,
-        "seconds": elapsed,
-        "per_second": count / elapsed,
-        "peak_rss_mb": peak_mb,
+        "seconds": seconds,
+        "per_second": count / seconds,
+        "peak_rss_mb": vm_mb(os.getpid(), "VmHWM"),
     }
 
 
-def naive_sort(settings: object, inputs: Path) -> int:
-    """What a first attempt looks like: full decode, one inference per picture, plain copy."""
-    import numpy as np
+def vm_mb(pid: int, field: str) -> float:
+    """VmRSS or VmHWM (peak) of a process. Not getrusage: its peak survives exec(), so a
+    child would report the peak of the benchmark that started it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ceiling(settings: Settings, inputs: Path) -> tuple[int, float]:
+    """sortbox's own decoding and model with nothing around them: decoders in parallel with
+    batched inference, as the daemon runs them, but no hashing, copying or journaling."""
+    from sortbox.daemon.classify import load_current
+    from sortbox.daemon.preprocess import prepare
+
+    classifier = load_current(settings.models_dir, settings.inference_threads)
+    spec = classifier.manifest.preprocessing
+    paths = sorted(inputs.iterdir())
+
+    def decode(path: Path) -> np.ndarray:
+        return prepare(path.read_bytes(), spec, settings.max_pixels, path.name)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(settings.decode_workers) as pool:
+        decoded = pool.map(decode, paths)
+        batch: list[np.ndarray] = []
+        for pixels in decoded:
+            batch.append(pixels)
+            if len(batch) == settings.batch_size:
+                classifier.logits(np.stack(batch))
+                batch = []
+        if batch:
+            classifier.logits(np.stack(batch))
+    return len(paths), time.perf_counter() - started
+
+
+def naive_sort(settings: Settings, inputs: Path) -> tuple[int, float]:
+    """What a first attempt looks like: the float model in ONNX Runtime's default session, a
+    full-size decode, the whole picture resized, one model call per picture, a plain copy."""
+    import onnxruntime as ort
     from PIL import Image, ImageOps
     from sortbox.daemon.classify import load_current
     from sortbox.daemon.decide import decide
-    from sortbox.daemon.preprocess import normalise, resize_and_crop
+    from sortbox.daemon.manifest import MODEL_FILE, current_version
 
-    classifier = load_current(settings.models_dir, settings.inference_threads)  # type: ignore[attr-defined]
-    spec = classifier.manifest.preprocessing
-    count = 0
-    for path in sorted(p for p in inputs.rglob("*") if p.is_file()):
+    manifest = load_current(settings.models_dir, settings.inference_threads).manifest
+    version = current_version(settings.models_dir)
+    session = ort.InferenceSession(str(settings.models_dir / str(version) / MODEL_FILE))
+    spec = manifest.preprocessing
+    started = time.perf_counter()
+    paths = sorted(inputs.iterdir())
+    for path in paths:
         with Image.open(path) as image:
             rgb = ImageOps.exif_transpose(image).convert("RGB")  # full-size decode
-        pixels = normalise(resize_and_crop(rgb, spec), spec)[np.newaxis]
-        decision = decide(classifier.logits(pixels)[0], classifier.manifest)
-        target = settings.library / decision.folder  # type: ignore[attr-defined]
+        scale = spec.resize / min(rgb.size)
+        resized = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)))
+        left, top = (resized.width - spec.crop) // 2, (resized.height - spec.crop) // 2
+        square = resized.crop((left, top, left + spec.crop, top + spec.crop))
+        pixels = (np.asarray(square, dtype=np.float32) - spec.mean) / spec.std
+        batch = pixels.transpose(2, 0, 1)[np.newaxis].astype(np.float32)
+        decision = decide(session.run(None, {"input": batch})[0][0], manifest)
+        target = settings.library / decision.folder
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target / path.name)
-        count += 1
-    return count
+    return len(paths), time.perf_counter() - started
+
+
+def sortbox_sort(settings: Settings, inputs: Path) -> tuple[int, float]:
+    """`sortbox sort`'s own Service, timed from ready (model loaded) to every file journaled."""
+    from sortbox.daemon.intake import collect
+    from sortbox.daemon.notify import Notifier
+    from sortbox.daemon.service import Service
+
+    ready_at = 0.0
+
+    class Stopwatch(Notifier):
+        def ready(self, status: str) -> None:
+            nonlocal ready_at
+            ready_at = time.perf_counter()
+
+    count = 0
+
+    def counted(events: list, finished: int) -> None:
+        nonlocal count
+        count += len(events)
+
+    arrivals = collect([inputs], settings.library, settings.ignore)
+    Service(settings, Stopwatch(), inputs=arrivals, on_batch=counted).run()
+    return count, time.perf_counter() - ready_at
 
 
 def run_child(mode: str, home: Path, inputs: Path) -> dict:
@@ -153,82 +238,210 @@ def run_child(mode: str, home: Path, inputs: Path) -> dict:
 
 
 def fresh_state(home: Path) -> None:
-    shutil.rmtree(home / "library", ignore_errors=True)
-    shutil.rmtree(home / "inbox", ignore_errors=True)
+    for name in ("library", "inbox", "staging"):
+        shutil.rmtree(home / name, ignore_errors=True)
     (home / "journal.jsonl").unlink(missing_ok=True)
     (home / "inbox").mkdir()
+    (home / "staging").mkdir()
 
 
-# -- latency: the real daemon, files arriving at a steady rate -----------------------------------
+# -- decoders ------------------------------------------------------------------------------------
 
 
-def latency(home: Path, photos: list[Path], rate: float) -> dict:
-    fresh_state(home)
-    journal = home / "journal.jsonl"
-    daemon = subprocess.Popen(
-        [*SORTBOX, "run", "--config", str(home / "config.toml")],
-        cwd=REPO,
-        stderr=subprocess.DEVNULL,
-    )
+def decoder_comparison(photos: Path, spec_resize: int) -> dict[str, float] | None:
+    """Decode to at least `spec_resize` on the shorter side, one thread, same files."""
     try:
-        deadline = time.monotonic() + 60
-        while not (journal.exists() and '"event":"model"' in journal.read_text()):
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                raise SystemExit("daemon did not start")
-            time.sleep(0.05)
-        complete_at: dict[str, float] = {}
-        seen_at: dict[str, float] = {}
-        stop = threading.Event()
+        import simplejpeg
+    except ImportError:
+        return None
+    from PIL import Image
+    from sortbox.daemon.preprocess import decode_rgb
 
-        def tail() -> None:
-            with journal.open("rb") as fh:
-                while not stop.is_set():
-                    line = fh.readline()
-                    if not line.endswith(b"\n"):
-                        if line:
-                            fh.seek(-len(line), os.SEEK_CUR)
-                        time.sleep(0.005)
-                        continue
-                    event = json.loads(line)
-                    if "src" in event:
-                        seen_at.setdefault(event["src"], time.monotonic())
+    datas = [p.read_bytes() for p in sorted(photos.iterdir())[:40]]
 
-        reader = threading.Thread(target=tail, daemon=True)
-        reader.start()
-        interval = 1.0 / rate
+    def pillow(data: bytes) -> tuple[int, int]:
+        return decode_rgb(data, spec_resize, 10**9).size
+
+    def turbo(data: bytes) -> tuple[int, int]:
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_height=spec_resize, min_width=spec_resize
+        )
+        return Image.fromarray(pixels).size
+
+    rates = {}
+    for name, decode in (("pillow draft", pillow), ("simplejpeg", turbo)):
+        decode(datas[0])
+        started = time.perf_counter()
+        for data in datas:
+            decode(data)
+        rates[name] = len(datas) / (time.perf_counter() - started)
+    return rates
+
+
+# -- the real daemon: drops, latency, scale -------------------------------------------------------
+
+
+class Daemon:
+    """`sortbox run` as a subprocess, with its journal followed line by line."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.journal = home / "journal.jsonl"
+        self.seen_at: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._offset = self.journal.stat().st_size if self.journal.exists() else 0
+        notify_path = home / "notify.sock"
+        notify_path.unlink(missing_ok=True)
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(notify_path))
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            [*SORTBOX, "run", "--config", str(home / "config.toml")],
+            cwd=REPO,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
+        )
+        self.ready_s = self._wait_ready(started)
+        self._reader = threading.Thread(target=self._tail, daemon=True)
+        self._reader.start()
+
+    def _wait_ready(self, started: float) -> float:
+        self._notify.settimeout(120)
+        while True:
+            message = self._notify.recv(4096).decode()
+            if "READY=1" in message:
+                return time.monotonic() - started
+
+    def _tail(self) -> None:
+        while not self.journal.exists():
+            time.sleep(0.01)
+        with self.journal.open("rb") as fh:
+            fh.seek(self._offset)
+            while not self._stop.is_set():
+                line = fh.readline()
+                if not line.endswith(b"\n"):
+                    if line:
+                        fh.seek(-len(line), os.SEEK_CUR)
+                    time.sleep(0.002)
+                    continue
+                event = json.loads(line)
+                if "src" in event:
+                    self.seen_at.setdefault(event["src"], time.monotonic())
+
+    def wait_for(self, count: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while len(self.seen_at) < count:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        return vm_mb(self.process.pid, field)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self._notify.close()
+
+
+def stage(photos: list[Path], home: Path, prefix: str) -> list[tuple[Path, Path]]:
+    """Copies on the inbox's filesystem, ready to be renamed in: (staged, final name)."""
+    moves = []
+    for n, photo in enumerate(photos):
+        staged = home / "staging" / f"{prefix}{n:06}{photo.suffix}"
+        os.link(photo, staged) if same_fs(photo, home) else shutil.copyfile(photo, staged)
+        moves.append((staged, home / "inbox" / staged.name))
+    return moves
+
+
+def same_fs(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
+
+
+def dropped_at_once(home: Path, photos: list[Path]) -> dict:
+    fresh_state(home)
+    moves = stage(photos, home, "drop-")
+    daemon = Daemon(home)
+    try:
+        started = time.monotonic()
+        for staged, final in moves:
+            os.rename(staged, final)
+        handled = daemon.wait_for(len(moves), 600)
+        elapsed = max(daemon.seen_at.values()) - started
+        peak = daemon.rss_mb("VmHWM")
+    finally:
+        daemon.stop()
+    return {"handled": handled, "per_second": len(moves) / elapsed, "peak_rss_mb": peak}
+
+
+def latency(home: Path, photos: list[Path], rate: float, how: str) -> dict:
+    """Files arriving complete at a steady rate: renamed in, or written in place by one writer
+    that then closes them. Latency: complete in the inbox -> journal line durable."""
+    fresh_state(home)
+    daemon = Daemon(home)
+    complete_at: dict[str, float] = {}
+    try:
         next_at = time.monotonic()
         for n, photo in enumerate(photos):
             time.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += interval
-            name = f"arrival-{n:03}.jpg"
-            hidden = home / "inbox" / f".{name}.tmp"  # ignored until renamed, like rsync
-            shutil.copyfile(photo, hidden)
-            os.rename(hidden, home / "inbox" / name)
+            next_at += 1.0 / rate
+            name = f"arrival-{n:04}.jpg"
+            if how == "renamed":
+                hidden = home / "inbox" / f".{name}.part"  # ignored until renamed, like a browser
+                shutil.copyfile(photo, hidden)
+                os.rename(hidden, home / "inbox" / name)
+            else:
+                shutil.copyfile(photo, home / "inbox" / name)  # open, write, close
             complete_at[name] = time.monotonic()
-        deadline = time.monotonic() + 60
-        while len(seen_at) < len(photos) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stop.set()
-        peak_mb = vm_hwm_mb(daemon.pid)
+        daemon.wait_for(len(photos), 120)
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)
-    waits = sorted(seen_at[k] - complete_at[k] for k in complete_at if k in seen_at)
+        daemon.stop()
+    waits = sorted(daemon.seen_at[k] - complete_at[k] for k in complete_at if k in daemon.seen_at)
     return {
-        "files": len(photos),
         "handled": len(waits),
-        "p50_s": statistics.median(waits),
-        "p99_s": waits[min(len(waits) - 1, round(0.99 * (len(waits) - 1)))],
-        "max_s": waits[-1],
-        "daemon_peak_rss_mb": peak_mb,
+        "files": len(photos),
+        "p50_ms": 1000 * statistics.median(waits),
+        "p99_ms": 1000 * waits[min(len(waits) - 1, round(0.99 * (len(waits) - 1)))],
     }
 
 
-def vm_hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def scale(home: Path, photos: list[Path], drop: int, further: int, say: Callable) -> dict:
+    """`drop` files at once, then `further` more in drops of the same size; RSS after each;
+    then a restart with every one of them done."""
+    fresh_state(home)
+    result: dict = {}
+    daemon = Daemon(home)
+    try:
+        rss_after = []
+        total = 0
+        for n, start in enumerate(range(0, drop + further, drop)):
+            chunk = photos[start : start + drop]
+            moves = stage(chunk, home, f"s{n:02}-")
+            began = time.monotonic()
+            for staged, final in moves:
+                os.rename(staged, final)
+            total += len(moves)
+            if not daemon.wait_for(total, 3600):
+                raise SystemExit(f"only {len(daemon.seen_at)} of {total} files were journaled")
+            seconds = time.monotonic() - began
+            rss_after.append(daemon.rss_mb())
+            if n == 0:
+                result["drop_peak_rss_mb"] = daemon.rss_mb("VmHWM")
+                result["drop_per_second"] = len(moves) / seconds
+            say(
+                f"  {total} files journaled; RSS {rss_after[-1]:.0f} MB ({len(moves) / seconds:.0f}/s)"
+            )
+        result["rss_after_mb"] = rss_after
+        result["peak_rss_mb"] = daemon.rss_mb("VmHWM")
+    finally:
+        daemon.stop()
+    result["done_files"] = total
+    restarted = Daemon(home)
+    result["restart_ready_s"] = restarted.ready_s
+    restarted.stop()
+    return result
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -239,6 +452,7 @@ def prepare_home(workdir: Path) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(
         'inbox = "inbox"\nlibrary = "library"\njournal = "journal.jsonl"\nmodels_dir = "models"\n'
+        "audit_rate = 0.0\n"
     )
     if not (home / "models" / "current").exists():
         subprocess.run(
@@ -252,9 +466,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workdir", type=Path, default=REPO / ".bench")
-    parser.add_argument("--large", type=int, default=120, help="12-megapixel JPEGs (up to 180)")
-    parser.add_argument("--small", type=int, default=240, help="clothing10 photos")
-    parser.add_argument("--rate", type=float, default=5.0, help="arrivals per second for latency")
+    parser.add_argument("--photos", type=int, default=120, help="12-megapixel JPEGs")
+    parser.add_argument("--rate", type=float, default=5.0, help="arrivals per second (latency)")
+    parser.add_argument("--drop", type=int, default=10_000, help="files dropped at once (scale)")
+    parser.add_argument("--further", type=int, default=50_000, help="files after that (scale)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -262,38 +477,68 @@ def main() -> None:
         print(json.dumps(child(mode, Path(home), Path(inputs))))
         return
 
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+
     workdir = args.workdir.absolute()
     home = prepare_home(workdir)
-    large = large_photos(workdir, args.large)
-    mixed = Path(tempfile.mkdtemp(prefix="mixed-", dir=workdir))
-    for photo in sorted(large.iterdir()):
-        os.link(photo, mixed / photo.name)
-    for photo in small_photos(args.small):
-        shutil.copy(photo, mixed / f"{photo.parent.name}-{photo.name}")
-    total = len(list(mixed.iterdir()))
+    photos = camera_photos(workdir, args.photos)
+    say(f"machine: {os.cpu_count()} CPUs; model: the default EfficientNet-Lite0 (ONNX Runtime)")
+    say(f"pictures: {args.photos} JPEGs, 4032x3024, quality 90, sensor-like noise\n")
 
-    print(f"machine: {os.cpu_count()} CPUs; model: default EfficientNet-Lite0 (ONNX Runtime)\n")
-    print(
-        f"{'workload':36} {'sortbox img/s':>14} {'naive img/s':>12} {'ratio':>7} {'sortbox RSS':>12} {'naive RSS':>10}"
-    )
-    for title, inputs in (
-        (f"{args.large} x 12-megapixel JPEG", large),
-        (f"mixed: {total} photos", mixed),
+    top = run_child("ceiling", home, photos)
+    naive = run_child("naive", home, photos)
+    ours = run_child("sort", home, photos)
+    dropped = dropped_at_once(home, sorted(photos.iterdir()))
+    say(f"{'throughput':40} {'img/s':>7} {'of ceiling':>11} {'vs naive':>9} {'peak RSS':>9}")
+    for title, figures in (
+        ("ceiling: decode + infer only", top),
+        ("naive", naive),
+        ("sortbox sort (ready to done)", ours),
+        ("sortbox run, all dropped at once", dropped),
     ):
-        ours = run_child("sortbox", home, inputs)
-        naive = run_child("naive", home, inputs)
-        print(
-            f"{title:36} {ours['per_second']:14.2f} {naive['per_second']:12.2f} "
-            f"{ours['per_second'] / naive['per_second']:6.1f}x {ours['peak_rss_mb']:10.0f}MB {naive['peak_rss_mb']:8.0f}MB"
+        say(
+            f"{title:40} {figures['per_second']:7.1f} "
+            f"{figures['per_second'] / top['per_second']:10.0%} "
+            f"{figures['per_second'] / naive['per_second']:8.1f}x "
+            f"{figures['peak_rss_mb']:7.0f}MB"
         )
-    result = latency(home, sorted(large.iterdir())[:60], args.rate)
-    print(
-        f"\nlatency, `sortbox run` with 12-megapixel JPEGs arriving at {args.rate:g}/s "
-        f"({result['handled']}/{result['files']} handled): p50 {result['p50_s'] * 1000:.0f} ms, "
-        f"p99 {result['p99_s'] * 1000:.0f} ms, max {result['max_s'] * 1000:.0f} ms; "
-        f"daemon peak RSS {result['daemon_peak_rss_mb']:.0f} MB"
-    )
-    shutil.rmtree(mixed)
+
+    rates = decoder_comparison(photos, 256)
+    if rates is None:
+        say("\ndecoders: pip install simplejpeg to compare it with Pillow's draft mode")
+    else:
+        pillow, turbo = rates["pillow draft"], rates["simplejpeg"]
+        say(
+            f"\ndecoding to >= 256 px, 1 thread: Pillow draft {pillow:.1f}/s, "
+            f"simplejpeg {turbo:.1f}/s ({turbo / pillow:.2f}x)"
+        )
+
+    say(f"\nlatency, complete in the inbox -> journal line durable, {args.rate:g} arrivals/s:")
+    for how in ("renamed", "closed"):
+        figures = latency(home, sorted(photos.iterdir())[:60], args.rate, how)
+        say(
+            f"  {how + ' in' if how == 'renamed' else 'written in place, closed':28} "
+            f"p50 {figures['p50_ms']:4.0f} ms   p99 {figures['p99_ms']:4.0f} ms   "
+            f"({figures['handled']}/{figures['files']} handled)"
+        )
+
+    if args.drop:
+        say(f"\nscale: {args.drop} small photos at once, then {args.further} more")
+        small = small_photos(workdir, args.drop + args.further)
+        figures = scale(home, sorted(small.iterdir()), args.drop, args.further, say)
+        rss = figures["rss_after_mb"]
+        growth = (max(rss[1:]) - rss[0]) / rss[0] if len(rss) > 1 else 0.0
+        say(
+            f"  {args.drop} dropped at once: all journaled at {figures['drop_per_second']:.0f}/s, "
+            f"peak RSS {figures['drop_peak_rss_mb']:.0f} MB"
+        )
+        say(f"  RSS across {args.further} more: {rss[0]:.0f} -> {max(rss):.0f} MB ({growth:+.1%})")
+        say(
+            f"  restart with {figures['done_files']} done files: ready in "
+            f"{figures['restart_ready_s']:.2f} s"
+        )
+    fresh_state(home)
 
 
 if __name__ == "__main__":

@@ -202,7 +202,9 @@ def _restore_models(
             if name.count("/") == 2 and PurePosixPath(name).parts[1] == version:
                 _write_new(staging / PurePosixPath(name).name, _read(tar, members, name))
         try:
-            verify_model_file(staging, read_manifest(staging))  # a damaged model is refused
+            manifest = read_manifest(staging)  # a damaged model is refused
+            verify_model_file(staging, manifest, runtime=False)
+            verify_model_file(staging, manifest)
         except Exception:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -21,6 +21,7 @@ from sortbox.daemon.preprocess import Preprocessing
 from sortbox.daemon.thresholds import CalibrationPoints, derive_thresholds
 
 MODEL_FILE = "model.onnx"
+INT8_MODEL_FILE = "model.int8.onnx"
 MANIFEST_FILE = "manifest.json"
 CURRENT = "current"
 REVIEW_FOLDER = "needs_review"
@@ -57,6 +58,18 @@ def check_version(version: str) -> str:
     return version
 
 
+class Int8Model(BaseModel):
+    """The quantised model published beside the float one. When present, it is what the
+    daemon runs, and the manifest's temperature and thresholds were derived from its outputs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: Literal["model.int8.onnx"] = INT8_MODEL_FILE
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # share of the calibration pictures on which it gives the float model's label
+    agreement: float = Field(ge=0.0, le=1.0)
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -81,6 +94,7 @@ class Manifest(BaseModel):
     # with them, the daemon re-derives the thresholds for the target in config.toml.
     calibration: CalibrationPoints | None = None
     target_precision: float | None = Field(None, gt=0.0, le=1.0)
+    int8: Int8Model | None = None
 
     @field_validator("version")
     @classmethod
@@ -140,14 +154,19 @@ def read_manifest(version_dir: Path) -> Manifest:
         raise ModelError(f"{version_dir / MANIFEST_FILE}: malformed manifest: {exc}") from None
 
 
-def verify_model_file(version_dir: Path, manifest: Manifest) -> Path:
-    model_path = version_dir / MODEL_FILE
+def verify_model_file(version_dir: Path, manifest: Manifest, runtime: bool = True) -> Path:
+    """The model file the daemon runs (`runtime`: the INT8 one where published, else the
+    float one), checked against the manifest's sha256."""
+    if runtime and manifest.int8 is not None:
+        model_path, expected = version_dir / manifest.int8.file, manifest.int8.sha256
+    else:
+        model_path, expected = version_dir / MODEL_FILE, manifest.model_sha256
     if not model_path.is_file():
-        raise ModelError(f"{version_dir}: no {MODEL_FILE}")
+        raise ModelError(f"{version_dir}: no {model_path.name}")
     actual = sha256_file(model_path)
-    if actual != manifest.model_sha256:
+    if actual != expected:
         raise ModelError(
-            f"{model_path}: checksum mismatch (manifest says {manifest.model_sha256[:12]}…, "
+            f"{model_path}: checksum mismatch (manifest says {expected[:12]}…, "
             f"file is {actual[:12]}…); refusing a model that is not the one published"
         )
     return model_path

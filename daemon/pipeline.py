@@ -31,7 +31,7 @@ from sortbox.daemon.group import COMPANION_OF, role_of, sidecar_name
 from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import identity_of
 from sortbox.daemon.journal import Duplicate, Journal, Placement, Rejected, Review, Sorted
-from sortbox.daemon.manifest import REJECTED_FOLDER, REVIEW_FOLDER
+from sortbox.daemon.manifest import REJECTED_FOLDER, REVIEW_FOLDER, fsync_dir
 from sortbox.daemon.place import (
     STATE_FOLDER,
     SourceChanged,
@@ -77,6 +77,15 @@ class Library:
         self.index = index
         self.journal = journal
         self.remove_originals = remove_originals and journal is not None
+        self._unsynced: set[Path] = set()  # folders with new names not yet fsynced
+
+    def sync_later(self, folder: Path) -> None:
+        self._unsynced.add(folder)
+
+    def sync_folders(self) -> None:
+        """Make this batch's new names durable: one fsync per folder, not one per file."""
+        while self._unsynced:
+            fsync_dir(self._unsynced.pop())
 
     @property
     def dry_run(self) -> bool:
@@ -155,8 +164,8 @@ def classify_batch(
 
 
 def place_batch(classified: Classified, library: Library) -> Placed:
-    """The I/O half, strictly in order: duplicates, rejections, copies, then the journal,
-    then (on_success = "delete") the originals.
+    """The I/O half, strictly in order: duplicates, rejections, copies, one fsync per folder,
+    then the journal (one write, one fsync), then (on_success = "delete") the originals.
 
     A write that fails (disk full, read-only library) stops the batch: the rest stays in the
     inbox for later, and `failure` tells the caller to pause."""
@@ -203,6 +212,7 @@ def place_batch(classified: Classified, library: Library) -> Placed:
             else:
                 placed.alone += item.companions
         try:
+            library.sync_folders()  # the copies are durable before their journal lines
             _journal(placed.events, library)
         except OSError as exc:
             # The copies made have no journal line yet: the next attempt finds them under
@@ -250,6 +260,7 @@ def _copy(item: Decoded, folder: str, library: Library, preferred: str | None = 
         item.sha256,
         item.content,
         preferred,
+        sync_folder=library.sync_later,
     )
     if item.identity is not None:
         # keep the capture time photo tools sort by; best effort

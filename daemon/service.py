@@ -346,10 +346,12 @@ class Service:
         self.grouper.noticed(path)  # a picture that becomes complete first waits for it
         if kind == "renamed":
             self.tracker.renamed(path)
+        elif kind == "created":
+            self.tracker.created(path)
         elif kind == "opened":
             self.tracker.opened(path)
-        elif kind == "closed":
-            self.tracker.closed(path)
+        elif kind in ("written", "closed"):
+            self.tracker.closed(path, wrote=kind == "written")
         else:
             self.tracker.touched(path)
 

@@ -49,6 +49,8 @@ class TrainSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     keep_versions: int = Field(5, ge=1)
+    # publish an INT8 model beside the float one when it agrees on >= 99% of labels
+    int8: bool = True
     # the gate: a candidate may lose at most this much macro-F1 on the test pictures ...
     max_macro_f1_drop: float = Field(0.005, ge=0.0, le=1.0)
     # ... and no class may lose more recall than this, beyond what chance explains

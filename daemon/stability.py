@@ -4,6 +4,12 @@ A file is complete when no writer has it open (inotify open/close events, where 
 and its size and mtime have not changed for a quiet period. Polling mode (network
 filesystems) has no open/close events, so there a file must look the same at two checks
 a quiet period apart (`confirmations=2`).
+
+The quiet period is only paid where it protects against a writer we cannot see. A file
+renamed into the inbox was finished before the rename; a file created in the inbox while we
+watch has had every open seen, so when the last writer closes it after writing, it is
+complete then. A file we first met some other way (found by a rescan, written before we
+started) waits out the quiet period.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ class _Candidate:
     changed_at: float
     writers: int = 0
     confirmed: int = 0  # checks in a row, a quiet period apart, that found it unchanged
+    # created while we watched: every writer's open was seen, so the last close is the end
+    writers_known: bool = False
 
 
 class StabilityTracker:
@@ -55,6 +63,18 @@ class StabilityTracker:
             candidate.changed_at = self._clock()
             candidate.confirmed = 0
 
+    def created(self, path: Path) -> None:
+        """Created in the inbox while we watch: from here on every writer's open is seen."""
+        with self._lock:
+            candidate = self._candidates.get(path)
+            if candidate is None:
+                self._candidates[path] = _Candidate(
+                    identity_of(path), self._clock(), writers_known=True
+                )
+            else:  # the open came first (events of one create can be read in either order)
+                candidate.writers_known = True
+                self._restart_if_changed(path, candidate)
+
     def renamed(self, path: Path) -> None:
         """Renamed into place (a browser's .part, rsync's temp file, `mv`): the writer finished
         before the rename, so no quiet period is needed; one check of its identity is."""
@@ -73,17 +93,24 @@ class StabilityTracker:
             candidate = self._candidates.setdefault(path, _Candidate(None, self._clock()))
             candidate.writers += 1
 
-    def closed(self, path: Path) -> None:
-        """Closed after writing or reading: the quiet period starts now.
-        A writer we never saw open (it opened before we started) is clamped at zero."""
+    def closed(self, path: Path, wrote: bool = False) -> None:
+        """Closed after writing (`wrote`) or reading. When the last writer of a file whose
+        writers we all saw closes it after writing, it is complete now; otherwise its quiet
+        period starts now. A writer we never saw open (it opened before we started) is
+        clamped at zero."""
         with self._lock:
             candidate = self._candidates.get(path)
             if candidate is None:
                 return
             candidate.writers = max(0, candidate.writers - 1)
             candidate.identity = identity_of(path)
-            candidate.changed_at = self._clock()
             candidate.confirmed = 0
+            now = self._clock()
+            if wrote and candidate.writers_known and candidate.writers == 0:
+                candidate.changed_at = now - self.quiet_period_s
+                candidate.confirmed = self.confirmations - 1
+            else:
+                candidate.changed_at = now
 
     def take_stable(self) -> list[tuple[Path, Identity]]:
         """Candidates that are complete now; they stay `queued` until `finished`."""

@@ -25,7 +25,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-EventKind = Literal["touched", "renamed", "opened", "closed", "gone"]
+EventKind = Literal["created", "touched", "renamed", "opened", "written", "closed", "gone"]
 Notice = tuple[EventKind, Path]
 
 NETWORK_FILESYSTEMS = frozenset(
@@ -55,9 +55,13 @@ class EnqueueHandler(FileSystemEventHandler):
         path = Path(os.fsdecode(event.src_path))
         if isinstance(event, FileOpenedEvent):
             self._notices.put(("opened", path))
-        elif isinstance(event, FileClosedEvent | FileClosedNoWriteEvent):
+        elif isinstance(event, FileClosedEvent):  # closed after writing (IN_CLOSE_WRITE)
+            self._notices.put(("written", path))
+        elif isinstance(event, FileClosedNoWriteEvent):
             self._notices.put(("closed", path))
-        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
+        elif isinstance(event, FileCreatedEvent):
+            self._notices.put(("created", path))
+        elif isinstance(event, FileModifiedEvent):
             self._notices.put(("touched", path))
 
 

@@ -542,3 +542,64 @@ def test_test_labels_never_tune_anything(tmp_path: Path, feature_cache: Path) ->
     assert after.thresholds == pytest.approx(before.thresholds, abs=1e-6)
     assert after.calibration is not None and before.calibration is not None
     assert after.calibration.predicted == before.calibration.predicted
+
+
+# -- INT8 (#10): shipped beside the float model only when it agrees ---------------------------
+
+
+def test_int8_model_ships_only_when_it_agrees_and_is_what_the_daemon_runs(
+    tmp_path: Path, feature_cache: Path
+) -> None:
+    import onnx
+    from onnx import numpy_helper
+    from sortbox.daemon.classify import load_classifier, open_session
+    from sortbox.daemon.manifest import INT8_MODEL_FILE, MODEL_FILE, sha256_file
+    from sortbox.trainer.finetune import plain_pictures
+    from sortbox.trainer.quantize import MIN_AGREEMENT, agreement_with
+
+    home = trainer_home(tmp_path, feature_cache, finetune_epochs=0)
+    copy_photos(tmp_path / "dataset", {"hat": 20, "pants": 20, "shoes": 20})
+    trained = sortbox("train", config=home.config, timeout=600)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    version_dir = home.models / str(current_version(home.models))
+    manifest = read_manifest(version_dir)
+    int8 = json.loads((version_dir / "report.json").read_text())["int8"]
+    assert int8["tried"] and int8["accepted"] == (int8["calibration_agreement"] >= MIN_AGREEMENT)
+    assert "INT8 model" in trained.stdout  # the user is told either way
+
+    settings = load_settings(home.config)
+    examples = [e for role in ROLES for e in gather(settings).role(role)]
+    batches = list(plain_pictures(examples, manifest.preprocessing, settings.max_pixels))
+    pictures = np.concatenate(batches)
+    float_model = version_dir / MODEL_FILE
+    if int8["accepted"]:
+        assert manifest.int8 is not None
+        assert manifest.int8.sha256 == sha256_file(version_dir / INT8_MODEL_FILE)
+        quantised = version_dir / INT8_MODEL_FILE
+        # the daemon runs the INT8 file, not the float one
+        ours = load_classifier(version_dir, 1).logits(pictures)
+        (expected,) = open_session(quantised, 1).run(None, {"input": pictures})
+        np.testing.assert_allclose(ours, expected, atol=1e-6)
+    else:
+        assert manifest.int8 is None and not (version_dir / INT8_MODEL_FILE).exists()
+        from sortbox.trainer.quantize import quantise
+
+        quantised = quantise(float_model, iter(batches), tmp_path / INT8_MODEL_FILE)
+
+    # the agreement is what it says: the share of pictures given the float model's label
+    agreement, logits = agreement_with(quantised, float_model, iter(batches), 1)
+    (reference,) = open_session(float_model, 1).run(None, {"input": pictures})
+    assert agreement == pytest.approx(float((logits.argmax(1) == reference.argmax(1)).mean()))
+    assert agreement >= 0.9  # EfficientNet-Lite quantises well
+
+    # a quantised model that answers differently is caught: the float model's head rolled
+    graph = onnx.load(float_model)
+    gemm = next(n for n in graph.graph.node if n.op_type == "Gemm")
+    for initializer in graph.graph.initializer:
+        if initializer.name in gemm.input[1:]:
+            rolled = np.roll(numpy_helper.to_array(initializer), 1, axis=0)
+            initializer.CopyFrom(numpy_helper.from_array(rolled, initializer.name))
+    other = tmp_path / "other.onnx"
+    onnx.save(graph, other)
+    wrong, _ = agreement_with(quantised, other, iter(batches), 1)
+    assert wrong < MIN_AGREEMENT

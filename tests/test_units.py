@@ -212,6 +212,29 @@ def test_stability_waits_for_writers_and_quiet(tmp_path: Path) -> None:
     assert [p for p, _ in tracker.take_stable()] == [path]
 
 
+def test_a_file_created_while_watched_is_complete_when_its_last_writer_closes_it(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    tracker = StabilityTracker(quiet_period_s=1.0, clock=lambda: now[0])
+    created, two_writers, older = (tmp_path / n for n in ("new.jpg", "two.jpg", "old.jpg"))
+    for path in (created, two_writers, older):
+        path.write_bytes(b"1")
+    for path in (created, two_writers):
+        tracker.created(path)
+        tracker.opened(path)
+    tracker.opened(two_writers)  # a second writer
+    tracker.opened(older)  # existed before: a writer may have opened it before we looked
+    for path in (created, two_writers, older):
+        tracker.closed(path, wrote=True)
+    assert [p for p, _ in tracker.take_stable()] == [created]  # at once: no quiet period
+    tracker.closed(two_writers, wrote=False)  # a reader: not the end of the writing
+    now[0] = 0.5
+    assert tracker.take_stable() == []
+    now[0] = 1.1
+    assert sorted(p for p, _ in tracker.take_stable()) == [older, two_writers]
+
+
 def test_polling_needs_two_unchanged_checks_and_a_rename_needs_no_quiet_period(
     tmp_path: Path,
 ) -> None:

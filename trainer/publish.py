@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sortbox.daemon.manifest import (
+    INT8_MODEL_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     Manifest,
@@ -44,9 +45,11 @@ def publish(
     make_current: bool = True,
     keep: int = 5,
     rejected: bool = False,
+    int8: tuple[Path, float] | None = None,
 ) -> Path:
     """Write `models_dir/<version>/`, or `models_dir/rejected/<version>/` for a candidate the
-    gate refused (kept for its report, never made current)."""
+    gate refused (kept for its report, never made current). `int8`: the quantised model and
+    its agreement with the float one, published beside it."""
     version = manifest_fields["version"]
     parent_dir = models_dir / REJECTED_DIR if rejected else models_dir
     parent_dir.mkdir(parents=True, exist_ok=True)
@@ -54,9 +57,13 @@ def publish(
     staging.mkdir()
     try:
         shutil.copyfile(model_file, staging / MODEL_FILE)
-        manifest = Manifest.model_validate(
-            {**manifest_fields, "model_sha256": sha256_file(staging / MODEL_FILE)}
-        )
+        fields = {**manifest_fields, "model_sha256": sha256_file(staging / MODEL_FILE)}
+        if int8 is not None:
+            quantised, agreement = int8
+            shutil.copyfile(quantised, staging / INT8_MODEL_FILE)
+            sha256 = sha256_file(staging / INT8_MODEL_FILE)
+            fields["int8"] = {"sha256": sha256, "agreement": agreement}
+        manifest = Manifest.model_validate(fields)
         files = {MANIFEST_FILE: manifest.model_dump_json(indent=2).encode(), **(extra_files or {})}
         for name, content in files.items():
             (staging / name).write_bytes(content)

@@ -31,10 +31,22 @@ from sortbox.daemon.atomic import replacing
 from sortbox.daemon.classify import load_classifier
 from sortbox.daemon.decide import softmax
 from sortbox.daemon.journal import Journal, TrainingRun
-from sortbox.daemon.manifest import Manifest, current_version, published_versions, read_manifest
+from sortbox.daemon.manifest import (
+    INT8_MODEL_FILE,
+    Manifest,
+    current_version,
+    published_versions,
+    read_manifest,
+)
+from sortbox.daemon.preprocess import Preprocessing
 from sortbox.daemon.settings import Settings
 from sortbox.daemon.thresholds import wilson_interval
-from sortbox.trainer.calibrate import calibrate, expected_calibration_error, precision_coverage
+from sortbox.trainer.calibrate import (
+    calibrate,
+    expected_calibration_error,
+    fit_temperature,
+    precision_coverage,
+)
 from sortbox.trainer.data import Example, TrainingSet, gather
 from sortbox.trainer.evaluate import Evaluation, evaluate, gate, report_files
 from sortbox.trainer.export import check_parity, export_onnx
@@ -57,6 +69,7 @@ from sortbox.trainer.model import (
     weights_file,
 )
 from sortbox.trainer.publish import REJECTED_DIR, new_version, publish
+from sortbox.trainer.quantize import CALIBRATION_PICTURES, MIN_AGREEMENT, agreement_with, quantise
 from tqdm import tqdm
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_PUBLISHED = 0, 1, 3
@@ -288,13 +301,6 @@ def ship(
     parity, gate against the current model, then publish or keep as a rejected candidate."""
     cfg = settings.train
     classes = data.classes
-    calibration = calibrate(
-        logits["calibration"], labels["calibration"], classes, settings.target_precision
-    )
-    probabilities = softmax(logits["test"], calibration.temperature)
-    evaluation = evaluate(probabilities, labels["test"], classes)
-    on_test = auto_sorted(probabilities, labels["test"], calibration.thresholds, classes)
-    predicted = [classes[i] for i in probabilities.argmax(axis=1)]
     current = current_manifest(settings)
     spec = network.backbone.preprocessing
 
@@ -303,7 +309,20 @@ def ship(
     with tempfile.TemporaryDirectory(dir=settings.models_dir, prefix=".scratch-") as scratch:
         onnx_path = export_onnx(network, spec.crop, Path(scratch) / "model.onnx")
         parity_pictures = next(plain_pictures(data.test[:PARITY_IMAGES], spec, settings.max_pixels))
-        parity = check_parity(network, onnx_path, parity_pictures, calibration.temperature)
+        float_temperature = fit_temperature(logits["calibration"], labels["calibration"])
+        parity = check_parity(network, onnx_path, parity_pictures, float_temperature)
+        int8 = int8_version(settings, onnx_path, spec, data) if cfg.int8 else None
+        if int8 is not None and int8.accepted:
+            # what the daemon will run: calibrate and measure that, not the float model
+            logits = int8.logits
+
+        calibration = calibrate(
+            logits["calibration"], labels["calibration"], classes, settings.target_precision
+        )
+        probabilities = softmax(logits["test"], calibration.temperature)
+        evaluation = evaluate(probabilities, labels["test"], classes)
+        on_test = auto_sorted(probabilities, labels["test"], calibration.thresholds, classes)
+        predicted = [classes[i] for i in probabilities.argmax(axis=1)]
 
         truth = [e.label for e in data.test]
         verdict = gate(
@@ -345,6 +364,7 @@ def ship(
             "precision_coverage": precision_coverage(probabilities, labels["test"]),
             "wrong": wrong_answers(data.test, predicted, probabilities),
             "training": {**facts, "seconds": seconds, "onnx_parity_max_diff": parity},
+            "int8": int8.report() if int8 is not None else {"tried": False},
         }
         manifest = {
             "version": version,
@@ -377,6 +397,7 @@ def ship(
             extra_files=report_files(report, classes, evaluation),
             rejected=not publishable,
             keep=cfg.keep_versions,
+            int8=(int8.path, int8.agreement) if int8 is not None and int8.accepted else None,
         )
     summary = (
         f"{kind} model {version}: test accuracy {evaluation.accuracy:.3f}, macro-F1 "
@@ -386,6 +407,67 @@ def ship(
     )
     print(f"train: {outcome}: {summary}")
     return Shipped(outcome, version, summary, evaluation)
+
+
+@dataclass(frozen=True)
+class Int8Outcome:
+    path: Path
+    agreement: float  # on the calibration pictures
+    test_agreement: float
+    logits: dict[str, np.ndarray]  # its outputs, by role
+
+    @property
+    def accepted(self) -> bool:
+        return self.agreement >= MIN_AGREEMENT
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "tried": True,
+            "accepted": self.accepted,
+            "calibration_agreement": self.agreement,
+            "test_agreement": self.test_agreement,
+            "required": MIN_AGREEMENT,
+        }
+
+
+def int8_version(
+    settings: Settings,
+    float_model: Path,
+    spec: Preprocessing,
+    data: TrainingSet,
+) -> Int8Outcome:
+    """Quantise the exported model on training pictures, and measure how often it gives the
+    float model's label on the calibration and test pictures."""
+    max_pixels = settings.max_pixels
+    rng = np.random.default_rng(settings.train.seed)
+    chosen = rng.choice(len(data.train), min(CALIBRATION_PICTURES, len(data.train)), replace=False)
+    ranges_from = [data.train[n] for n in sorted(chosen)]
+    path = quantise(
+        float_model,
+        plain_pictures(ranges_from, spec, max_pixels),
+        float_model.with_name(INT8_MODEL_FILE),
+    )
+    checked = {
+        role: agreement_with(
+            path,
+            float_model,
+            plain_pictures(data.role(role), spec, max_pixels),
+            settings.train.threads,
+        )
+        for role in ("calibration", "test")
+    }
+    outcome = Int8Outcome(
+        path,
+        checked["calibration"][0],
+        checked["test"][0],
+        {role: logits for role, (_, logits) in checked.items()},
+    )
+    verdict = "ships beside the float model" if outcome.accepted else "refused"
+    print(
+        f"train: INT8 model {verdict}: it gives the float model's label on "
+        f"{outcome.agreement:.1%} of the calibration pictures (needs {MIN_AGREEMENT:.0%})"
+    )
+    return outcome
 
 
 def auto_sorted(
