@@ -38,7 +38,14 @@ from sortbox.daemon.classify import Classifier, load_classifier, load_current
 from sortbox.daemon.decode import Decoded, lower_thread_priority, read_group
 from sortbox.daemon.group import Grouper, group_all
 from sortbox.daemon.index import DoneIndex
-from sortbox.daemon.intake import Arrival, Identity, inside, is_ignored, walk_files
+from sortbox.daemon.intake import (
+    Arrival,
+    Identity,
+    identity_of,
+    inside,
+    is_ignored,
+    walk_files,
+)
 from sortbox.daemon.journal import Event, Journal, ModelLoaded, Placement
 from sortbox.daemon.manifest import current_version, retarget
 from sortbox.daemon.metrics import Metrics, write_textfile
@@ -362,10 +369,21 @@ class Service:
         return not is_ignored(path.relative_to(inbox).as_posix(), self.settings.ignore)
 
     def _rescan(self) -> None:
+        """Find what no event told us about. A file the journal already has, unchanged, is
+        passed over here: an inbox kept full (on_success = "keep") is not queued again and
+        again, so memory and CPU stay flat however many files it holds."""
+        index = self.library.index
         for path in walk_files(self.settings.inbox, self.settings.ignore):
-            if not self.tracker.is_tracked(path):
-                self.grouper.noticed(path)
-                self.tracker.touched(path)
+            if self.tracker.is_tracked(path):
+                continue
+            identity = identity_of(path)
+            if identity is None:
+                continue
+            done = index.source(path, identity)
+            if done is not None and not (done.original_removed and self.library.remove_originals):
+                continue  # (an original still due for removal goes on, to _consider)
+            self.grouper.noticed(path)
+            self.tracker.touched(path)
 
     # -- intake: the given files (`sortbox sort`) ----------------------------------------------
 
