@@ -79,14 +79,18 @@ class StabilityTracker:
         """Renamed into place (a browser's .part, rsync's temp file, `mv`): the writer finished
         before the rename, so no quiet period is needed; one check of its identity is."""
         with self._lock:
-            now = self._clock()
             candidate = self._candidates.get(path)
             if candidate is not None and candidate.writers > 0:
                 self._restart_if_changed(path, candidate)  # still open somewhere: wait as usual
                 return
-            self._candidates[path] = _Candidate(
-                identity_of(path), now - self.quiet_period_s, confirmed=self.confirmations - 1
-            )
+            candidate = _Candidate(identity_of(path), self._clock())
+            self._complete_now(candidate)
+            self._candidates[path] = candidate
+
+    def _complete_now(self, candidate: _Candidate) -> None:
+        """No quiet period, no further checks: take it at the next look, if unchanged."""
+        candidate.changed_at = self._clock() - self.quiet_period_s
+        candidate.confirmed = self.confirmations - 1
 
     def opened(self, path: Path) -> None:
         with self._lock:
@@ -105,12 +109,9 @@ class StabilityTracker:
             candidate.writers = max(0, candidate.writers - 1)
             candidate.identity = identity_of(path)
             candidate.confirmed = 0
-            now = self._clock()
+            candidate.changed_at = self._clock()
             if wrote and candidate.writers_known and candidate.writers == 0:
-                candidate.changed_at = now - self.quiet_period_s
-                candidate.confirmed = self.confirmations - 1
-            else:
-                candidate.changed_at = now
+                self._complete_now(candidate)
 
     def take_stable(self) -> list[tuple[Path, Identity]]:
         """Candidates that are complete now; they stay `queued` until `finished`."""

@@ -63,18 +63,12 @@ def quantise(float_model: Path, calibration: Iterator[np.ndarray], target: Path)
 
 
 def agreement_with(
-    quantised_model: Path, float_model: Path, batches: Iterator[np.ndarray], threads: int
+    quantised_model: Path, batches: Iterator[np.ndarray], float_logits: np.ndarray, threads: int
 ) -> tuple[float, np.ndarray]:
-    """Run both models on the same pictures: the share of them where the quantised one gives
-    the float one's label, and the quantised one's outputs."""
-    quantised = open_session(quantised_model, threads)
-    original = open_session(float_model, threads)
-    rows, same = [], []
-    for batch in batches:
-        logits = quantised.run(None, {"input": batch})[0].astype(np.float32)
-        expected = original.run(None, {"input": batch})[0]
-        rows.append(logits)
-        same.append(logits.argmax(axis=1) == expected.argmax(axis=1))
-    if not rows:
-        return 0.0, np.zeros((0, 0), dtype=np.float32)
-    return float(np.concatenate(same).mean()), np.concatenate(rows)
+    """Run the quantised model on the pictures `float_logits` came from: the share of them
+    where it gives the float model's label, and its outputs."""
+    session = open_session(quantised_model, threads)
+    rows = [session.run(None, {"input": batch})[0] for batch in batches]
+    logits = np.concatenate(rows).astype(np.float32) if rows else np.zeros_like(float_logits)
+    same = logits.argmax(axis=1) == float_logits.argmax(axis=1)
+    return (float(same.mean()) if len(same) else 0.0), logits

@@ -311,7 +311,7 @@ def ship(
         parity_pictures = next(plain_pictures(data.test[:PARITY_IMAGES], spec, settings.max_pixels))
         float_temperature = fit_temperature(logits["calibration"], labels["calibration"])
         parity = check_parity(network, onnx_path, parity_pictures, float_temperature)
-        int8 = int8_version(settings, onnx_path, spec, data) if cfg.int8 else None
+        int8 = int8_version(settings, onnx_path, spec, data, logits) if cfg.int8 else None
         if int8 is not None and int8.accepted:
             # what the daemon will run: calibrate and measure that, not the float model
             logits = int8.logits
@@ -435,9 +435,11 @@ def int8_version(
     float_model: Path,
     spec: Preprocessing,
     data: TrainingSet,
+    float_logits: dict[str, np.ndarray],
 ) -> Int8Outcome:
     """Quantise the exported model on training pictures, and measure how often it gives the
-    float model's label on the calibration and test pictures."""
+    float model's label on the calibration and test pictures (`float_logits`: the float
+    model's outputs on them, which the parity check proved ONNX Runtime reproduces)."""
     max_pixels = settings.max_pixels
     rng = np.random.default_rng(settings.train.seed)
     chosen = rng.choice(len(data.train), min(CALIBRATION_PICTURES, len(data.train)), replace=False)
@@ -450,8 +452,8 @@ def int8_version(
     checked = {
         role: agreement_with(
             path,
-            float_model,
             plain_pictures(data.role(role), spec, max_pixels),
+            float_logits[role],
             settings.train.threads,
         )
         for role in ("calibration", "test")
