@@ -40,7 +40,6 @@ class TrainSettings(BaseModel):
     # auto-sorted files nobody touched are not labels unless this is on (no self-confirmation)
     trust_auto_sorted: bool = False
     # the fast model: a linear head on frozen features, published first
-    head_epochs: int = Field(60, ge=1)
     # the deep model: the last stages fine-tuned on augmented pictures, published if better
     finetune_epochs: int = Field(30, ge=0)
     trainable_stages: int = Field(2, ge=1, le=7)

@@ -40,7 +40,7 @@ from sortbox.trainer.model import BACKBONES, imagenet_network, map_weights  # no
 from sortbox.trainer.publish import prune, publish  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not CLOTHING10.is_dir(), reason=f"needs {CLOTHING10}")
-SMALL = {"head_epochs": 25, "finetune_epochs": 2, "batch_size": 16, "threads": 2}
+SMALL = {"finetune_epochs": 2, "batch_size": 16, "threads": 2}
 
 
 @pytest.fixture(scope="session")
@@ -373,15 +373,22 @@ def test_train_publish_skip_gate_rollback_with_a_running_daemon(
         again = sortbox("train", config=home.config)
         assert again.returncode == 0 and "skipped" in again.stdout
 
-        # a much weaker candidate on changed data: the gate keeps the current model
-        copy_photos(tmp_path / "dataset", {"hat": 2}, skip=80)
+        # a much weaker candidate: a user's training folders with hats and pants swapped (their
+        # own split, fresh calibration and test pictures): the gate keeps the current model
+        swapped = tmp_path / "swapped"
+        copy_photos(swapped / "validation", {"hat": 6, "pants": 6, "shoes": 6}, skip=80)
+        copy_photos(swapped / "test", {"hat": 6, "pants": 6, "shoes": 6}, skip=90)
+        copy_photos(swapped / "train", {"shoes": 14})
+        for wrong, right in (("hat", "pants"), ("pants", "hat")):
+            (swapped / "train" / wrong).mkdir()
+            for photo in sorted((CLOTHING10 / right).iterdir())[:14]:
+                shutil.copy(photo, swapped / "train" / wrong / photo.name)
         weak = sortbox(
             "train",
             config=home.config,
             timeout=600,
             env={
-                "SORTBOX_TRAIN__HEAD_EPOCHS": "1",
-                "SORTBOX_TRAIN__BATCH_SIZE": "512",  # one step from a random head
+                "SORTBOX_DATASET": str(swapped),
                 "SORTBOX_TRAIN__FINETUNE_EPOCHS": "0",
                 "SORTBOX_TRAIN__MAX_MACRO_F1_DROP": "0",
             },
