@@ -184,13 +184,18 @@ class Journal:
                 self._end = os.fstat(self._fd).st_size
             self._torn = False
 
-    def take_foreign(self) -> list[Event]:
-        """Events other processes appended since we last looked."""
+    def take_foreign_and_offset(self) -> tuple[list[Event], int]:
+        """`take_foreign`, and the offset up to which every line has now been either written
+        by us or returned: where a reader that has recorded both may resume."""
         with self._locked():
             events = self._foreign + self._read_since_end()
             self._foreign = []
             self._end = os.fstat(self._fd).st_size
-        return events
+            return events, self._end
+
+    def take_foreign(self) -> list[Event]:
+        """Events other processes appended since we last looked."""
+        return self.take_foreign_and_offset()[0]
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -105,6 +105,20 @@ class Library:
                 self.index.record(event)
             yield
 
+    def save_index_snapshot(self) -> None:
+        """Leave the done-index for the next start (see index.py). Only when every event this
+        process journaled has been recorded: after a clean drain, not after a crash."""
+        if self.journal is None:
+            return
+        try:
+            with locked(self.root):
+                events, offset = self.journal.take_foreign_and_offset()
+                for event in events:
+                    self.index.record(event)
+                self.index.save_snapshot(self.root, self.journal.path, offset)
+        except OSError as exc:  # a full disk: the next start reads the whole journal
+            log.warning("index_snapshot_not_saved", error=str(exc))
+
     def copy_of(self, sha256: str | None) -> str | None:
         """Where the library holds this content now: journaled there, and still that content.
         A copy the user deleted or edited since does not count: the picture is placed again."""

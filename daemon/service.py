@@ -258,6 +258,8 @@ class Service:
         # 4. Make the journal durable and close it.
         if self._unjournaled:
             self._journal_later()
+        if not self._crashed and not placer.is_alive():
+            self.library.save_index_snapshot()
         if self.library.journal is not None:
             self.library.journal.close()
         if self.watching:
