@@ -1,7 +1,7 @@
 """How close sortbox runs to the machine's limit, on camera-like 12-megapixel JPEGs.
 
     python benchmarks/bench_daemon.py [--workdir .bench] [--photos 120] [--rate 5]
-                                      [--drop 10000] [--further 50000]
+                                      [--drop 10000] [--further 50000] [--model DIR]
 
 Makes its own pictures: 4032x3024 JPEGs at quality 90 with sensor-like noise, cut from the
 photos of Debian's plasma-workspace-wallpapers package (apt-get download, dpkg -x), and small
@@ -447,18 +447,32 @@ def scale(home: Path, photos: list[Path], drop: int, further: int, say: Callable
 # -- main ----------------------------------------------------------------------------------------
 
 
-def prepare_home(workdir: Path) -> Path:
-    home = workdir / "home"
+def prepare_home(workdir: Path, model: Path | None) -> Path:
+    """A sortbox home with the default model, or with a copy of the published model `model`
+    (a version folder from some models_dir) as its only one."""
+    home = workdir / ("home" if model is None else f"home-{model.name}")
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(
         'inbox = "inbox"\nlibrary = "library"\njournal = "journal.jsonl"\nmodels_dir = "models"\n'
         "audit_rate = 0.0\n"
     )
+    if model is not None and not (home / "models" / model.name).exists():
+        shutil.copytree(model, home / "models" / model.name)
+        (home / "models" / "current").symlink_to(model.name)
     if not (home / "models" / "current").exists():
         subprocess.run(
             [*SORTBOX, "init", "--config", str(home / "config.toml")], cwd=REPO, check=True
         )
     return home
+
+
+def describe_model(home: Path) -> str:
+    from sortbox.daemon.manifest import current_version, read_manifest
+
+    version = current_version(home / "models")
+    manifest = read_manifest(home / "models" / str(version))
+    runs = "INT8" if manifest.int8 else "float"
+    return f"{version} ({manifest.kind}, {manifest.backbone}, {runs} in the daemon; naive: float)"
 
 
 def main() -> None:
@@ -470,6 +484,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5.0, help="arrivals per second (latency)")
     parser.add_argument("--drop", type=int, default=10_000, help="files dropped at once (scale)")
     parser.add_argument("--further", type=int, default=50_000, help="files after that (scale)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="a published model folder (models_dir/<version>) to use instead of the default one",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -481,9 +500,9 @@ def main() -> None:
         print(line, flush=True)
 
     workdir = args.workdir.absolute()
-    home = prepare_home(workdir)
+    home = prepare_home(workdir, args.model.absolute() if args.model else None)
     photos = camera_photos(workdir, args.photos)
-    say(f"machine: {os.cpu_count()} CPUs; model: the default EfficientNet-Lite0 (ONNX Runtime)")
+    say(f"machine: {os.cpu_count()} CPUs; model: {describe_model(home)}")
     say(f"pictures: {args.photos} JPEGs, 4032x3024, quality 90, sensor-like noise\n")
 
     top = run_child("ceiling", home, photos)
