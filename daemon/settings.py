@@ -39,8 +39,9 @@ class TrainSettings(BaseModel):
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     # auto-sorted files nobody touched are not labels unless this is on (no self-confirmation)
     trust_auto_sorted: bool = False
-    # the fast model: a linear head on frozen features, published first
-    # the deep model: the last stages fine-tuned on augmented pictures, published if better
+    # the fast model (a linear head on frozen features, its L2 strength chosen on the
+    # calibration pictures) is published first; then the deep model: the last stages
+    # fine-tuned on augmented pictures, published if better
     finetune_epochs: int = Field(30, ge=0)
     trainable_stages: int = Field(2, ge=1, le=7)
     budget_minutes: float = Field(60.0, gt=0.0)
