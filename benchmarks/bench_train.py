@@ -76,7 +76,6 @@ def baseline(home: Path, dataset: Path) -> tuple[str, float]:
     classic transfer-learning baseline. L2 chosen on validation/, temperature and thresholds
     calibrated there by sortbox's own calibration, measured on test/."""
     import torch
-    import torch.nn.functional as F
     from sortbox.daemon.decide import softmax
     from sortbox.daemon.settings import load_settings
     from sortbox.trainer.calibrate import calibrate
@@ -84,7 +83,7 @@ def baseline(home: Path, dataset: Path) -> tuple[str, float]:
     from sortbox.trainer.evaluate import evaluate
     from sortbox.trainer.features import FeatureCache
     from sortbox.trainer.model import imagenet_network
-    from sortbox.trainer.train import auto_sorted
+    from sortbox.trainer.train import HEAD_L2, auto_sorted, logistic_regression
 
     settings = load_settings(home / "config.toml")
     data = gather(settings)
@@ -98,22 +97,8 @@ def baseline(home: Path, dataset: Path) -> tuple[str, float]:
     }
     y = {r: torch.tensor([data.classes.index(e.label) for e in data.role(r)]) for r in x}
 
-    def fit(l2: float) -> torch.nn.Linear:
-        head = torch.nn.Linear(x["train"].shape[1], len(data.classes))
-        optimizer = torch.optim.LBFGS(
-            head.parameters(), max_iter=300, line_search_fn="strong_wolfe"
-        )
-
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad()
-            loss = F.cross_entropy(head(x["train"]), y["train"]) + l2 * head.weight.square().sum()
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
-        return head
-
-    heads = {l2: fit(l2) for l2 in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)}
+    classes = len(data.classes)
+    heads = {l2: logistic_regression(x["train"], y["train"], classes, l2) for l2 in HEAD_L2}
     with torch.no_grad():
         best = max(
             heads,

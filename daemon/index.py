@@ -73,12 +73,8 @@ class DoneIndex:
         """The index of everything `journal` records, from the library's snapshot where it
         fits the journal, else from every journal line."""
         index = cls()
-        try:
-            fh = journal.open("rb")
-        except FileNotFoundError:
-            fh = None
-        if fh is not None:
-            with fh:
+        if journal.exists():  # the daemon creates it before this; `status` may not
+            with journal.open("rb") as fh:
                 start = index._restore(snapshot_file_of(library), fh)
                 fh.seek(start)
                 for event in parse_lines(fh, str(journal)):

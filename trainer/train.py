@@ -277,25 +277,32 @@ def fit_head(
     y = labels.repeat_interleave(views)
     weights = balanced_weights(labels, classes)
 
-    def solve(l2: float) -> torch.nn.Linear:
-        head = torch.nn.Linear(x.shape[1], classes)
-        optimizer = torch.optim.LBFGS(
-            head.parameters(), max_iter=HEAD_ITERATIONS, line_search_fn="strong_wolfe"
-        )
-
-        def loss() -> torch.Tensor:
-            optimizer.zero_grad()
-            value = F.cross_entropy(head(x), y, weight=weights) + l2 * head.weight.square().sum()
-            value.backward()
-            return value
-
-        optimizer.step(loss)
-        return head
-
-    heads = [solve(l2) for l2 in tqdm(HEAD_L2, desc="fast model", disable=not progress)]
+    heads = [
+        logistic_regression(x, y, classes, l2, weights)
+        for l2 in tqdm(HEAD_L2, desc="fast model", disable=not progress)
+    ]
     with torch.no_grad():
         losses = [F.cross_entropy(h(calibration_features), calibration_labels) for h in heads]
     return heads[int(np.argmin(losses))]
+
+
+def logistic_regression(
+    x: torch.Tensor, y: torch.Tensor, classes: int, l2: float, weights: torch.Tensor | None = None
+) -> torch.nn.Linear:
+    """Multinomial logistic regression with an L2 penalty on the weights, solved by L-BFGS."""
+    head = torch.nn.Linear(x.shape[1], classes)
+    optimizer = torch.optim.LBFGS(
+        head.parameters(), max_iter=HEAD_ITERATIONS, line_search_fn="strong_wolfe"
+    )
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = F.cross_entropy(head(x), y, weight=weights) + l2 * head.weight.square().sum()
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return head
 
 
 @dataclass(frozen=True)
