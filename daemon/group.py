@@ -8,8 +8,10 @@ is named after the picture it describes so photo tools still pair them.
 
 The daemon waits for partners only where it knows one is on its way: a picture whose RAW file
 or sidecar is still being written waits for it, at most `pair_wait_s`; a RAW file or sidecar
-whose picture has not come yet waits that long for it. A RAW file whose picture never comes is
-classified from its own preview; a sidecar whose picture never comes is rejected, saying so.
+whose picture has not come yet waits that long for it. One that comes after its picture was
+placed follows it all the same (pipeline.py remembers where recent pictures went). A RAW file
+whose picture never comes is classified from its own preview; a sidecar whose picture never
+comes is rejected, saying so.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ import contextlib
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ import structlog
 from sortbox.daemon.classify import Classifier
 from sortbox.daemon.decide import SPOT_CHECK, Decision, decide
 from sortbox.daemon.decode import Decoded
-from sortbox.daemon.group import COMPANION_OF, role_of, sidecar_name
+from sortbox.daemon.group import COMPANION_OF, group_key, role_of, sidecar_name
 from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import identity_of
 from sortbox.daemon.journal import Duplicate, Journal, Placement, Rejected, Review, Sorted
@@ -45,6 +47,19 @@ from sortbox.daemon.preprocess import is_raw
 log = structlog.get_logger(__name__)
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+# A RAW file or sidecar that comes after its picture was placed (an editor writing IMG_1.xmp
+# later, a copy slower than pair_wait_s) still goes where the picture went, for this long.
+LATE_COMPANION_S = 600.0
+RECENT_PICTURES = 10_000  # at most this many remembered, oldest forgotten first
+
+
+@dataclass(frozen=True)
+class PlacedPicture:
+    """A picture this process placed, for late companions to follow."""
+
+    event: Sorted | Review
+    names_in_library: dict[str, str]  # original file name -> its library name, group-wide
+    at: float  # time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,7 @@ class Library:
         self.journal = journal
         self.remove_originals = remove_originals and journal is not None
         self._unsynced: set[Path] = set()  # folders with new names not yet fsynced
+        self._recent: OrderedDict[tuple[Path, str], PlacedPicture] = OrderedDict()
 
     def sync_later(self, folder: Path) -> None:
         self._unsynced.add(folder)
@@ -128,6 +144,22 @@ class Library:
         if dest is None or not same_content(self.root / dest, sha256):
             return None
         return dest
+
+    def remember_picture(self, path: Path, placed: PlacedPicture) -> None:
+        key = group_key(path)
+        self._recent[key] = placed
+        self._recent.move_to_end(key)
+        while len(self._recent) > RECENT_PICTURES:
+            self._recent.popitem(last=False)
+
+    def picture_of(self, companion: Path) -> PlacedPicture | None:
+        """The picture of this RAW file's or sidecar's group placed here lately, if its copy
+        is still in the library."""
+        placed = self._recent.get(group_key(companion))
+        if placed is None or time.monotonic() - placed.at > LATE_COMPANION_S:
+            return None
+        assert placed.event.dest is not None
+        return placed if (self.root / placed.event.dest).is_file() else None
 
     def probably_has(self, sha256: str | None) -> bool:
         """Cheap check (no hashing) used to skip the model for known content."""
@@ -198,7 +230,13 @@ def place_batch(classified: Classified, library: Library) -> Placed:
                 # skipped as known content, but that copy is gone: classify it next time
                 placed.retry.append(item)
                 continue
+            picture = None
+            if item.sha256 is not None and role_of(item.arrival.path) != "picture":
+                picture = library.picture_of(item.arrival.path)
             try:
+                if picture is not None:  # came late: follows its picture, decided or not
+                    placed.events += _place_companions([item], picture, library, placed_now)
+                    continue
                 if item.problem is not None:
                     event: Placement = _reject(item, library)
                 else:
@@ -216,8 +254,15 @@ def place_batch(classified: Classified, library: Library) -> Placed:
             if event.dest and item.sha256:
                 placed_now[item.sha256] = event.dest
             if isinstance(event, Sorted | Review):
+                assert event.dest is not None
+                picture = PlacedPicture(
+                    event, {item.arrival.path.name: event.dest.rsplit("/", 1)[-1]}, time.monotonic()
+                )
+                library.remember_picture(item.arrival.path, picture)
                 try:
-                    placed.events += _place_companions(item, event, library, placed_now)
+                    placed.events += _place_companions(
+                        item.companions, picture, library, placed_now
+                    )
                 except SourceChanged:
                     placed.alone += item.companions  # the picture stays placed; they come again
                 except OSError as exc:
@@ -307,16 +352,20 @@ def _place(item: Decoded, decision: Decision, model: str, library: Library) -> S
 
 
 def _place_companions(
-    item: Decoded, placed: Sorted | Review, library: Library, placed_now: dict[str, str]
+    companions: Iterable[Decoded],
+    picture: PlacedPicture,
+    library: Library,
+    placed_now: dict[str, str],
 ) -> list[Placement]:
-    """The picture's RAW file and sidecars, into the folder the picture went to, journaled
+    """A picture's RAW files and sidecars, into the folder the picture went to, journaled
     with its decision. A sidecar is named after the picture it describes (group.py)."""
+    placed = picture.event
     assert placed.dest is not None
     folder = placed.dest.split("/", 1)[0]
-    names_in_library = {item.arrival.path.name: placed.dest.rsplit("/", 1)[-1]}
+    names_in_library = picture.names_in_library  # grows: a late sidecar finds the RAW's name
     events: list[Placement] = []
     # RAW files first: a sidecar then pairs with the RAW copy it was written for
-    ordered = sorted(item.companions, key=lambda c: role_of(c.arrival.path) == "sidecar")
+    ordered = sorted(companions, key=lambda c: role_of(c.arrival.path) == "sidecar")
     for companion in ordered:
         assert companion.sha256 is not None
         earlier = placed_now.get(companion.sha256) or library.copy_of(companion.sha256)
@@ -337,7 +386,7 @@ def _place_companions(
                 **_fields(companion),
                 **fields,
                 dest=dest,
-                reason=f"{COMPANION_OF}{item.arrival.relative}",
+                reason=f"{COMPANION_OF}{placed.src}",
                 original_removed=library.remove_originals,
             )
         )

@@ -136,3 +136,33 @@ def test_sort_groups_without_waiting(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     check_pairs_placed(home.file_events(), home.library)
     assert len(home.file_events()) == 6
+
+
+def test_companions_that_come_late_follow_their_picture(tmp_path: Path) -> None:
+    """An editor writes IMG_0005.xmp minutes after the import; a slow copy brings the RAW
+    file after its JPEG was already placed (and, on_success = "delete", removed). Neither is
+    rejected or classified on its own: they go where the picture went."""
+    home = make_home(tmp_path, pair_wait_s=0.3, on_success="delete")
+    publish_rgb_model(home.models, "v1")
+    daemon = Daemon(home).start()
+    try:
+        (home.inbox / "IMG_0005.JPG").write_bytes(encode(picture("red", 5, (160, 120)), "JPEG"))
+        wait_until(lambda: len(home.file_events()) == 1, 30, "the picture placed")
+        time.sleep(1.0)  # well past pair_wait_s
+        # the RAW's own preview is blue: were it classified alone, it would land in blue/
+        (home.inbox / "IMG_0005.DNG").write_bytes(dng(picture("blue", 5, (160, 120))))
+        wait_until(lambda: len(home.file_events()) == 2, 30, "the RAW file placed")
+        (home.inbox / "IMG_0005.xmp").write_bytes(b"<x:xmpmeta>edited later</x:xmpmeta>")
+        wait_until(lambda: len(home.file_events()) == 3, 30, "the sidecar placed")
+    finally:
+        daemon.stop()
+    by_src = {e["src"]: e for e in home.file_events()}
+    jpeg, raw, xmp = (by_src[f"IMG_0005.{ext}"] for ext in ("JPG", "DNG", "xmp"))
+    assert jpeg["dest"].startswith("red/")
+    for late in (raw, xmp):
+        assert late["event"] == "sorted" and late["dest"].startswith("red/"), late
+        assert late["reason"] == f"{COMPANION_OF}IMG_0005.JPG"
+        assert late["label"] == jpeg["label"]
+    # the sidecar pairs with the RAW copy, as editors write IMG_0005.xmp for the RAW file
+    assert xmp["dest"] == f"red/{Path(raw['dest']).name.rsplit('.', 1)[0]}.xmp"
+    assert list(home.inbox.iterdir()) == []
