@@ -50,7 +50,7 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 # A RAW file or sidecar that comes after its picture was placed (an editor writing IMG_1.xmp
 # later, a copy slower than pair_wait_s) still goes where the picture went, for this long.
 LATE_COMPANION_S = 600.0
-RECENT_PICTURES = 10_000  # at most this many remembered, oldest forgotten first
+RECENT_PICTURES = 1_000  # at most this many remembered (about 2 MB), oldest forgotten first
 
 
 @dataclass(frozen=True)

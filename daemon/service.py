@@ -211,6 +211,9 @@ class Service:
 
     def main_loop(self) -> None:
         max_wait_s = self.settings.max_wait_ms / 1000
+        # `sort` ends when the placer has placed the last batch; look for that often, so
+        # the command does not sit idle for a daemon's poll interval after its work is done
+        idle_poll_s = 0.2 if self.watching else 0.01
         while not self.should_exit.is_set():
             batch = next_batch(
                 self._decoded,
@@ -218,6 +221,7 @@ class Service:
                 max_wait_s,
                 self.should_exit,
                 more_coming=self._decoding_more,
+                idle_poll_s=idle_poll_s,
             )
             if batch:
                 self._classify(batch)
