@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import posixpath
+import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +41,11 @@ from sortbox.daemon.place import LIBRARY_NAME, STATE_FOLDER
 
 SNAPSHOT_FORMAT = 1
 FINGERPRINT_BYTES = 4096  # the journal bytes just before the offset a snapshot covers
+# One entry per done file, so they are kept packed: a source's record as 25 bytes, a content
+# as its 32-byte digest. Half the memory of objects and hex strings, which keeps the daemon's
+# footprint flat over a long life (benchmarks/bench_daemon.py, scale).
+_RECORD = struct.Struct("<QqQB")  # size, mtime_ns, inode, flags
+_REMOVED, _MOVED = 1, 2
 log = structlog.get_logger(__name__)
 
 
@@ -47,7 +53,7 @@ def snapshot_file_of(library: Path) -> Path:
     return library / STATE_FOLDER / "done-index.json"
 
 
-@dataclass(frozen=True, slots=True)  # one per done file: tens of thousands in a big inbox
+@dataclass(frozen=True, slots=True)
 class SourceRecord:
     identity: Identity
     original_removed: bool  # on_success = "delete": the original was due to be removed
@@ -64,8 +70,8 @@ class SourceRecord:
 class DoneIndex:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sources: dict[str, SourceRecord] = {}
-        self._content: dict[str, str] = {}  # sha256 -> dest, relative to the library
+        self._sources: dict[str, bytes] = {}  # input path -> its packed SourceRecord
+        self._content: dict[bytes, str] = {}  # sha256 digest -> dest, relative to the library
         self._orphans: dict[str, Path] = {}  # 12-hex name hash -> library file with no journal line
 
     @classmethod
@@ -98,18 +104,18 @@ class DoneIndex:
         with self._lock:
             if isinstance(event, Sorted | Review | Duplicate | Rejected):
                 self._remember_source(event)
-                if event.dest and event.sha256 and not isinstance(event, Duplicate):
-                    self._content[event.sha256] = event.dest
-                    self._orphans.pop(event.sha256[:12], None)
+                digest = _digest(event.sha256)
+                if event.dest and digest and not isinstance(event, Duplicate):
+                    self._content[digest] = event.dest
+                    self._orphans.pop(digest.hex()[:12], None)
             elif isinstance(event, Undone):
-                if event.sha256 and self._content.get(event.sha256) == event.dest:
-                    del self._content[event.sha256]
+                digest = _digest(event.sha256)
+                if digest and self._content.get(digest) == event.dest:
+                    del self._content[digest]
                 self._remember_source(event)
             elif isinstance(event, Imported):
                 self._sources = {
-                    _relocated(key, event.roots): SourceRecord(
-                        record.identity, record.original_removed, moved=True
-                    )
+                    _relocated(key, event.roots): _moved(record)
                     for key, record in self._sources.items()
                 }
 
@@ -117,18 +123,12 @@ class DoneIndex:
         """Write the index as it stands, as covering `journal` up to `offset`: the caller
         guarantees every event before the offset has been recorded, and none after it."""
         with self._lock:
-            sources = [
-                [
-                    key,
-                    r.identity.size,
-                    r.identity.mtime_ns,
-                    r.identity.inode,
-                    r.original_removed,
-                    r.moved,
-                ]
-                for key, r in self._sources.items()
-            ]
-            content = dict(self._content)
+            sources = []
+            for key, packed in self._sources.items():
+                size, mtime_ns, inode, flags = _RECORD.unpack(packed)
+                removed, moved = bool(flags & _REMOVED), bool(flags & _MOVED)
+                sources.append([key, size, mtime_ns, inode, removed, moved])
+            content = {digest.hex(): dest for digest, dest in self._content.items()}
         with journal.open("rb") as fh:
             covers = {
                 "inode": os.fstat(fh.fileno()).st_ino,
@@ -163,13 +163,13 @@ class DoneIndex:
                 log.info("index_snapshot_stale", snapshot=str(path))
                 return 0
             self._sources = {
-                key: SourceRecord(Identity(size, mtime_ns, inode), bool(removed), bool(moved))
+                str(key): _pack(Identity(size, mtime_ns, inode), bool(removed), bool(moved))
                 for key, size, mtime_ns, inode, removed, moved in snapshot["sources"]
             }
-            self._content = {str(k): str(v) for k, v in snapshot["content"].items()}
+            self._content = {bytes.fromhex(k): str(v) for k, v in snapshot["content"].items()}
         except FileNotFoundError:
             return 0
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
             log.warning("index_snapshot_unreadable", snapshot=str(path), error=str(exc))
             self._sources, self._content = {}, {}
             return 0
@@ -180,17 +180,22 @@ class DoneIndex:
             return
         identity = Identity(size=event.size, mtime_ns=event.mtime_ns, inode=event.inode)
         key = posixpath.join(event.root, event.src)  # = str(Path(root) / src), 5x cheaper
-        self._sources[key] = SourceRecord(identity, event.original_removed)
+        try:
+            self._sources[key] = _pack(identity, event.original_removed)
+        except struct.error:  # a time or size out of any real range: hashed again next time
+            self._sources.pop(key, None)
 
     def source(self, path: Path, identity: Identity) -> SourceRecord | None:
         """The record for this exact file (same path, size, mtime and inode), if any."""
         with self._lock:
-            record = self._sources.get(str(path))
+            packed = self._sources.get(str(path))
+        record = _unpack(packed) if packed is not None else None
         return record if record and record.matches(identity) else None
 
     def copy_of(self, sha256: str) -> str | None:
+        digest = _digest(sha256)
         with self._lock:
-            return self._content.get(sha256)
+            return self._content.get(digest) if digest else None
 
     def orphan_for(self, sha256: str) -> Path | None:
         with self._lock:
@@ -201,7 +206,7 @@ class DoneIndex:
         return len(self._content)
 
     def _find_orphans(self, library: Path) -> dict[str, Path]:
-        known = {sha[:12] for sha in self._content}
+        known = {digest.hex()[:12] for digest in self._content}
         orphans: dict[str, Path] = {}
         if not library.is_dir():
             return orphans
@@ -213,6 +218,31 @@ class DoneIndex:
                 if match and match["hash"] not in known and entry.is_file():
                     orphans[match["hash"]] = entry
         return orphans
+
+
+def _pack(identity: Identity, original_removed: bool, moved: bool = False) -> bytes:
+    flags = (_REMOVED if original_removed else 0) | (_MOVED if moved else 0)
+    return _RECORD.pack(identity.size, identity.mtime_ns, identity.inode, flags)
+
+
+def _unpack(packed: bytes) -> SourceRecord:
+    size, mtime_ns, inode, flags = _RECORD.unpack(packed)
+    return SourceRecord(
+        Identity(size, mtime_ns, inode), bool(flags & _REMOVED), bool(flags & _MOVED)
+    )
+
+
+def _moved(packed: bytes) -> bytes:
+    """The record of a file journaled before an import: matched by size and mtime only."""
+    return packed[:-1] + bytes([packed[-1] | _MOVED])
+
+
+def _digest(sha256: str | None) -> bytes | None:
+    """The 32 bytes of a hex sha256; None for none (or a hand-edited line's garbage)."""
+    try:
+        return bytes.fromhex(sha256) if sha256 and len(sha256) == 64 else None
+    except ValueError:
+        return None
 
 
 def _fingerprint(journal: Any, offset: int) -> str:
