@@ -81,7 +81,7 @@ def read_and_prepare(
             return result(
                 f"too large: {st.st_size} bytes, the limit is {max_bytes}", identity, sha256
             )
-        data = _read_all(fd)
+        data = _read_all(fd, st.st_size)
     except OSError as exc:
         return result(f"unreadable: {exc.strerror}")
     finally:
@@ -120,9 +120,11 @@ def lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODER_NICENESS)
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
+def _read_all(fd: int, expected_size: int) -> bytes:
+    # one read of the whole file, so the bytes are not copied again to join chunks; a file
+    # that grew since fstat (a writer still at it) is read to its end all the same
+    chunks = [os.read(fd, expected_size + 1)]
+    while chunks[-1] and (chunk := os.read(fd, 1 << 20)):
         chunks.append(chunk)
     return b"".join(chunks)
 
