@@ -426,6 +426,7 @@ def scale(home: Path, photos: list[Path], drop: int, further: int, say: Callable
             if not daemon.wait_for(total, 3600):
                 raise SystemExit(f"only {len(daemon.seen_at)} of {total} files were journaled")
             seconds = time.monotonic() - began
+            time.sleep(2)  # RSS of the daemon idle again, as `top` shows it between imports
             rss_after.append(daemon.rss_mb())
             if n == 0:
                 result["drop_peak_rss_mb"] = daemon.rss_mb("VmHWM")

@@ -58,15 +58,24 @@ def inside(path: Path, root: Path) -> bool:
 
 
 def walk_files(root: Path, patterns: list[str]) -> Iterator[Path]:
-    """Every non-ignored non-folder entry below `root`; symlinked folders are not entered."""
-    for folder, dirnames, filenames in os.walk(root, followlinks=False):
-        base = Path(folder)
-        dirnames[:] = sorted(
-            d for d in dirnames if not is_ignored(d, patterns) and not (base / d).is_symlink()
-        )
-        for name in sorted(filenames):
-            if not is_ignored(name, patterns):
-                yield base / name
+    """Every non-ignored non-folder entry below `root`, in no particular order; symlinked
+    folders are neither entered nor listed. It streams: the daemon rescans an inbox of
+    100,000 files every few minutes, and a list of every name each time left the process
+    bigger after each rescan (benchmarks/bench_daemon.py, scale)."""
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if is_ignored(entry.name, patterns):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(Path(entry.path))
+                    elif not (entry.is_symlink() and entry.is_dir()):
+                        yield Path(entry.path)
+        except OSError:  # gone or unreadable since it was listed: as os.walk, pass over it
+            continue
 
 
 def identity_of(path: Path) -> Identity | None:
@@ -95,7 +104,7 @@ def collect(paths: list[Path], library: Path, ignore: list[str]) -> list[Arrival
             files, root = iter([path]), path.parent
         else:
             raise ValueError(f"{given}: no such file or folder")
-        for file in files:
+        for file in sorted(files):  # a camera's card in name order
             identity = identity_of(file)
             if identity is not None:
                 arrivals.append(Arrival(file, root, identity))

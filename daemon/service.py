@@ -37,6 +37,7 @@ from sortbox.daemon.batch import next_batch
 from sortbox.daemon.classify import Classifier, load_classifier, load_current
 from sortbox.daemon.decode import Decoded, lower_thread_priority, read_group
 from sortbox.daemon.group import Grouper, group_all
+from sortbox.daemon.heap import release_free_memory
 from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import (
     Arrival,
@@ -214,6 +215,7 @@ class Service:
         # `sort` ends when the placer has placed the last batch; look for that often, so
         # the command does not sit idle for a daemon's poll interval after its work is done
         idle_poll_s = 0.2 if self.watching else 0.01
+        worked = False
         while not self.should_exit.is_set():
             batch = next_batch(
                 self._decoded,
@@ -225,6 +227,10 @@ class Service:
             )
             if batch:
                 self._classify(batch)
+                worked = True
+            elif worked:  # the work ran out: give back what it freed (see heap.py)
+                release_free_memory()
+                worked = False
             if self._reload_requested:
                 self._reload()
             self._maybe_switch_model()
@@ -725,6 +731,7 @@ class Service:
             return
         self.notifier.watchdog()
         self.notifier.status(self.status_line())
+        release_free_memory()
 
     def _write_metrics(self) -> None:
         path = self.settings.metrics_textfile
