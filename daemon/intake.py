@@ -72,10 +72,17 @@ def walk_files(root: Path, patterns: list[str]) -> Iterator[Path]:
                         continue
                     if entry.is_dir(follow_symlinks=False):
                         folders.append(Path(entry.path))
-                    elif not (entry.is_symlink() and entry.is_dir()):
+                    elif not _links_to_folder(entry):
                         yield Path(entry.path)
         except OSError:  # gone or unreadable since it was listed: as os.walk, pass over it
             continue
+
+
+def _links_to_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_symlink() and entry.is_dir()
+    except OSError:  # a link to itself (ELOOP), or into a folder we may not read: a file to us
+        return False
 
 
 def identity_of(path: Path) -> Identity | None:

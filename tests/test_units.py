@@ -17,7 +17,7 @@ from PIL import Image
 from sortbox.daemon.batch import next_batch
 from sortbox.daemon.decide import decide
 from sortbox.daemon.decode import read_and_prepare
-from sortbox.daemon.intake import Arrival, Identity, is_ignored
+from sortbox.daemon.intake import Arrival, Identity, is_ignored, walk_files
 from sortbox.daemon.journal import Journal, Sorted, read_journal
 from sortbox.daemon.manifest import Manifest, check_class_name
 from sortbox.daemon.place import LIBRARY_NAME, copy_into, library_name
@@ -358,3 +358,18 @@ def test_replacing_leaves_the_old_file_whole_when_writing_fails(tmp_path: Path) 
     with replacing(target) as temporary:
         temporary.write_text("new")
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_walk_files_lists_files_and_links_never_entering_linked_folders(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "card" / "DCIM").mkdir(parents=True)
+    (inbox / "card" / "DCIM" / "IMG_1.JPG").write_bytes(b"x")
+    (inbox / "a.jpg").write_bytes(b"x")
+    (inbox / "a.jpg.part").write_bytes(b"x")  # ignored
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "secret.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "elsewhere", inbox / "linked-folder")  # not entered, not a file
+    os.symlink("loop.jpg", inbox / "loop.jpg")  # a link to itself: listed, decode refuses it
+    os.symlink(tmp_path / "elsewhere" / "secret.jpg", inbox / "escape.jpg")
+    found = {p.relative_to(inbox).as_posix() for p in walk_files(inbox, ["*.part"])}
+    assert found == {"card/DCIM/IMG_1.JPG", "a.jpg", "loop.jpg", "escape.jpg"}
