@@ -4,8 +4,8 @@ glibc keeps memory that Python, NumPy and Pillow free in its heaps for reuse, an
 that decodes pictures in several threads ends up with many half-empty heaps: its RSS grows
 with the files it has seen though nothing in it does (bench_daemon.py, scale: +19 % over
 50,000 files without this and the streaming rescan, +12 % with them, the done-index's own
-share). `malloc_trim` hands the free pages back; it costs milliseconds,
-so the service calls it with its heartbeat and whenever its work runs out.
+share). `malloc_trim` hands the free pages back; it costs milliseconds, so the service
+calls it with its heartbeat and whenever its work runs out.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ class DoneIndex:
                 digest = _digest(event.sha256)
                 if event.dest and digest and not isinstance(event, Duplicate):
                     self._content[digest] = event.dest
-                    self._orphans.pop(digest.hex()[:12], None)
+                    self._orphans.pop(digest[:6].hex(), None)  # the 12 hex digits in names
             elif isinstance(event, Undone):
                 digest = _digest(event.sha256)
                 if digest and self._content.get(digest) == event.dest:
@@ -123,11 +123,7 @@ class DoneIndex:
         """Write the index as it stands, as covering `journal` up to `offset`: the caller
         guarantees every event before the offset has been recorded, and none after it."""
         with self._lock:
-            sources = []
-            for key, packed in self._sources.items():
-                size, mtime_ns, inode, flags = _RECORD.unpack(packed)
-                removed, moved = bool(flags & _REMOVED), bool(flags & _MOVED)
-                sources.append([key, size, mtime_ns, inode, removed, moved])
+            sources = [_snapshot_row(key, packed) for key, packed in self._sources.items()]
             content = {digest.hex(): dest for digest, dest in self._content.items()}
         with journal.open("rb") as fh:
             covers = {
@@ -206,7 +202,7 @@ class DoneIndex:
         return len(self._content)
 
     def _find_orphans(self, library: Path) -> dict[str, Path]:
-        known = {digest.hex()[:12] for digest in self._content}
+        known = {digest[:6].hex() for digest in self._content}
         orphans: dict[str, Path] = {}
         if not library.is_dir():
             return orphans
@@ -230,6 +226,14 @@ def _unpack(packed: bytes) -> SourceRecord:
     return SourceRecord(
         Identity(size, mtime_ns, inode), bool(flags & _REMOVED), bool(flags & _MOVED)
     )
+
+
+def _snapshot_row(key: str, packed: bytes) -> list[Any]:
+    """[path, size, mtime_ns, inode, original_removed, moved]: what `_restore` reads."""
+    record = _unpack(packed)
+    identity = record.identity
+    removed, moved = record.original_removed, record.moved
+    return [key, identity.size, identity.mtime_ns, identity.inode, removed, moved]
 
 
 def _moved(packed: bytes) -> bytes:

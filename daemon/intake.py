@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-@dataclass(frozen=True, slots=True)  # one per done file in the index: keep it small
+@dataclass(frozen=True, slots=True)  # one per file met in the inbox: keep it small
 class Identity:
     """Cheap proof that a file is the one we already handled: no re-hashing at start-up."""
 
