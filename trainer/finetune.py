@@ -4,7 +4,11 @@ Every epoch sees new random-resized crops (35-100% of the picture), mirror image
 colour jitter, decoded from the pictures themselves by a background thread. The frozen part
 runs without autograd (FrozenPart); the tail's BatchNorm learns the new statistics, since a
 batch of 64 estimates them well. AdamW, one warm-up epoch, then a cosine decay; label
-smoothing 0.1; the best epoch on the calibration split is kept.
+smoothing 0.1. The model that is evaluated and kept is an exponential moving average of the
+weights (over up to the last 100 steps), which is steadier than the last step's weights on a
+few thousand pictures. The epoch kept is the one with the lowest calibration
+loss after temperature scaling: the daemon sees the model through its fitted temperature, and
+raw cross-entropy would also punish the growing confidence of later, better epochs.
 
 A checkpoint is written after every epoch (temp-then-rename). A run stopped by the timer's
 budget, a reboot or kill -9 resumes from it on the next `sortbox train` with the same data;
@@ -32,17 +36,25 @@ from PIL import Image, ImageEnhance
 from sortbox.daemon.atomic import replacing
 from sortbox.daemon.preprocess import Preprocessing, decode_rgb, normalise, prepare
 from sortbox.daemon.settings import TrainSettings
+from sortbox.trainer.calibrate import fit_temperature, nll
 from sortbox.trainer.data import Example
 from sortbox.trainer.features import FrozenPart
 from sortbox.trainer.model import EfficientNetLite
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 LEARNING_RATE = {"tail": 1e-3, "classifier": 3e-3}
+# A warm start (the current fine-tuned model, a few new corrections) is already converged: at
+# the full rate its first epochs undo more than the corrections teach. Measured on
+# clothing-dataset-small after 20 corrections, calibration loss (tempered): 0.310 for the
+# current model, 0.337 after a warm start at the full rate, 0.301 at a tenth of it.
+WARM_START_LR_SCALE = 0.1
 WEIGHT_DECAY = 0.01
 LABEL_SMOOTHING = 0.1
 PATIENCE = 8  # epochs without a better calibration loss before stopping early
 MIN_BATCH_FOR_BATCHNORM = 16  # below this, batch statistics are noise: keep ImageNet's
-CHECKPOINT_FORMAT = 1
+EMA_DECAY = 0.99  # at most, per step: the average spans 100 steps (two epochs of 3,000 pictures)
+CHECKPOINT_FORMAT = 2
 
 
 class NoCuda(RuntimeError):
@@ -176,6 +188,9 @@ def recipe_key(fingerprint: str, cfg: TrainSettings, epochs: int, warm_from: str
         "seed": cfg.seed,
         "lr": LEARNING_RATE,
         "wd": WEIGHT_DECAY,
+        "warm_lr_scale": WARM_START_LR_SCALE,
+        "ema": EMA_DECAY,
+        "selection": "tempered calibration loss",
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -193,25 +208,34 @@ def finetune(
     key: str,
     max_pixels: int,
     progress: bool,
+    warm_started: bool = False,
 ) -> FinetuneOutcome:
     """Fine-tune a copy of `start`: the fast model (ImageNet tail, its trained head), or the
-    current fine-tuned model when only a few pictures changed."""
+    current fine-tuned model when only a few pictures changed (`warm_started`: gentler)."""
     device = frozen.device
     network = copy.deepcopy(start).to(device)
     class_weights = balanced_weights(
         torch.from_numpy(train_labels), network.classifier.out_features
     ).to(device)
+    scale = WARM_START_LR_SCALE if warm_started else 1.0
+    peak = {part: rate * scale for part, rate in LEARNING_RATE.items()}
     optimizer = torch.optim.AdamW(
         [
-            {"params": network.tail_parameters(), "lr": LEARNING_RATE["tail"]},
-            {"params": network.classifier.parameters(), "lr": LEARNING_RATE["classifier"]},
+            {"params": network.tail_parameters(), "lr": peak["tail"], "peak": peak["tail"]},
+            {
+                "params": network.classifier.parameters(),
+                "lr": peak["classifier"],
+                "peak": peak["classifier"],
+            },
         ],
         weight_decay=WEIGHT_DECAY,
     )
+    averaged = AveragedModel(network, multi_avg_fn=_moving_average, use_buffers=True)
     steps_per_epoch = max(1, len(train) // cfg.batch_size)
     state = _load_checkpoint(checkpoint, key, device)
     if state is not None:
         network.load_state_dict(state["network"])
+        averaged.load_state_dict(state["averaged"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
     else:
@@ -227,7 +251,6 @@ def finetune(
     resumed_from = state["epoch"]
     budget_s = cfg.budget_minutes * 60
     run_started = time.monotonic()
-    cal_truth = torch.from_numpy(calibration_labels)
     bar = tqdm(
         total=state["planned_epochs"], initial=resumed_from, desc="fine-tune", disable=not progress
     )
@@ -257,11 +280,14 @@ def finetune(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            averaged.update_parameters(network)
         state["epoch"] += 1
-        cal_logits = torch.from_numpy(logits_of(network, frozen, calibration, max_pixels))
-        cal_loss = F.cross_entropy(cal_logits, cal_truth).item() if len(cal_truth) else 0.0
+        smoothed = averaged.module
+        cal_loss = _tempered_loss(
+            logits_of(smoothed, frozen, calibration, max_pixels), calibration_labels
+        )
         if cal_loss < state["best_loss"] - 1e-4:
-            state["best"] = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+            state["best"] = {k: v.detach().cpu().clone() for k, v in smoothed.state_dict().items()}
             state["best_loss"], state["best_epoch"] = cal_loss, state["epoch"]
         epoch_s = time.monotonic() - epoch_started
         state["seconds"] += epoch_s
@@ -272,7 +298,7 @@ def finetune(
             bar.total = state["planned_epochs"]
         if state["epoch"] - state["best_epoch"] >= PATIENCE:
             state["planned_epochs"] = state["epoch"]  # no progress: stop here
-        _save_checkpoint(checkpoint, state, network, optimizer)
+        _save_checkpoint(checkpoint, state, network, averaged, optimizer)
         bar.update(1)
         bar.set_postfix(cal_loss=f"{cal_loss:.3f}", best=state["best_epoch"])
         out_of_time = time.monotonic() - run_started + epoch_s > budget_s
@@ -303,8 +329,28 @@ def _set_learning_rate(
     else:
         progress = (step - steps_per_epoch) / max(1, total - steps_per_epoch)
         factor = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    for group, base in zip(optimizer.param_groups, LEARNING_RATE.values(), strict=True):
-        group["lr"] = base * factor
+    for group in optimizer.param_groups:
+        group["lr"] = group["peak"] * factor
+
+
+def _tempered_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Calibration NLL at the temperature that suits these logits best."""
+    return nll(logits, labels, fit_temperature(logits, labels)) if len(labels) else 0.0
+
+
+@torch.no_grad()
+def _moving_average(
+    averages: list[torch.Tensor], current: list[torch.Tensor], steps: torch.Tensor
+) -> None:
+    """One step of the weights' moving average. Its decay, (1 + n) / (10 + n) after n steps,
+    grows towards EMA_DECAY (reached after 900), so the average follows a short run (a
+    few corrections, a test) and an early epoch closely and spans more steps later."""
+    decay = min(EMA_DECAY, (1 + int(steps)) / (10 + int(steps)))
+    for average, now in zip(averages, current, strict=True):
+        if average.is_floating_point():
+            average.lerp_(now, 1 - decay)
+        else:  # BatchNorm's step counter
+            average.copy_(now)
 
 
 def _freeze_frozen_batchnorm(network: EfficientNetLite, train_batchnorm: bool) -> None:
@@ -326,12 +372,17 @@ def balanced_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 def _save_checkpoint(
-    path: Path, state: dict[str, Any], network: EfficientNetLite, optimizer: torch.optim.Optimizer
+    path: Path,
+    state: dict[str, Any],
+    network: EfficientNetLite,
+    averaged: AveragedModel,
+    optimizer: torch.optim.Optimizer,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         **state,
         "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        "averaged": {k: v.detach().cpu() for k, v in averaged.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(),
     }

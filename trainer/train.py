@@ -178,6 +178,7 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
         recipe_key(data.fingerprint, cfg, epochs, current.version if warm and current else None),
         settings.max_pixels,
         progress,
+        warm_started=warm is not None,
     )
     facts = {
         "device": device.type,
