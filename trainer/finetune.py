@@ -208,7 +208,8 @@ def finetune(
     key: str,
     max_pixels: int,
     progress: bool,
-    warm_started: bool = False,
+    *,
+    warm_started: bool,
 ) -> FinetuneOutcome:
     """Fine-tune a copy of `start`: the fast model (ImageNet tail, its trained head), or the
     current fine-tuned model when only a few pictures changed (`warm_started`: gentler)."""
@@ -218,15 +219,16 @@ def finetune(
         torch.from_numpy(train_labels), network.classifier.out_features
     ).to(device)
     scale = WARM_START_LR_SCALE if warm_started else 1.0
-    peak = {part: rate * scale for part, rate in LEARNING_RATE.items()}
+    parts = {"tail": network.tail_parameters(), "classifier": network.classifier.parameters()}
     optimizer = torch.optim.AdamW(
+        # "peak": each group's rate before warm-up and decay (_set_learning_rate)
         [
-            {"params": network.tail_parameters(), "lr": peak["tail"], "peak": peak["tail"]},
             {
-                "params": network.classifier.parameters(),
-                "lr": peak["classifier"],
-                "peak": peak["classifier"],
-            },
+                "params": params,
+                "lr": LEARNING_RATE[part] * scale,
+                "peak": LEARNING_RATE[part] * scale,
+            }
+            for part, params in parts.items()
         ],
         weight_decay=WEIGHT_DECAY,
     )
