@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 from sortbox.daemon.atomic import replacing
+from sortbox.daemon.compact_map import CompactMap
 from sortbox.daemon.intake import Identity
 from sortbox.daemon.journal import (
     Duplicate,
@@ -41,8 +42,8 @@ from sortbox.daemon.place import LIBRARY_NAME, STATE_FOLDER
 
 SNAPSHOT_FORMAT = 1
 FINGERPRINT_BYTES = 4096  # the journal bytes just before the offset a snapshot covers
-# One entry per done file, so they are kept packed: a source's record as 25 bytes, a content
-# as its 32-byte digest. Half the memory of objects and hex strings, which keeps the daemon's
+# One entry per done file, so they are kept packed in CompactMaps: a source's record as 25
+# bytes, a content as its 32-byte digest, paths as their bytes. This keeps the daemon's
 # footprint flat over a long life (benchmarks/bench_daemon.py, scale).
 _RECORD = struct.Struct("<QqQB")  # size, mtime_ns, inode, flags
 _REMOVED, _MOVED = 1, 2
@@ -70,8 +71,8 @@ class SourceRecord:
 class DoneIndex:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sources: dict[str, bytes] = {}  # input path -> its packed SourceRecord
-        self._content: dict[bytes, str] = {}  # sha256 digest -> dest, relative to the library
+        self._sources = CompactMap()  # input path -> its packed SourceRecord
+        self._content = CompactMap()  # sha256 digest -> dest, relative to the library
         self._orphans: dict[str, Path] = {}  # 12-hex name hash -> library file with no journal line
 
     @classmethod
@@ -106,25 +107,25 @@ class DoneIndex:
                 self._remember_source(event)
                 digest = _digest(event.sha256)
                 if event.dest and digest and not isinstance(event, Duplicate):
-                    self._content[digest] = event.dest
+                    self._content[digest] = os.fsencode(event.dest)
                     self._orphans.pop(digest[:6].hex(), None)  # the 12 hex digits in names
             elif isinstance(event, Undone):
                 digest = _digest(event.sha256)
-                if digest and self._content.get(digest) == event.dest:
-                    del self._content[digest]
+                if digest and event.dest and self._content.get(digest) == os.fsencode(event.dest):
+                    self._content.pop(digest)
                 self._remember_source(event)
             elif isinstance(event, Imported):
-                self._sources = {
-                    _relocated(key, event.roots): _moved(record)
+                self._sources = CompactMap(
+                    (os.fsencode(_relocated(os.fsdecode(key), event.roots)), _moved(record))
                     for key, record in self._sources.items()
-                }
+                )
 
     def save_snapshot(self, library: Path, journal: Path, offset: int) -> None:
         """Write the index as it stands, as covering `journal` up to `offset`: the caller
         guarantees every event before the offset has been recorded, and none after it."""
         with self._lock:
             sources = [_snapshot_row(key, packed) for key, packed in self._sources.items()]
-            content = {digest.hex(): dest for digest, dest in self._content.items()}
+            content = {digest.hex(): os.fsdecode(dest) for digest, dest in self._content.items()}
         with journal.open("rb") as fh:
             covers = {
                 "inode": os.fstat(fh.fileno()).st_ino,
@@ -158,16 +159,18 @@ class DoneIndex:
             if not fits:
                 log.info("index_snapshot_stale", snapshot=str(path))
                 return 0
-            self._sources = {
-                str(key): _pack(Identity(size, mtime_ns, inode), bool(removed), bool(moved))
+            self._sources = CompactMap(
+                (os.fsencode(key), _pack(Identity(size, mtime_ns, inode), removed, moved))
                 for key, size, mtime_ns, inode, removed, moved in snapshot["sources"]
-            }
-            self._content = {bytes.fromhex(k): str(v) for k, v in snapshot["content"].items()}
+            )
+            self._content = CompactMap(
+                (bytes.fromhex(k), os.fsencode(v)) for k, v in snapshot["content"].items()
+            )
         except FileNotFoundError:
             return 0
         except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
             log.warning("index_snapshot_unreadable", snapshot=str(path), error=str(exc))
-            self._sources, self._content = {}, {}
+            self._sources, self._content = CompactMap(), CompactMap()
             return 0
         return offset
 
@@ -175,23 +178,24 @@ class DoneIndex:
         if event.size is None or event.mtime_ns is None or event.inode is None:
             return
         identity = Identity(size=event.size, mtime_ns=event.mtime_ns, inode=event.inode)
-        key = posixpath.join(event.root, event.src)  # = str(Path(root) / src), 5x cheaper
+        key = os.fsencode(posixpath.join(event.root, event.src))  # = bytes(Path(root) / src)
         try:
             self._sources[key] = _pack(identity, event.original_removed)
         except struct.error:  # a time or size out of any real range: hashed again next time
-            self._sources.pop(key, None)
+            self._sources.pop(key)
 
     def source(self, path: Path, identity: Identity) -> SourceRecord | None:
         """The record for this exact file (same path, size, mtime and inode), if any."""
         with self._lock:
-            packed = self._sources.get(str(path))
+            packed = self._sources.get(os.fsencode(path))
         record = _unpack(packed) if packed is not None else None
         return record if record and record.matches(identity) else None
 
     def copy_of(self, sha256: str) -> str | None:
         digest = _digest(sha256)
         with self._lock:
-            return self._content.get(digest) if digest else None
+            dest = self._content.get(digest) if digest else None
+        return os.fsdecode(dest) if dest is not None else None
 
     def orphan_for(self, sha256: str) -> Path | None:
         with self._lock:
@@ -202,7 +206,7 @@ class DoneIndex:
         return len(self._content)
 
     def _find_orphans(self, library: Path) -> dict[str, Path]:
-        known = {digest[:6].hex() for digest in self._content}
+        known = {digest[:6].hex() for digest, _ in self._content.items()}
         orphans: dict[str, Path] = {}
         if not library.is_dir():
             return orphans
@@ -228,12 +232,12 @@ def _unpack(packed: bytes) -> SourceRecord:
     )
 
 
-def _snapshot_row(key: str, packed: bytes) -> list[Any]:
+def _snapshot_row(key: bytes, packed: bytes) -> list[Any]:
     """[path, size, mtime_ns, inode, original_removed, moved]: what `_restore` reads."""
     record = _unpack(packed)
     identity = record.identity
     removed, moved = record.original_removed, record.moved
-    return [key, identity.size, identity.mtime_ns, identity.inode, removed, moved]
+    return [os.fsdecode(key), identity.size, identity.mtime_ns, identity.inode, removed, moved]
 
 
 def _moved(packed: bytes) -> bytes:

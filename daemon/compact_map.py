@@ -1,0 +1,153 @@
+"""A bytes -> bytes map that costs little more than its keys and values, for the done-index.
+
+The daemon remembers one source and one content per file it has ever handled, for as long as
+it runs. In Python dicts each entry costs about 340 bytes of objects and table slots; here the
+bulk of the entries sits in a few numpy arrays (a sorted 8-byte hash, offsets into two byte
+blobs) and costs its bytes plus 24. New entries go to a small dict first and are merged into the
+arrays in bulk every few thousand inserts.
+
+Lookups are exact: a hash match is confirmed against the stored key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+MERGE_AT = 4096  # entries held in the dict before they go into the arrays
+_EMPTY_BLOB = np.zeros(0, dtype=np.uint8)
+_NO_OFFSETS = np.zeros(0, dtype=np.uint32)
+
+
+def _hash(key: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+class CompactMap:
+    def __init__(self, items: Iterable[tuple[bytes, bytes]] = (), merge_at: int = MERGE_AT) -> None:
+        self._merge_at = merge_at
+        # None in `_recent`: deleted, though the arrays may still hold the key
+        self._recent: dict[bytes, bytes | None] = {}
+        self._hashes = np.zeros(0, dtype=np.uint64)  # sorted
+        self._key_start, self._key_end = _NO_OFFSETS, _NO_OFFSETS
+        self._value_start, self._value_end = _NO_OFFSETS, _NO_OFFSETS
+        self._keys, self._values = _EMPTY_BLOB, _EMPTY_BLOB
+        for key, value in items:
+            self._put(key, value)
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self._recent:
+            return self._recent[key]
+        row = self._row(key)
+        return None if row is None else self._value_of(row)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self._put(key, value)
+
+    def pop(self, key: bytes) -> None:
+        if key in self._recent or self._row(key) is not None:
+            self._put(key, None)  # a deletion, merged like an insert
+
+    def __contains__(self, key: bytes) -> bool:
+        return self.get(key) is not None
+
+    def __len__(self) -> int:
+        replaced = sum(1 for key in self._recent if self._row(key) is not None)
+        added = sum(1 for value in self._recent.values() if value is not None)
+        return len(self._hashes) - replaced + added
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CompactMap):
+            return NotImplemented
+        return dict(self.items()) == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every entry, in no particular order."""
+        for row in range(len(self._hashes)):
+            key = self._key_of(row)
+            if key not in self._recent:
+                yield key, self._value_of(row)
+        for key, value in list(self._recent.items()):
+            if value is not None:
+                yield key, value
+
+    def _row(self, key: bytes) -> int | None:
+        wanted = _hash(key)
+        row = int(np.searchsorted(self._hashes, wanted))
+        while row < len(self._hashes) and int(self._hashes[row]) == wanted:
+            if self._key_of(row) == key:
+                return row
+            row += 1
+        return None
+
+    def _put(self, key: bytes, value: bytes | None) -> None:
+        self._recent[key] = value
+        if len(self._recent) >= self._merge_at:
+            self._merge()
+
+    def _key_of(self, row: int) -> bytes:
+        return self._keys[self._key_start[row] : self._key_end[row]].tobytes()
+
+    def _value_of(self, row: int) -> bytes:
+        return self._values[self._value_start[row] : self._value_end[row]].tobytes()
+
+    def _merge(self) -> None:
+        """Move the dict's entries into the arrays: rows they replace or delete are dropped,
+        and the rows are sorted by hash again."""
+        if not self._recent:
+            return
+        keep = np.ones(len(self._hashes), dtype=bool)
+        keep[[row for row in map(self._row, self._recent) if row is not None]] = False
+        added = [(key, value) for key, value in self._recent.items() if value is not None]
+        new_keys = [key for key, _ in added]
+        keys, key_start, key_end = _appended(
+            self._keys, self._key_start[keep], self._key_end[keep], new_keys
+        )
+        values, value_start, value_end = _appended(
+            self._values, self._value_start[keep], self._value_end[keep], [v for _, v in added]
+        )
+        hashes = np.concatenate(
+            [self._hashes[keep], np.fromiter(map(_hash, new_keys), np.uint64, len(new_keys))]
+        )
+        order = np.argsort(hashes, kind="stable")
+        self._hashes = hashes[order]
+        self._key_start, self._key_end = key_start[order], key_end[order]
+        self._value_start, self._value_end = value_start[order], value_end[order]
+        self._keys, self._values = keys, values
+        self._recent = {}
+
+
+def _appended(
+    blob: np.ndarray, start: np.ndarray, end: np.ndarray, more: list[bytes]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`blob` with the bytes of `more` after it, and the rows [start, end) followed by
+    those of `more`. Bytes of dropped rows stay until they are half of the blob; then the
+    blob is rewritten with the live rows only."""
+    live = int((end - start).sum())
+    if len(blob) > 2 * live + 65536:
+        view = memoryview(blob)
+        blob = np.frombuffer(
+            b"".join(view[s:e] for s, e in zip(start.tolist(), end.tolist(), strict=True)),
+            dtype=np.uint8,
+        )
+        lengths = end - start
+        end = np.cumsum(lengths, dtype=np.int64)
+        start = end - lengths
+    lengths = np.fromiter(map(len, more), np.int64, len(more))
+    more_end = len(blob) + np.cumsum(lengths, dtype=np.int64)
+    return (
+        np.concatenate([blob, np.frombuffer(b"".join(more), dtype=np.uint8)]),
+        _narrow(np.concatenate([start, more_end - lengths])),
+        _narrow(np.concatenate([end, more_end])),
+    )
+
+
+def _narrow(offsets: np.ndarray) -> np.ndarray:
+    """Offsets as 4 bytes each while the blob is under 4 GiB (millions of files), else 8."""
+    if len(offsets) == 0 or int(offsets.max()) < 2**32:
+        return offsets.astype(np.uint32)
+    return offsets.astype(np.int64)
