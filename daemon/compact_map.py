@@ -54,7 +54,9 @@ class CompactMap:
         return self.get(key) is not None
 
     def __len__(self) -> int:
-        replaced = sum(1 for key in self._recent if self._row(key) is not None)
+        keys = list(self._recent)
+        hashes = np.fromiter(map(_hash, keys), np.uint64, len(keys))
+        replaced = sum(1 for row in self._rows_of(keys, hashes) if row is not None)
         added = sum(1 for value in self._recent.values() if value is not None)
         return len(self._hashes) - replaced + added
 
@@ -77,7 +79,21 @@ class CompactMap:
 
     def _row(self, key: bytes) -> int | None:
         wanted = _hash(key)
-        row = int(np.searchsorted(self._hashes, wanted))
+        # as np.uint64: searchsorted with a Python int takes a path 100x slower
+        return self._scan(int(self._hashes.searchsorted(np.uint64(wanted))), wanted, key)
+
+    def _rows_of(self, keys: list[bytes], hashes: np.ndarray) -> list[int | None]:
+        """The row of each key, or None; one binary search for all of them."""
+        rows: list[int | None] = [None] * len(keys)
+        first = self._hashes.searchsorted(hashes)
+        candidates = np.flatnonzero(first < len(self._hashes))
+        candidates = candidates[self._hashes[first[candidates]] == hashes[candidates]]
+        for n in candidates.tolist():
+            rows[n] = self._scan(int(first[n]), int(hashes[n]), keys[n])
+        return rows
+
+    def _scan(self, row: int, wanted: int, key: bytes) -> int | None:
+        """The row of `key` among the rows from `row` on whose hash is `wanted`."""
         while row < len(self._hashes) and int(self._hashes[row]) == wanted:
             if self._key_of(row) == key:
                 return row
@@ -100,24 +116,25 @@ class CompactMap:
         and the rows are sorted by hash again."""
         if not self._recent:
             return
+        keys = list(self._recent)
+        hashes = np.fromiter(map(_hash, keys), np.uint64, len(keys))
         keep = np.ones(len(self._hashes), dtype=bool)
-        keep[[row for row in map(self._row, self._recent) if row is not None]] = False
-        added = [(key, value) for key, value in self._recent.items() if value is not None]
-        new_keys = [key for key, _ in added]
-        keys, key_start, key_end = _appended(
+        keep[[row for row in self._rows_of(keys, hashes) if row is not None]] = False
+        live = np.fromiter((v is not None for v in self._recent.values()), bool, len(keys))
+        new_keys = [key for key, value in self._recent.items() if value is not None]
+        new_values = [value for value in self._recent.values() if value is not None]
+        keys_blob, key_start, key_end = _appended(
             self._keys, self._key_start[keep], self._key_end[keep], new_keys
         )
-        values, value_start, value_end = _appended(
-            self._values, self._value_start[keep], self._value_end[keep], [v for _, v in added]
+        values_blob, value_start, value_end = _appended(
+            self._values, self._value_start[keep], self._value_end[keep], new_values
         )
-        hashes = np.concatenate(
-            [self._hashes[keep], np.fromiter(map(_hash, new_keys), np.uint64, len(new_keys))]
-        )
+        hashes = np.concatenate([self._hashes[keep], hashes[live]])
         order = np.argsort(hashes, kind="stable")
         self._hashes = hashes[order]
         self._key_start, self._key_end = key_start[order], key_end[order]
         self._value_start, self._value_end = value_start[order], value_end[order]
-        self._keys, self._values = keys, values
+        self._keys, self._values = keys_blob, values_blob
         self._recent = {}
 
 
