@@ -25,6 +25,10 @@ def _hash(key: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
 
 
+def _hashes_of(keys: list[bytes]) -> np.ndarray:
+    return np.fromiter(map(_hash, keys), np.uint64, len(keys))
+
+
 class CompactMap:
     def __init__(self, items: Iterable[tuple[bytes, bytes]] = (), merge_at: int = MERGE_AT) -> None:
         self._merge_at = merge_at
@@ -55,7 +59,7 @@ class CompactMap:
 
     def __len__(self) -> int:
         keys = list(self._recent)
-        hashes = np.fromiter(map(_hash, keys), np.uint64, len(keys))
+        hashes = _hashes_of(keys)
         replaced = sum(1 for row in self._rows_of(keys, hashes) if row is not None)
         added = sum(1 for value in self._recent.values() if value is not None)
         return len(self._hashes) - replaced + added
@@ -117,7 +121,7 @@ class CompactMap:
         if not self._recent:
             return
         keys = list(self._recent)
-        hashes = np.fromiter(map(_hash, keys), np.uint64, len(keys))
+        hashes = _hashes_of(keys)
         keep = np.ones(len(self._hashes), dtype=bool)
         keep[[row for row in self._rows_of(keys, hashes) if row is not None]] = False
         live = np.fromiter((v is not None for v in self._recent.values()), bool, len(keys))
