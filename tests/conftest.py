@@ -263,6 +263,7 @@ def sortbox(
         [sys.executable, "-m", "sortbox.daemon.cli", *args, "--config", str(config)],
         capture_output=True,
         text=True,
+        errors="surrogateescape",  # file names in the output are bytes, as the OS has them
         timeout=timeout,
         env={**os.environ, **(env or {})},
         cwd=config.parent,

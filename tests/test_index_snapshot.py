@@ -4,11 +4,13 @@ the journal after it; one that does not fit the journal is ignored, never truste
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 from conftest import Daemon, Home, sortbox, wait_until, write_picture
 from sortbox.daemon.index import DoneIndex, snapshot_file_of
+from sortbox.daemon.intake import identity_of
 from sortbox.daemon.journal import read_journal
 
 COLOURS = ("red", "green", "blue")
@@ -106,3 +108,16 @@ def test_a_restarted_daemon_resumes_from_its_snapshot_and_sorts_nothing_twice(ho
     duplicate = next(e for e in events if e["src"] == "same-as-backlog.jpg")
     assert duplicate["event"] == "duplicate"
     assert len(home.library_files()) == 10  # 6 + 3 + 1: every content once
+
+
+def test_a_name_that_is_not_utf8_survives_the_snapshot(home: Home) -> None:
+    folder = home.root / "camera"
+    name = os.fsdecode(b"IMG-\xff\xfe.jpg")  # a name from an old camera or another locale
+    write_picture(folder / name, "red", seed=3)
+    assert sortbox("sort", str(folder), config=home.config).returncode == 0
+    loaded = DoneIndex.load(home.journal, home.library)
+    assert same(loaded, from_every_line(home))
+    assert loaded.source(folder / name, identity_of(folder / name)) is not None
+    event = home.file_events()[0]
+    assert loaded.copy_of(event["sha256"]) == event["dest"]
+    assert (home.library / event["dest"]).is_file()
