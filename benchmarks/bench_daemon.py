@@ -2,6 +2,7 @@
 
     python benchmarks/bench_daemon.py [--workdir .bench] [--photos 120] [--rate 5]
                                       [--drop 10000] [--further 50000] [--model DIR]
+                                      [--parts throughput,latency,scale]
 
 Makes its own pictures: 4032x3024 JPEGs at quality 90 with sensor-like noise, cut from the
 photos of Debian's plasma-workspace-wallpapers package (apt-get download, dpkg -x), and small
@@ -476,6 +477,9 @@ def describe_model(home: Path) -> str:
     return f"{version} ({manifest.kind}, {manifest.backbone}, {runs} in the daemon; naive: float)"
 
 
+PARTS = ("throughput", "latency", "scale")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -490,8 +494,16 @@ def main() -> None:
         type=Path,
         help="a published model folder (models_dir/<version>) to use instead of the default one",
     )
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"which measurements to run, comma-separated (default: all of {','.join(PARTS)})",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"--parts: choose from {', '.join(PARTS)}")
     if args.child:
         mode, home, inputs = args.child
         print(json.dumps(child(mode, Path(home), Path(inputs))))
@@ -506,6 +518,36 @@ def main() -> None:
     say(f"machine: {os.cpu_count()} CPUs; model: {describe_model(home)}")
     say(f"pictures: {args.photos} JPEGs, 4032x3024, quality 90, sensor-like noise\n")
 
+    if "throughput" in parts:
+        throughput(home, photos, say)
+    if "latency" in parts:
+        say(f"\nlatency, complete in the inbox -> journal line durable, {args.rate:g} arrivals/s:")
+        for how in ("renamed", "closed"):
+            figures = latency(home, sorted(photos.iterdir())[:60], args.rate, how)
+            say(
+                f"  {how + ' in' if how == 'renamed' else 'written in place, closed':28} "
+                f"p50 {figures['p50_ms']:4.0f} ms   p99 {figures['p99_ms']:4.0f} ms   "
+                f"({figures['handled']}/{figures['files']} handled)"
+            )
+    if "scale" in parts and args.drop:
+        say(f"\nscale: {args.drop} small photos at once, then {args.further} more")
+        small = small_photos(workdir, args.drop + args.further)
+        figures = scale(home, sorted(small.iterdir()), args.drop, args.further, say)
+        rss = figures["rss_after_mb"]
+        growth = (max(rss[1:]) - rss[0]) / rss[0] if len(rss) > 1 else 0.0
+        say(
+            f"  {args.drop} dropped at once: all journaled at {figures['drop_per_second']:.0f}/s, "
+            f"peak RSS {figures['drop_peak_rss_mb']:.0f} MB"
+        )
+        say(f"  RSS across {args.further} more: {rss[0]:.0f} -> {max(rss):.0f} MB ({growth:+.1%})")
+        say(
+            f"  restart with {figures['done_files']} done files: ready in "
+            f"{figures['restart_ready_s']:.2f} s"
+        )
+    fresh_state(home)
+
+
+def throughput(home: Path, photos: Path, say: Callable) -> None:
     for photo in photos.iterdir():  # from the page cache for everyone, the first one too
         photo.read_bytes()
     top = run_child("ceiling", home, photos)
@@ -535,32 +577,6 @@ def main() -> None:
             f"\ndecoding to >= 256 px, 1 thread: Pillow draft {pillow:.1f}/s, "
             f"simplejpeg {turbo:.1f}/s ({turbo / pillow:.2f}x)"
         )
-
-    say(f"\nlatency, complete in the inbox -> journal line durable, {args.rate:g} arrivals/s:")
-    for how in ("renamed", "closed"):
-        figures = latency(home, sorted(photos.iterdir())[:60], args.rate, how)
-        say(
-            f"  {how + ' in' if how == 'renamed' else 'written in place, closed':28} "
-            f"p50 {figures['p50_ms']:4.0f} ms   p99 {figures['p99_ms']:4.0f} ms   "
-            f"({figures['handled']}/{figures['files']} handled)"
-        )
-
-    if args.drop:
-        say(f"\nscale: {args.drop} small photos at once, then {args.further} more")
-        small = small_photos(workdir, args.drop + args.further)
-        figures = scale(home, sorted(small.iterdir()), args.drop, args.further, say)
-        rss = figures["rss_after_mb"]
-        growth = (max(rss[1:]) - rss[0]) / rss[0] if len(rss) > 1 else 0.0
-        say(
-            f"  {args.drop} dropped at once: all journaled at {figures['drop_per_second']:.0f}/s, "
-            f"peak RSS {figures['drop_peak_rss_mb']:.0f} MB"
-        )
-        say(f"  RSS across {args.further} more: {rss[0]:.0f} -> {max(rss):.0f} MB ({growth:+.1%})")
-        say(
-            f"  restart with {figures['done_files']} done files: ready in "
-            f"{figures['restart_ready_s']:.2f} s"
-        )
-    fresh_state(home)
 
 
 if __name__ == "__main__":
