@@ -37,7 +37,7 @@ from sortbox.daemon.batch import next_batch
 from sortbox.daemon.classify import Classifier, load_classifier, load_current
 from sortbox.daemon.decode import Decoded, lower_thread_priority, read_group
 from sortbox.daemon.group import Grouper, group_all
-from sortbox.daemon.heap import release_free_memory
+from sortbox.daemon.heap import limit_heaps, release_free_memory
 from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import (
     Arrival,
@@ -164,6 +164,7 @@ class Service:
 
     def startup(self) -> None:
         s = self.settings
+        limit_heaps()  # before ONNX Runtime and our workers start their threads
         if not self._dry_run:
             for folder in (s.library, s.models_dir, s.journal.parent):
                 folder.mkdir(parents=True, exist_ok=True)
