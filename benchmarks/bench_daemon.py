@@ -519,35 +519,43 @@ def main() -> None:
     say(f"pictures: {args.photos} JPEGs, 4032x3024, quality 90, sensor-like noise\n")
 
     if "throughput" in parts:
-        throughput(home, photos, say)
+        print_throughput(home, photos, say)
     if "latency" in parts:
-        say(f"\nlatency, complete in the inbox -> journal line durable, {args.rate:g} arrivals/s:")
-        for how in ("renamed", "closed"):
-            figures = latency(home, sorted(photos.iterdir())[:60], args.rate, how)
-            say(
-                f"  {how + ' in' if how == 'renamed' else 'written in place, closed':28} "
-                f"p50 {figures['p50_ms']:4.0f} ms   p99 {figures['p99_ms']:4.0f} ms   "
-                f"({figures['handled']}/{figures['files']} handled)"
-            )
+        print_latency(home, sorted(photos.iterdir())[:60], args.rate, say)
     if "scale" in parts and args.drop:
-        say(f"\nscale: {args.drop} small photos at once, then {args.further} more")
-        small = small_photos(workdir, args.drop + args.further)
-        figures = scale(home, sorted(small.iterdir()), args.drop, args.further, say)
-        rss = figures["rss_after_mb"]
-        growth = (max(rss[1:]) - rss[0]) / rss[0] if len(rss) > 1 else 0.0
-        say(
-            f"  {args.drop} dropped at once: all journaled at {figures['drop_per_second']:.0f}/s, "
-            f"peak RSS {figures['drop_peak_rss_mb']:.0f} MB"
-        )
-        say(f"  RSS across {args.further} more: {rss[0]:.0f} -> {max(rss):.0f} MB ({growth:+.1%})")
-        say(
-            f"  restart with {figures['done_files']} done files: ready in "
-            f"{figures['restart_ready_s']:.2f} s"
-        )
+        print_scale(workdir, home, args.drop, args.further, say)
     fresh_state(home)
 
 
-def throughput(home: Path, photos: Path, say: Callable) -> None:
+def print_latency(home: Path, photos: list[Path], rate: float, say: Callable) -> None:
+    say(f"\nlatency, complete in the inbox -> journal line durable, {rate:g} arrivals/s:")
+    for how in ("renamed", "closed"):
+        figures = latency(home, photos, rate, how)
+        say(
+            f"  {how + ' in' if how == 'renamed' else 'written in place, closed':28} "
+            f"p50 {figures['p50_ms']:4.0f} ms   p99 {figures['p99_ms']:4.0f} ms   "
+            f"({figures['handled']}/{figures['files']} handled)"
+        )
+
+
+def print_scale(workdir: Path, home: Path, drop: int, further: int, say: Callable) -> None:
+    say(f"\nscale: {drop} small photos at once, then {further} more")
+    small = small_photos(workdir, drop + further)
+    figures = scale(home, sorted(small.iterdir()), drop, further, say)
+    rss = figures["rss_after_mb"]
+    growth = (max(rss[1:]) - rss[0]) / rss[0] if len(rss) > 1 else 0.0
+    say(
+        f"  {drop} dropped at once: all journaled at {figures['drop_per_second']:.0f}/s, "
+        f"peak RSS {figures['drop_peak_rss_mb']:.0f} MB"
+    )
+    say(f"  RSS across {further} more: {rss[0]:.0f} -> {max(rss):.0f} MB ({growth:+.1%})")
+    say(
+        f"  restart with {figures['done_files']} done files: ready in "
+        f"{figures['restart_ready_s']:.2f} s"
+    )
+
+
+def print_throughput(home: Path, photos: Path, say: Callable) -> None:
     for photo in photos.iterdir():  # from the page cache for everyone, the first one too
         photo.read_bytes()
     top = run_child("ceiling", home, photos)
