@@ -3,8 +3,9 @@
 The daemon remembers one source and one content per file it has ever handled, for as long as
 it runs. As Python dicts of bytes the two cost about 308 bytes per file in objects and table
 slots; here the bulk of the entries sits in a few numpy arrays (a sorted 8-byte hash, offsets
-into two byte blobs) and costs its bytes plus 24, about 185 bytes per file in all. New entries
-go to a small dict first and are merged into the arrays in bulk every few thousand inserts.
+and lengths into two byte blobs) and costs its bytes plus 20. With the index's own packing
+(index.py) that is about 133 bytes per file in all. New entries go to a small dict first and
+are merged into the arrays in bulk every thousand inserts.
 
 Lookups are exact: a hash match is confirmed against the stored key.
 """
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-MERGE_AT = 4096  # entries held in the dict before they go into the arrays
+MERGE_AT = 1024  # entries held in the dict before they go into the arrays
 _EMPTY_BLOB = np.zeros(0, dtype=np.uint8)
 _NO_OFFSETS = np.zeros(0, dtype=np.uint32)
 
@@ -35,8 +36,9 @@ class CompactMap:
         # None in `_recent`: deleted, though the arrays may still hold the key
         self._recent: dict[bytes, bytes | None] = {}
         self._hashes = np.zeros(0, dtype=np.uint64)  # sorted
-        self._key_start, self._key_end = _NO_OFFSETS, _NO_OFFSETS
-        self._value_start, self._value_end = _NO_OFFSETS, _NO_OFFSETS
+        # row i's key is _keys[_key_start[i]:][:_key_length[i]], and so for its value
+        self._key_start, self._key_length = _NO_OFFSETS, _NO_OFFSETS
+        self._value_start, self._value_length = _NO_OFFSETS, _NO_OFFSETS
         self._keys, self._values = _EMPTY_BLOB, _EMPTY_BLOB
         for key, value in items:
             self._put(key, value)
@@ -110,10 +112,12 @@ class CompactMap:
             self._merge()
 
     def _key_of(self, row: int) -> bytes:
-        return self._keys[self._key_start[row] : self._key_end[row]].tobytes()
+        start = int(self._key_start[row])
+        return self._keys[start : start + int(self._key_length[row])].tobytes()
 
     def _value_of(self, row: int) -> bytes:
-        return self._values[self._value_start[row] : self._value_end[row]].tobytes()
+        start = int(self._value_start[row])
+        return self._values[start : start + int(self._value_length[row])].tobytes()
 
     def _merge(self) -> None:
         """Move the dict's entries into the arrays: rows they replace or delete are dropped,
@@ -127,48 +131,48 @@ class CompactMap:
         live = np.fromiter((v is not None for v in self._recent.values()), bool, len(keys))
         new_keys = [key for key, value in self._recent.items() if value is not None]
         new_values = [value for value in self._recent.values() if value is not None]
-        keys_blob, key_start, key_end = _appended(
-            self._keys, self._key_start[keep], self._key_end[keep], new_keys
+        keys_blob, key_start, key_length = _appended(
+            self._keys, self._key_start[keep], self._key_length[keep], new_keys
         )
-        values_blob, value_start, value_end = _appended(
-            self._values, self._value_start[keep], self._value_end[keep], new_values
+        values_blob, value_start, value_length = _appended(
+            self._values, self._value_start[keep], self._value_length[keep], new_values
         )
         hashes = np.concatenate([self._hashes[keep], hashes[live]])
         order = np.argsort(hashes, kind="stable")
         self._hashes = hashes[order]
-        self._key_start, self._key_end = key_start[order], key_end[order]
-        self._value_start, self._value_end = value_start[order], value_end[order]
+        self._key_start, self._key_length = key_start[order], key_length[order]
+        self._value_start, self._value_length = value_start[order], value_length[order]
         self._keys, self._values = keys_blob, values_blob
         self._recent = {}
 
 
 def _appended(
-    blob: np.ndarray, start: np.ndarray, end: np.ndarray, more: list[bytes]
+    blob: np.ndarray, start: np.ndarray, length: np.ndarray, more: list[bytes]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`blob` with the bytes of `more` after it, and the rows [start, end) followed by
+    """`blob` with the bytes of `more` after it, and the rows (start, length) followed by
     those of `more`. Bytes of dropped rows stay until they are half of the blob; then the
     blob is rewritten with the live rows only."""
-    live = int((end - start).sum())
+    length = length.astype(np.int64)
+    live = int(length.sum())
     if len(blob) > 2 * live + 65536:
         view = memoryview(blob)
         blob = np.frombuffer(
-            b"".join(view[s:e] for s, e in zip(start.tolist(), end.tolist(), strict=True)),
+            b"".join(view[s : s + n] for s, n in zip(start.tolist(), length.tolist(), strict=True)),
             dtype=np.uint8,
         )
-        lengths = end - start
-        end = np.cumsum(lengths, dtype=np.int64)
-        start = end - lengths
-    lengths = np.fromiter(map(len, more), np.int64, len(more))
-    more_end = len(blob) + np.cumsum(lengths, dtype=np.int64)
+        start = np.cumsum(length, dtype=np.int64) - length
+    more_length = np.fromiter(map(len, more), np.int64, len(more))
+    more_start = len(blob) + np.cumsum(more_length, dtype=np.int64) - more_length
     return (
         np.concatenate([blob, np.frombuffer(b"".join(more), dtype=np.uint8)]),
-        _narrow(np.concatenate([start, more_end - lengths])),
-        _narrow(np.concatenate([end, more_end])),
+        _narrow(np.concatenate([start, more_start]), np.uint32),
+        _narrow(np.concatenate([length, more_length]), np.uint16),
     )
 
 
-def _narrow(offsets: np.ndarray) -> np.ndarray:
-    """Offsets as 4 bytes each while the blob is under 4 GiB (millions of files), else 8."""
-    if len(offsets) == 0 or int(offsets.max()) < 2**32:
-        return offsets.astype(np.uint32)
-    return offsets.astype(np.int64)
+def _narrow(numbers: np.ndarray, small: type[np.unsignedinteger]) -> np.ndarray:
+    """As `small` where every number fits (4-byte offsets while a blob is under 4 GiB,
+    2-byte lengths while no key or value passes 64 KiB: paths never do), else 8 bytes."""
+    if len(numbers) == 0 or int(numbers.max()) <= np.iinfo(small).max:
+        return numbers.astype(small)
+    return numbers.astype(np.int64)

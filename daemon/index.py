@@ -19,7 +19,7 @@ import os
 import posixpath
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,9 @@ from sortbox.daemon.place import LIBRARY_NAME, STATE_FOLDER
 SNAPSHOT_FORMAT = 1
 FINGERPRINT_BYTES = 4096  # the journal bytes just before the offset a snapshot covers
 # One entry per done file, so they are kept packed in CompactMaps: a source's record as 25
-# bytes, a content as its 32-byte digest, paths as their bytes. This keeps the daemon's
-# footprint flat over a long life (benchmarks/bench_daemon.py, scale).
+# bytes, a content as its 32-byte digest, a path as its folder's number and its name (see
+# FolderTable), a library name without the 12 hex digits of the digest it already contains.
+# This keeps the daemon's footprint flat over a long life (benchmarks/bench_daemon.py, scale).
 _RECORD = struct.Struct("<QqQB")  # size, mtime_ns, inode, flags
 _REMOVED, _MOVED = 1, 2
 log = structlog.get_logger(__name__)
@@ -68,11 +69,58 @@ class SourceRecord:
         return self.identity == identity
 
 
+class FolderTable:
+    """Each folder's path stored once: a file's path is kept as its folder's number and its
+    name. Thousands of files share a few folders, so this halves what a path costs."""
+
+    def __init__(self) -> None:
+        self._numbers: dict[bytes, int] = {}
+        self._folders: list[bytes] = []
+
+    def pack(self, path: bytes) -> bytes:
+        folder, name = _split(path)
+        number = self._numbers.get(folder)
+        if number is None:
+            number = self._numbers[folder] = len(self._folders)
+            self._folders.append(folder)
+        return _varint(number) + name
+
+    def packed_if_known(self, path: bytes) -> bytes | None:
+        """`pack` for a lookup: a path in a folder never seen is in no entry."""
+        folder, name = _split(path)
+        number = self._numbers.get(folder)
+        return None if number is None else _varint(number) + name
+
+    def unpack(self, packed: bytes) -> bytes:
+        number, start = 0, 0
+        while True:  # LEB128: 7 bits a byte, the high bit says "more"
+            byte = packed[start]
+            number |= (byte & 0x7F) << (7 * start)
+            start += 1
+            if byte < 0x80:
+                return self._folders[number] + packed[start:]
+
+
+def _split(path: bytes) -> tuple[bytes, bytes]:
+    cut = path.rfind(b"/") + 1  # the folder keeps its slash; a bare name has folder b""
+    return path[:cut], path[cut:]
+
+
+def _varint(number: int) -> bytes:
+    out = bytearray()
+    while number >= 0x80:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
 class DoneIndex:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sources = CompactMap()  # input path -> its packed SourceRecord
-        self._content = CompactMap()  # sha256 digest -> dest, relative to the library
+        self._folders = FolderTable()  # shared by source paths and library destinations
+        self._sources = CompactMap()  # packed input path -> its packed SourceRecord
+        self._content = CompactMap()  # sha256 digest -> packed dest, relative to the library
         self._orphans: dict[str, Path] = {}  # 12-hex name hash -> library file with no journal line
 
     @classmethod
@@ -107,25 +155,50 @@ class DoneIndex:
                 self._remember_source(event)
                 digest = _digest(event.sha256)
                 if event.dest and digest and not isinstance(event, Duplicate):
-                    self._content[digest] = os.fsencode(event.dest)
+                    self._content[digest] = self._pack_dest(digest, event.dest)
                     self._orphans.pop(digest[:6].hex(), None)  # the 12 hex digits in names
             elif isinstance(event, Undone):
                 digest = _digest(event.sha256)
-                if digest and event.dest and self._content.get(digest) == os.fsencode(event.dest):
+                if digest and event.dest and self._dest_of(digest) == event.dest:
                     self._content.pop(digest)
                 self._remember_source(event)
             elif isinstance(event, Imported):
+                relocated = [
+                    (_relocated(os.fsdecode(path), event.roots), _moved(record))
+                    for path, record in self._source_items()
+                ]
                 self._sources = CompactMap(
-                    (os.fsencode(_relocated(os.fsdecode(key), event.roots)), _moved(record))
-                    for key, record in self._sources.items()
+                    (self._folders.pack(os.fsencode(path)), record) for path, record in relocated
                 )
+
+    def entries(self) -> tuple[dict[bytes, bytes], dict[bytes, str]]:
+        """Every source (path -> packed record) and content (digest -> dest), unpacked: what
+        the index knows, whatever order it learnt it in."""
+        with self._lock:
+            return dict(self._source_items()), {
+                digest: self._dest_of(digest) or "" for digest, _ in self._content.items()
+            }
+
+    def _source_items(self) -> Iterator[tuple[bytes, bytes]]:
+        for key, record in self._sources.items():
+            yield self._folders.unpack(key), record
+
+    def _pack_dest(self, digest: bytes, dest: str) -> bytes:
+        # NUL is in no file name: it stands for the digest's 12 hex digits the name holds
+        return self._folders.pack(os.fsencode(dest).replace(digest[:6].hex().encode(), b"\0", 1))
+
+    def _dest_of(self, digest: bytes) -> str | None:
+        packed = self._content.get(digest)
+        if packed is None:
+            return None
+        return os.fsdecode(self._folders.unpack(packed).replace(b"\0", digest[:6].hex().encode()))
 
     def save_snapshot(self, library: Path, journal: Path, offset: int) -> None:
         """Write the index as it stands, as covering `journal` up to `offset`: the caller
         guarantees every event before the offset has been recorded, and none after it."""
         with self._lock:
-            sources = [_snapshot_row(key, packed) for key, packed in self._sources.items()]
-            content = {digest.hex(): os.fsdecode(dest) for digest, dest in self._content.items()}
+            sources = [_snapshot_row(path, packed) for path, packed in self._source_items()]
+            content = {digest.hex(): self._dest_of(digest) for digest, _ in self._content.items()}
         with journal.open("rb") as fh:
             covers = {
                 "inode": os.fstat(fh.fileno()).st_ino,
@@ -160,11 +233,15 @@ class DoneIndex:
                 log.info("index_snapshot_stale", snapshot=str(path))
                 return 0
             self._sources = CompactMap(
-                (os.fsencode(key), _pack(Identity(size, mtime_ns, inode), removed, moved))
+                (
+                    self._folders.pack(os.fsencode(key)),
+                    _pack(Identity(size, mtime_ns, inode), removed, moved),
+                )
                 for key, size, mtime_ns, inode, removed, moved in snapshot["sources"]
             )
             self._content = CompactMap(
-                (bytes.fromhex(k), os.fsencode(v)) for k, v in snapshot["content"].items()
+                (digest, self._pack_dest(digest, dest))
+                for digest, dest in ((bytes.fromhex(k), v) for k, v in snapshot["content"].items())
             )
         except FileNotFoundError:
             return 0
@@ -178,7 +255,8 @@ class DoneIndex:
         if event.size is None or event.mtime_ns is None or event.inode is None:
             return
         identity = Identity(size=event.size, mtime_ns=event.mtime_ns, inode=event.inode)
-        key = os.fsencode(posixpath.join(event.root, event.src))  # = bytes(Path(root) / src)
+        # = bytes(Path(root) / src)
+        key = self._folders.pack(os.fsencode(posixpath.join(event.root, event.src)))
         try:
             self._sources[key] = _pack(identity, event.original_removed)
         except struct.error:  # a time or size out of any real range: hashed again next time
@@ -187,15 +265,15 @@ class DoneIndex:
     def source(self, path: Path, identity: Identity) -> SourceRecord | None:
         """The record for this exact file (same path, size, mtime and inode), if any."""
         with self._lock:
-            packed = self._sources.get(os.fsencode(path))
+            key = self._folders.packed_if_known(os.fsencode(path))
+            packed = self._sources.get(key) if key is not None else None
         record = _unpack(packed) if packed is not None else None
         return record if record and record.matches(identity) else None
 
     def copy_of(self, sha256: str) -> str | None:
         digest = _digest(sha256)
         with self._lock:
-            dest = self._content.get(digest) if digest else None
-        return os.fsdecode(dest) if dest is not None else None
+            return self._dest_of(digest) if digest else None
 
     def orphan_for(self, sha256: str) -> Path | None:
         with self._lock:

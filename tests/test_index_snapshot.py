@@ -3,6 +3,7 @@ the journal after it; one that does not fit the journal is ignored, never truste
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,8 +11,8 @@ from pathlib import Path
 
 from conftest import Daemon, Home, sortbox, wait_until, write_picture
 from sortbox.daemon.index import DoneIndex, snapshot_file_of
-from sortbox.daemon.intake import identity_of
-from sortbox.daemon.journal import read_journal
+from sortbox.daemon.intake import Identity, identity_of
+from sortbox.daemon.journal import Imported, Sorted, Undone, read_journal
 
 COLOURS = ("red", "green", "blue")
 
@@ -25,7 +26,7 @@ def pictures(folder: Path, count: int, first_seed: int) -> list[Path]:
 
 
 def same(a: DoneIndex, b: DoneIndex) -> bool:
-    return a._sources == b._sources and a._content == b._content and a._orphans == b._orphans
+    return a.entries() == b.entries() and a._orphans == b._orphans
 
 
 def from_every_line(home: Home) -> DoneIndex:
@@ -47,7 +48,7 @@ def test_a_snapshot_covers_the_journal_and_the_lines_after_it_are_replayed(home:
     assert sortbox("sort", str(home.root / "second"), config=home.config).returncode == 0
     shutil.copy(older, snapshot)
     loaded = DoneIndex.load(home.journal, home.library)
-    assert len(loaded._sources) == 12 and same(loaded, from_every_line(home))
+    assert len(loaded.entries()[0]) == 12 and same(loaded, from_every_line(home))
 
     # the journal rewritten in place (same inode, same length): the snapshot no longer fits
     text = home.journal.read_bytes()
@@ -121,3 +122,42 @@ def test_a_name_that_is_not_utf8_survives_the_snapshot(home: Home) -> None:
     event = home.file_events()[0]
     assert loaded.copy_of(event["sha256"]) == event["dest"]
     assert (home.library / event["dest"]).is_file()
+
+
+def test_packed_paths_and_names_come_back_exactly() -> None:
+    """Paths are kept as a folder number and a name, library names without the digest's 12
+    hex digits: every lookup must still give back exactly what the journal said."""
+    identity = Identity(size=1, mtime_ns=2, inode=3)
+    events: list[Sorted | Undone | Imported] = []
+    expected: dict[str, str] = {}
+    not_utf8 = os.fsdecode(b"\xff")
+    for n in range(300):  # past 127 folders: numbers of more than one byte
+        sha = hashlib.sha256(str(n).encode()).hexdigest()
+        dest = {
+            0: f"shirt/p{n}.{sha[:12]}.jpg",  # the usual library name
+            1: f"shirt/p{n}.{sha[:24]}.jpg",  # a longer prefix, after a name clash
+            2: f"a/b/{not_utf8}{n}.jpg",  # nested, not UTF-8, no digest in it
+        }[n % 3]
+        root = f"/photos/{n // 2}"
+        events.append(Sorted(src=f"sub/p{n}.jpg", root=root, sha256=sha, size=1, mtime_ns=2,
+                             inode=3, dest=dest, label="shirt", confidence=0.9))  # fmt: skip
+        expected[sha] = dest
+    events.append(Sorted(src="bare.jpg", root="", sha256="0" * 64, size=1, mtime_ns=2, inode=3,
+                         dest="bare.jpg", label="shirt", confidence=0.9))  # fmt: skip
+    undone = hashlib.sha256(b"7").hexdigest()
+    dest = expected.pop(undone)
+    events.append(Undone(src="sub/p7.jpg", root="/photos/3", sha256=undone, size=1,
+                         mtime_ns=2, inode=3, dest=dest, reason="undo"))  # fmt: skip
+    index = DoneIndex.from_events(events)
+    for sha, dest in expected.items():
+        assert index.copy_of(sha) == dest
+    assert index.copy_of(undone) is None
+    assert index.copy_of("0" * 64) == "bare.jpg"
+    assert index.source(Path("/photos/149/sub/p299.jpg"), identity) is not None
+    assert index.source(Path("bare.jpg"), identity) is not None
+    assert index.source(Path("/photos/150/sub/p299.jpg"), identity) is None  # never seen
+
+    index.record(Imported(archive="a.tar", roots={"/photos/149": "/archive/149"}))
+    assert index.source(Path("/photos/149/sub/p299.jpg"), identity) is None
+    assert index.source(Path("/archive/149/sub/p299.jpg"), identity) is not None
+    assert index.source(Path("/photos/148/sub/p297.jpg"), identity) is not None
