@@ -58,3 +58,11 @@ def test_an_empty_value_is_a_value() -> None:
     compact.pop(b"a")
     assert compact.get(b"a") is None
     assert len(compact) == 0
+
+
+def test_a_value_longer_than_two_byte_lengths_allow_reads_back_whole() -> None:
+    long = bytes(range(256)) * 300  # 76,800 bytes: lengths are kept in 2 bytes until this
+    compact = CompactMap([(b"short", b"x"), (b"long", long)], merge_at=1)
+    compact[b"later"] = b"y"
+    assert compact.get(b"long") == long
+    assert compact.get(b"short") == b"x" and compact.get(b"later") == b"y"
