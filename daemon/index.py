@@ -176,7 +176,8 @@ class DoneIndex:
         the index knows, whatever order it learnt it in."""
         with self._lock:
             return dict(self._source_items()), {
-                digest: self._dest_of(digest) or "" for digest, _ in self._content.items()
+                digest: self._unpack_dest(digest, packed)
+                for digest, packed in self._content.items()
             }
 
     def _source_items(self) -> Iterator[tuple[bytes, bytes]]:
@@ -187,18 +188,22 @@ class DoneIndex:
         # NUL is in no file name: it stands for the digest's 12 hex digits the name holds
         return self._folders.pack(os.fsencode(dest).replace(digest[:6].hex().encode(), b"\0", 1))
 
+    def _unpack_dest(self, digest: bytes, packed: bytes) -> str:
+        return os.fsdecode(self._folders.unpack(packed).replace(b"\0", digest[:6].hex().encode()))
+
     def _dest_of(self, digest: bytes) -> str | None:
         packed = self._content.get(digest)
-        if packed is None:
-            return None
-        return os.fsdecode(self._folders.unpack(packed).replace(b"\0", digest[:6].hex().encode()))
+        return None if packed is None else self._unpack_dest(digest, packed)
 
     def save_snapshot(self, library: Path, journal: Path, offset: int) -> None:
         """Write the index as it stands, as covering `journal` up to `offset`: the caller
         guarantees every event before the offset has been recorded, and none after it."""
         with self._lock:
             sources = [_snapshot_row(path, packed) for path, packed in self._source_items()]
-            content = {digest.hex(): self._dest_of(digest) for digest, _ in self._content.items()}
+            content = {
+                digest.hex(): self._unpack_dest(digest, packed)
+                for digest, packed in self._content.items()
+            }
         with journal.open("rb") as fh:
             covers = {
                 "inode": os.fstat(fh.fileno()).st_ino,
