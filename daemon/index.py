@@ -244,10 +244,10 @@ class DoneIndex:
                 )
                 for key, size, mtime_ns, inode, removed, moved in snapshot["sources"]
             )
-            self._content = CompactMap(
-                (digest, self._pack_dest(digest, dest))
-                for digest, dest in ((bytes.fromhex(k), v) for k, v in snapshot["content"].items())
-            )
+            self._content = CompactMap()
+            for hex_digest, dest in snapshot["content"].items():
+                digest = bytes.fromhex(hex_digest)
+                self._content[digest] = self._pack_dest(digest, dest)
         except FileNotFoundError:
             return 0
         except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
