@@ -11,6 +11,7 @@ everything that changes the numbers: backbone, weights, split point, preprocessi
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -38,20 +39,24 @@ class FrozenPart:
     def __init__(
         self, network: EfficientNetLite, folder: Path, threads: int, device: torch.device
     ) -> None:
-        self.network, self.device = network, device
+        self.device = device
         self._session: ort.InferenceSession | None = None
+        self._module: Frozen | None = None
         if device.type == "cpu":
             path = folder / "frozen.onnx"
             if not path.exists():
                 export_onnx(Frozen(network), network.backbone.crop, path, output="maps")
             self._session = open_session(path, threads)
+        else:  # a copy on the GPU: the caller's network stays on the CPU, where it is exported
+            self._module = Frozen(copy.deepcopy(network)).to(device).eval()
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         if self._session is not None:
             (maps,) = self._session.run(None, {"input": images})
             return torch.from_numpy(maps).contiguous(memory_format=torch.channels_last)
+        assert self._module is not None
         with torch.no_grad():
-            return self.network.frozen(torch.from_numpy(images).to(self.device))
+            return self._module(torch.from_numpy(images).to(self.device))
 
 
 class FeatureCache:
@@ -101,7 +106,8 @@ class FeatureCache:
             views += [plain, np.ascontiguousarray(plain[:, :, ::-1])]
         self._network.eval()
         with torch.no_grad():
-            pooled = self._network.tail(self.frozen(np.stack(views))).cpu().numpy()
+            maps = self.frozen(np.stack(views)).cpu()  # the network is on the CPU
+            pooled = self._network.tail(maps).numpy()
         for n, example in enumerate(examples):
             self._store(example.sha256, pooled[n * VIEWS : (n + 1) * VIEWS].astype(np.float16))
 

@@ -158,10 +158,12 @@ def logits_of(
     network: EfficientNetLite, frozen: FrozenPart, examples: list[Example], max_pixels: int
 ) -> np.ndarray:
     network.eval()
+    device = next(network.parameters()).device  # the frozen part's may differ (a GPU)
     rows = []
     with torch.no_grad():
         for pixels in plain_pictures(examples, network.backbone.preprocessing, max_pixels):
-            rows.append(network.classifier(network.tail(frozen(pixels))).float().cpu().numpy())
+            maps = frozen(pixels).to(device)
+            rows.append(network.classifier(network.tail(maps)).float().cpu().numpy())
     return np.concatenate(rows) if rows else np.zeros((0, network.classifier.out_features))
 
 
