@@ -188,7 +188,8 @@ def main() -> None:
         t = deep["training"]
         print(
             f"  fine-tune {t['seconds'] / 60:.1f} min on {t['device']}: {t['epochs_run']} epochs "
-            f"(planned {t['planned_epochs']}, best {t['best_epoch']})"
+            f"(planned {t['planned_epochs']}, best {t['best_epoch']}); blended with the fast "
+            f"model at weight {t.get('blend_fast_weight', 0.0):g}"
         )
     print(f"  whole `sortbox train`: {seconds / 60:.1f} min")
 

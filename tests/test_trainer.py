@@ -23,20 +23,23 @@ from conftest import (  # noqa: E402
     sortbox,
     wait_until,
 )
+from sortbox.daemon.classify import open_session  # noqa: E402
 from sortbox.daemon.journal import Journal, Review, Sorted  # noqa: E402
 from sortbox.daemon.manifest import current_version, read_manifest  # noqa: E402
-from sortbox.daemon.preprocess import normalise, resize_and_crop  # noqa: E402
+from sortbox.daemon.preprocess import normalise, prepare, resize_and_crop  # noqa: E402
 from sortbox.daemon.settings import load_settings  # noqa: E402
 from sortbox.daemon.thresholds import lowest_threshold, own_threshold_support  # noqa: E402
 from sortbox.trainer.calibrate import (  # noqa: E402
     calibrate,
+    choose_blend,
     expected_calibration_error,
     fit_temperature,
+    tempered_nll,
 )
 from sortbox.trainer.data import ROLES, gather  # noqa: E402
 from sortbox.trainer.export import ExportMismatch, check_parity, export_onnx  # noqa: E402
 from sortbox.trainer.imagenet_groups import imagenet_groups  # noqa: E402
-from sortbox.trainer.model import BACKBONES, imagenet_network, map_weights  # noqa: E402
+from sortbox.trainer.model import BACKBONES, Blended, imagenet_network, map_weights  # noqa: E402
 from sortbox.trainer.publish import prune, publish  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not CLOTHING10.is_dir(), reason=f"needs {CLOTHING10}")
@@ -267,6 +270,40 @@ def test_parity_check_fails_loudly_when_onnx_differs(tmp_path: Path) -> None:
         network.classifier.bias += torch.linspace(0, 3, 1000)
     with pytest.raises(ExportMismatch, match="disagree"):
         check_parity(network, onnx_path, inputs, 1.0)
+
+
+def test_a_blend_exports_as_one_graph_that_computes_the_blend(tmp_path: Path) -> None:
+    """The blended model ships as one ONNX graph (the daemon knows nothing of blends): its
+    logits on real photos are (1 - w) * fine-tuned + w * fast, within the parity limit."""
+    fast, tuned = imagenet_network("lite0"), imagenet_network("lite0")
+    with torch.no_grad():  # a "fine-tuned" tail and head that differ from the fast model's
+        for parameter in [*tuned.tail_parameters(), *tuned.classifier.parameters()]:
+            parameter.mul_(1.1)
+    blend = Blended(tuned, fast, 0.3)
+    onnx_path = export_onnx(blend, 224, tmp_path / "model.onnx")
+    photos = sorted(CLOTHING10.glob("*/*.jpg"))[::150]
+    spec = tuned.backbone.preprocessing
+    pixels = np.stack([prepare(p.read_bytes(), spec, 10**8) for p in photos])
+    assert check_parity(blend, onnx_path, pixels, 1.0) < 1e-4
+    (blended,) = open_session(onnx_path, 2).run(None, {"input": pixels})
+    with torch.no_grad():
+        each = [network(torch.from_numpy(pixels)).numpy() for network in (tuned, fast)]
+    assert not np.allclose(each[0], each[1], atol=0.1), "the two must differ for this to test"
+    np.testing.assert_allclose(blended, 0.7 * each[0] + 0.3 * each[1], atol=1e-3)
+
+
+def test_the_blend_is_chosen_only_when_it_calibrates_better() -> None:
+    """The fast model's weight comes from the calibration pictures: chosen where the fast model
+    knows what the fine-tuned one gets wrong, zero where it adds only noise."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    truth = np.eye(4)[labels] * 4.0
+    tuned = truth + rng.normal(0, 2.0, truth.shape)  # right on most, wrong on some
+    knowing = truth + rng.normal(0, 2.0, truth.shape)  # as good, its mistakes elsewhere
+    assert choose_blend(tuned, knowing, labels) > 0
+    assert tempered_nll(0.7 * tuned + 0.3 * knowing, labels) < tempered_nll(tuned, labels)
+    noise = rng.normal(0, 2.0, truth.shape)
+    assert choose_blend(tuned, noise, labels) == 0.0
 
 
 def test_exported_graph_runs_as_convolutions_only(tmp_path: Path) -> None:

@@ -30,6 +30,27 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(min(fine, key=lambda t: nll(logits, labels, t)))
 
 
+# Weights of the fast model in a blend with the fine-tuned one (model.Blended) to try. The
+# blend costs about 9% more model time, so it must lower the tempered calibration loss by
+# BLEND_MIN_GAIN to be chosen. On clothing-dataset-small it lowered that loss by 0.04 (README).
+BLEND_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+BLEND_MIN_GAIN = 0.01
+
+
+def tempered_nll(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Calibration NLL at the temperature that suits these logits best: how good the model is
+    as the daemon sees it, through its fitted temperature."""
+    return nll(logits, labels, fit_temperature(logits, labels)) if len(labels) else 0.0
+
+
+def choose_blend(tuned: np.ndarray, fast: np.ndarray, labels: np.ndarray) -> float:
+    """The fast model's weight in the blend (0: the fine-tuned model alone), from the
+    calibration pictures' logits of both models."""
+    losses = {w: tempered_nll((1 - w) * tuned + w * fast, labels) for w in BLEND_WEIGHTS}
+    best = min(losses, key=losses.__getitem__)
+    return best if losses[best] <= losses[0.0] - BLEND_MIN_GAIN else 0.0
+
+
 def expected_calibration_error(
     probabilities: np.ndarray, labels: np.ndarray, bins: int = 15
 ) -> float:

@@ -36,7 +36,7 @@ from PIL import Image, ImageEnhance
 from sortbox.daemon.atomic import replacing
 from sortbox.daemon.preprocess import Preprocessing, decode_rgb, normalise, prepare
 from sortbox.daemon.settings import TrainSettings
-from sortbox.trainer.calibrate import fit_temperature, nll
+from sortbox.trainer.calibrate import tempered_nll
 from sortbox.trainer.data import Example
 from sortbox.trainer.features import FrozenPart
 from sortbox.trainer.model import EfficientNetLite
@@ -287,7 +287,7 @@ def finetune(
             averaged.update_parameters(network)
         state["epoch"] += 1
         smoothed = averaged.module
-        cal_loss = _tempered_loss(
+        cal_loss = tempered_nll(
             logits_of(smoothed, frozen, calibration, max_pixels), calibration_labels
         )
         if cal_loss < state["best_loss"] - 1e-4:
@@ -335,11 +335,6 @@ def _set_learning_rate(
         factor = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     for group in optimizer.param_groups:
         group["lr"] = group["peak"] * factor
-
-
-def _tempered_loss(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Calibration NLL at the temperature that suits these logits best."""
-    return nll(logits, labels, fit_temperature(logits, labels)) if len(labels) else 0.0
 
 
 @torch.no_grad()

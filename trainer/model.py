@@ -168,6 +168,28 @@ class EfficientNetLite(nn.Module):
         return self.classifier(self.dropout(self.tail(self.frozen(x))))
 
 
+class Blended(nn.Module):
+    """The fine-tuned network's logits blended with the fast model's, `fast_weight` of the
+    latter: (1 - w) * fine-tuned + w * fast. Both share the frozen part (never trained), so the
+    blend costs one more tail: about 9% more model time for Lite0, whose tail works on 7x7
+    maps. The fast model sees the picture through ImageNet's own tail, the fine-tuned one
+    through a tail fitted to a few thousand pictures; their mistakes differ, so the blend is
+    better calibrated than either."""
+
+    def __init__(self, tuned: EfficientNetLite, fast: EfficientNetLite, fast_weight: float) -> None:
+        super().__init__()
+        if tuned.split != fast.split or tuned.backbone != fast.backbone:
+            raise ValueError("a blend needs two networks of one backbone, split alike")
+        self.tuned, self.fast, self.fast_weight = tuned, fast, fast_weight
+        self.backbone = tuned.backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.tuned.frozen(x)
+        tuned = self.tuned.classifier(self.tuned.tail(maps))
+        fast = self.fast.classifier(self.fast.tail(maps))
+        return (1 - self.fast_weight) * tuned + self.fast_weight * fast
+
+
 class Frozen(nn.Module):
     """The frozen part alone, for export to ONNX Runtime."""
 

@@ -4,17 +4,19 @@ data (train / calibration / test roles) →
 the fast model: a linear head on cached frozen features; calibrate, test, export, gate,
 publish, so a user has a working sorter within minutes →
 the deep model: the last stages fine-tuned on augmented pictures within the time budget
-(a run cut short resumes from its checkpoint next time); calibrate, test, export, gate, and
-publish only if it beats the fast model on the test pictures too.
+(a run cut short resumes from its checkpoint next time), blended with the fast model when
+that calibrates better; calibrate, test, export, gate, and publish only if it beats the fast
+model on the test pictures too.
 
-Calibration (temperature, thresholds, early stopping) uses only the calibration pictures; the
-gate and every reported figure use only the test pictures. Everything written goes through
-temp-then-rename.
+Calibration (temperature, thresholds, early stopping, the blend) uses only the calibration
+pictures; the gate and every reported figure use only the test pictures. Everything written
+goes through temp-then-rename.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import tempfile
 import time
@@ -43,6 +45,7 @@ from sortbox.daemon.settings import Settings
 from sortbox.daemon.thresholds import wilson_interval
 from sortbox.trainer.calibrate import (
     calibrate,
+    choose_blend,
     expected_calibration_error,
     fit_temperature,
     precision_coverage,
@@ -63,6 +66,7 @@ from sortbox.trainer.finetune import (
 from sortbox.trainer.model import (
     BACKBONES,
     BackboneMissing,
+    Blended,
     EfficientNetLite,
     imagenet_network,
     weights_file,
@@ -144,13 +148,13 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
         progress,
     )
     fast_seconds = time.monotonic() - clock
+    with torch.no_grad():
+        fast_logits = {
+            role: network.classifier(features[role][:, 0]).numpy()
+            for role in ("calibration", "test")
+        }
     outcomes: list[Shipped] = []
     if not same_data or force:
-        with torch.no_grad():
-            fast_logits = {
-                role: network.classifier(features[role][:, 0]).numpy()
-                for role in ("calibration", "test")
-            }
         outcomes.append(
             ship(settings, "fast", network, fast_logits, data, labels, force, fast_seconds, {})
         )
@@ -160,13 +164,15 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
     # 3. The deep model: fine-tune the last stages, from the fast model's head, or from the
     #    current fine-tuned model with a short schedule when it knows the same classes.
     started = time.monotonic()
+    fast_network, start = network, network
     warm = warm_start(settings, current, data)
     epochs = cfg.finetune_epochs
     if warm is not None:
-        network.load_state_dict(warm)
+        start = copy.deepcopy(network)
+        start.load_state_dict(warm)
         epochs = max(2, cfg.finetune_epochs // WARM_FRACTION)
     tuned = finetune(
-        network,
+        start,
         cache.frozen,
         data.train,
         labels["train"],
@@ -201,8 +207,20 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
             )
         )
         return finish_all(settings, outcomes)
-    deep_logits = {
+    tuned_logits = {
         role: logits_of(tuned.network, cache.frozen, data.role(role), settings.max_pixels)
+        for role in ("calibration", "test")
+    }
+
+    # 4. The blend: the fine-tuned model's logits mixed with the fast model's, when that
+    #    calibrates better on the calibration pictures by enough to pay for a second tail.
+    weight = choose_blend(
+        tuned_logits["calibration"], fast_logits["calibration"], labels["calibration"]
+    )
+    facts["blend_fast_weight"] = weight
+    deep_network = Blended(tuned.network, fast_network, weight) if weight else tuned.network
+    deep_logits = {
+        role: (1 - weight) * tuned_logits[role] + weight * fast_logits[role]
         for role in ("calibration", "test")
     }
     fast = next((o for o in outcomes if o.evaluation is not None), None)
@@ -210,7 +228,7 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
         ship(
             settings,
             "fine-tuned",
-            tuned.network,
+            deep_network,
             deep_logits,
             data,
             labels,
@@ -317,7 +335,7 @@ class Shipped:
 def ship(
     settings: Settings,
     kind: str,
-    network: EfficientNetLite,
+    network: EfficientNetLite | Blended,
     logits: dict[str, np.ndarray],
     data: TrainingSet,
     labels: dict[str, np.ndarray],
