@@ -43,10 +43,15 @@ def tempered_nll(logits: np.ndarray, labels: np.ndarray) -> float:
     return nll(logits, labels, fit_temperature(logits, labels)) if len(labels) else 0.0
 
 
+def blend(tuned: np.ndarray, fast: np.ndarray, fast_weight: float) -> np.ndarray:
+    """What model.Blended computes, from the two models' logits."""
+    return (1 - fast_weight) * tuned + fast_weight * fast
+
+
 def choose_blend(tuned: np.ndarray, fast: np.ndarray, labels: np.ndarray) -> float:
     """The fast model's weight in the blend (0: the fine-tuned model alone), from the
     calibration pictures' logits of both models."""
-    losses = {w: tempered_nll((1 - w) * tuned + w * fast, labels) for w in BLEND_WEIGHTS}
+    losses = {w: tempered_nll(blend(tuned, fast, w), labels) for w in BLEND_WEIGHTS}
     best = min(losses, key=losses.__getitem__)
     return best if losses[best] <= losses[0.0] - BLEND_MIN_GAIN else 0.0
 

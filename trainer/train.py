@@ -44,6 +44,7 @@ from sortbox.daemon.preprocess import Preprocessing
 from sortbox.daemon.settings import Settings
 from sortbox.daemon.thresholds import wilson_interval
 from sortbox.trainer.calibrate import (
+    blend,
     calibrate,
     choose_blend,
     expected_calibration_error,
@@ -164,7 +165,7 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
     # 3. The deep model: fine-tune the last stages, from the fast model's head, or from the
     #    current fine-tuned model with a short schedule when it knows the same classes.
     started = time.monotonic()
-    fast_network, start = network, network
+    fast_network = start = network  # kept as it is: the blend (step 4) uses it
     warm = warm_start(settings, current, data)
     epochs = cfg.finetune_epochs
     if warm is not None:
@@ -220,7 +221,7 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
     facts["blend_fast_weight"] = weight
     deep_network = Blended(tuned.network, fast_network, weight) if weight else tuned.network
     deep_logits = {
-        role: (1 - weight) * tuned_logits[role] + weight * fast_logits[role]
+        role: blend(tuned_logits[role], fast_logits[role], weight)
         for role in ("calibration", "test")
     }
     fast = next((o for o in outcomes if o.evaluation is not None), None)
