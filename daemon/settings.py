@@ -44,6 +44,9 @@ class TrainSettings(BaseModel):
     # fine-tuned on augmented pictures, published if better
     finetune_epochs: int = Field(30, ge=0)
     trainable_stages: int = Field(2, ge=1, le=7)
+    # blend the fine-tuned model with the fast one when that calibrates better (a third
+    # more model time)
+    blend: bool = True
     budget_minutes: float = Field(60.0, gt=0.0)
     batch_size: int = Field(64, ge=2)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -215,8 +215,10 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
 
     # 4. The blend: the fine-tuned model's logits mixed with the fast model's, when that
     #    calibrates better on the calibration pictures by enough to pay for a second tail.
-    weight = choose_blend(
-        tuned_logits["calibration"], fast_logits["calibration"], labels["calibration"]
+    weight = (
+        choose_blend(tuned_logits["calibration"], fast_logits["calibration"], labels["calibration"])
+        if cfg.blend
+        else 0.0
     )
     facts["blend_fast_weight"] = weight
     deep_network = Blended(tuned.network, fast_network, weight) if weight else tuned.network
