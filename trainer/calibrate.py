@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from sortbox.daemon.decide import softmax
@@ -35,6 +36,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 # BLEND_MIN_GAIN to be chosen. On clothing-dataset-small it lowered that loss by 0.04 (README).
 BLEND_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 BLEND_MIN_GAIN = 0.01
+Logits = TypeVar("Logits")  # np.ndarray or torch.Tensor: the arithmetic is the same
 
 
 def tempered_nll(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -43,8 +45,8 @@ def tempered_nll(logits: np.ndarray, labels: np.ndarray) -> float:
     return nll(logits, labels, fit_temperature(logits, labels)) if len(labels) else 0.0
 
 
-def blend(tuned: np.ndarray, fast: np.ndarray, fast_weight: float) -> np.ndarray:
-    """What model.Blended computes, from the two models' logits."""
+def blend(tuned: Logits, fast: Logits, fast_weight: float) -> Logits:
+    """The blend of two models' logits (NumPy arrays, or tensors inside model.Blended)."""
     return (1 - fast_weight) * tuned + fast_weight * fast
 
 

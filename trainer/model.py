@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from sortbox.daemon.preprocess import Preprocessing
+from sortbox.trainer.calibrate import blend
 from torch import nn
 
 # Lite0's (repeats, kernel, stride, expansion, channels in, channels out) per stage
@@ -187,7 +188,7 @@ class Blended(nn.Module):
         maps = self.tuned.frozen(x)
         tuned = self.tuned.classifier(self.tuned.tail(maps))
         fast = self.fast.classifier(self.fast.tail(maps))
-        return (1 - self.fast_weight) * tuned + self.fast_weight * fast
+        return blend(tuned, fast, self.fast_weight)
 
 
 class Frozen(nn.Module):
