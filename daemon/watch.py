@@ -21,8 +21,8 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 EventKind = Literal["created", "touched", "renamed", "opened", "written", "closed", "gone"]
@@ -49,6 +49,7 @@ class EnqueueHandler(FileSystemEventHandler):
                 self._notices.put(("gone", self._root))  # the watch died with the folder
             return
         if isinstance(event, FileMovedEvent):
+            # dest "": moved out of the inbox; src "": moved in from a folder we don't watch
             if event.dest_path:
                 self._notices.put(("renamed", Path(os.fsdecode(event.dest_path))))
             return
@@ -98,8 +99,13 @@ def resolve_watch_mode(mode: Literal["auto", "inotify", "poll"], inbox: Path) ->
 def start_observer(
     inbox: Path, mode: str, poll_interval_s: float, notices: queue.SimpleQueue[Notice]
 ) -> BaseObserver:
+    # Full events: a file moved in from a folder we don't watch (`mv ~/Downloads/x.jpg inbox/`)
+    # is reported as the rename it is, not as a file created empty, so it is taken at once
+    # rather than after the quiet period (no close-after-write ever follows such a "create").
     observer: BaseObserver = (
-        PollingObserver(timeout=poll_interval_s) if mode == "poll" else Observer()
+        PollingObserver(timeout=poll_interval_s)
+        if mode == "poll"
+        else InotifyObserver(generate_full_events=True)
     )
     observer.schedule(EnqueueHandler(inbox, notices), str(inbox), recursive=True)
     observer.start()

@@ -9,7 +9,15 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import Daemon, Home, jpeg_bytes, wait_until, write_picture
+from conftest import (
+    Daemon,
+    Home,
+    jpeg_bytes,
+    make_home,
+    publish_rgb_model,
+    wait_until,
+    write_picture,
+)
 
 
 def placements_for(home: Home, src: str) -> list[dict]:
@@ -108,6 +116,25 @@ def test_browser_download_part_file_is_ignored_until_renamed(home: Home, daemon:
     event = wait_for_src(home, "download.jpg")
     assert (home.library / event["dest"]).read_bytes() == data
     assert all(not e["src"].endswith(".part") for e in home.file_events())
+
+
+def test_a_file_moved_in_from_outside_waits_no_quiet_period(tmp_path: Path) -> None:
+    """`mv ~/Downloads/x.jpg inbox/` is a rename: complete the moment it appears. inotify
+    reports it without its source folder; it must not be taken for a file just created
+    (those wait for their writer to close, or out the quiet period when none is seen)."""
+    (tmp_path / "home").mkdir()
+    home = make_home(tmp_path / "home", quiet_period_s=60.0)
+    publish_rgb_model(home.models, "v1")
+    daemon = Daemon(home)
+    daemon.start()
+    try:
+        outside = write_picture(tmp_path / "downloads" / "moved.jpg", "green", 12)
+        data = outside.read_bytes()
+        os.rename(outside, home.inbox / "moved.jpg")
+        event = wait_for_src(home, "moved.jpg", timeout=30)  # half the quiet period
+        assert (home.library / event["dest"]).read_bytes() == data
+    finally:
+        daemon.stop()
 
 
 def test_a_file_written_slowly_is_taken_only_when_complete(home: Home, daemon: Daemon) -> None:
