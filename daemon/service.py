@@ -22,6 +22,7 @@ pinged while work moves or there is none.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import queue
 import signal
@@ -32,7 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+import numpy as np
 import structlog
+from PIL import Image
 from sortbox.daemon.batch import next_batch
 from sortbox.daemon.classify import Classifier, load_classifier, load_current
 from sortbox.daemon.decode import Decoded, lower_thread_priority, read_group
@@ -60,6 +63,7 @@ from sortbox.daemon.pipeline import (
     place_batch,
     remove_crash_leftovers,
 )
+from sortbox.daemon.preprocess import prepare
 from sortbox.daemon.settings import ConfigError, Settings
 from sortbox.daemon.stability import StabilityTracker
 from sortbox.daemon.watch import Notice, resolve_watch_mode, start_observer
@@ -179,6 +183,7 @@ class Service:
             journal,
             remove_originals=self.watching and s.on_success == "delete",
         )
+        self._warm_up()
         self.metrics.model = self.classifier.version
         self._state = StateFile(state_file_of(s.library)) if self.watching else None
 
@@ -210,6 +215,15 @@ class Service:
             self._start_thread(self._feed_loop, "intake")
         self.notifier.ready(self.status_line())
         self._publish_state()
+
+    def _warm_up(self) -> None:
+        """Pay before READY what the first picture would: Pillow's plugin imports on the first
+        decode (about 60 ms) and ONNX Runtime's first allocations."""
+        spec = self.classifier.manifest.preprocessing
+        sample = io.BytesIO()
+        Image.new("RGB", (spec.crop, spec.crop)).save(sample, "JPEG")
+        pixels = prepare(sample.getvalue(), spec, self.settings.max_pixels, "warm-up.jpg")
+        self.classifier.logits(pixels[np.newaxis])
 
     def main_loop(self) -> None:
         max_wait_s = self.settings.max_wait_ms / 1000
