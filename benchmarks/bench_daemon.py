@@ -19,7 +19,8 @@ Prints, in one run, each with its ratio:
       - ceiling, `sort` and `run` in `--rounds` rounds, each ratio taken within its round;
   * Pillow's draft decoding against simplejpeg's (libjpeg-turbo) scaled decoding;
   * latency from "complete in the inbox" to "journal line durable" (p50, p99) for files
-    renamed in and for files written in place and closed by their only writer;
+    renamed within the inbox, moved in from another folder, and written in place and closed
+    by their only writer;
   * scale: `--drop` files dropped at once (all accounted for, peak RSS), RSS across
     `--further` files more, and the time to restart ready with all of them done.
 
@@ -380,8 +381,9 @@ def dropped_at_once(home: Path, photos: list[Path]) -> dict:
 
 
 def latency(home: Path, photos: list[Path], rate: float, how: str) -> dict:
-    """Files arriving complete at a steady rate: renamed in, or written in place by one writer
-    that then closes them. Latency: complete in the inbox -> journal line durable."""
+    """Files arriving complete at a steady rate: renamed within the inbox, moved in from a
+    folder outside it, or written in place by one writer that then closes them. Latency:
+    complete in the inbox -> journal line durable."""
     fresh_state(home)
     daemon = Daemon(home)
     complete_at: dict[str, float] = {}
@@ -395,6 +397,10 @@ def latency(home: Path, photos: list[Path], rate: float, how: str) -> dict:
                 hidden = home / "inbox" / f".{name}.part"  # ignored until renamed, like a browser
                 shutil.copyfile(photo, hidden)
                 os.rename(hidden, home / "inbox" / name)
+            elif how == "moved":  # `mv ~/Downloads/x.jpg inbox/`, a file manager's move
+                outside = home / "staging" / name
+                shutil.copyfile(photo, outside)
+                os.rename(outside, home / "inbox" / name)
             else:
                 shutil.copyfile(photo, home / "inbox" / name)  # open, write, close
             complete_at[name] = time.monotonic()
@@ -534,10 +540,15 @@ def main() -> None:
 
 def print_latency(home: Path, photos: list[Path], rate: float, say: Callable) -> None:
     say(f"\nlatency, complete in the inbox -> journal line durable, {rate:g} arrivals/s:")
-    for how in ("renamed", "closed"):
+    titles = {
+        "renamed": "renamed in the inbox",
+        "moved": "moved in from another folder",
+        "closed": "written in place, closed",
+    }
+    for how, title in titles.items():
         figures = latency(home, photos, rate, how)
         say(
-            f"  {how + ' in' if how == 'renamed' else 'written in place, closed':28} "
+            f"  {title:30} "
             f"p50 {figures['p50_ms']:4.0f} ms   p99 {figures['p99_ms']:4.0f} ms   "
             f"({figures['handled']}/{figures['files']} handled)"
         )
