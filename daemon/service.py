@@ -218,12 +218,16 @@ class Service:
 
     def _warm_up(self) -> None:
         """Pay before READY what the first picture would: Pillow's plugin imports on the first
-        decode (about 60 ms) and ONNX Runtime's first allocations."""
+        decode (about 60 ms) and ONNX Runtime's first allocations. Only a saving: a failure
+        here is met again, and handled, on the first real batch."""
         spec = self.classifier.manifest.preprocessing
         sample = io.BytesIO()
-        Image.new("RGB", (spec.crop, spec.crop)).save(sample, "JPEG")
-        pixels = prepare(sample.getvalue(), spec, self.settings.max_pixels, "warm-up.jpg")
-        self.classifier.logits(pixels[np.newaxis])
+        try:
+            Image.new("RGB", (spec.crop, spec.crop)).save(sample, "JPEG")
+            pixels = prepare(sample.getvalue(), spec, self.settings.max_pixels, "warm-up.jpg")
+            self.classifier.logits(pixels[np.newaxis])
+        except Exception:
+            log.warning("warm_up_failed", exc_info=True)
 
     def main_loop(self) -> None:
         max_wait_s = self.settings.max_wait_ms / 1000
