@@ -22,7 +22,6 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 EventKind = Literal["created", "touched", "renamed", "opened", "written", "closed", "gone"]
@@ -99,14 +98,16 @@ def resolve_watch_mode(mode: Literal["auto", "inotify", "poll"], inbox: Path) ->
 def start_observer(
     inbox: Path, mode: str, poll_interval_s: float, notices: queue.SimpleQueue[Notice]
 ) -> BaseObserver:
-    # Full events: a file moved in from a folder we don't watch (`mv ~/Downloads/x.jpg inbox/`)
-    # is reported as the rename it is, not as a file created empty, so it is taken at once
-    # rather than after the quiet period (no close-after-write ever follows such a "create").
-    observer: BaseObserver = (
-        PollingObserver(timeout=poll_interval_s)
-        if mode == "poll"
-        else InotifyObserver(generate_full_events=True)
-    )
+    observer: BaseObserver
+    if mode == "poll":
+        observer = PollingObserver(timeout=poll_interval_s)
+    else:
+        from watchdog.observers.inotify import InotifyObserver  # Linux only: imported here
+
+        # Full events: a file moved in from a folder we don't watch (`mv x.jpg inbox/`) is
+        # reported as the rename it is, not as a file created, so it is taken at once rather
+        # than after the quiet period (no close-after-write ever follows such a "create").
+        observer = InotifyObserver(generate_full_events=True)
     observer.schedule(EnqueueHandler(inbox, notices), str(inbox), recursive=True)
     observer.start()
     return observer
