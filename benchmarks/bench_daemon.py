@@ -541,7 +541,7 @@ def main() -> None:
 def print_latency(home: Path, photos: list[Path], rate: float, say: Callable) -> None:
     say(f"\nlatency, complete in the inbox -> journal line durable, {rate:g} arrivals/s:")
     titles = {
-        "renamed": "renamed in the inbox",
+        "renamed": "renamed within the inbox",
         "moved": "moved in from another folder",
         "closed": "written in place, closed",
     }
