@@ -5,8 +5,16 @@ daemon derives the thresholds from them at load time for the `target_precision` 
 config.toml, so a user makes the sorter stricter or bolder without training again.
 
 A class's threshold is the lowest one whose auto-sorted set (its predictions at or above it)
-reaches the target precision. A class with too few calibration predictions to measure that
-uses the threshold pooled over all classes. No threshold is below a floor.
+reaches the target precision, as far as the calibration pictures can show it: the set's
+precision must reach the target at the lower end of its one-sided 80% Wilson interval, not
+just on average. A class with too few calibration predictions to measure that shares one
+threshold with the other such classes, chosen the same way on their predictions together.
+No threshold is below a floor.
+
+Why the interval: the lowest threshold whose measured precision just reaches the target is
+the most optimistic of many choices, so on new pictures it falls short about half the time
+(on the clothing benchmark, 4 of 8 models under 97% on their test pictures). With the lower
+bound, none of the 8 fell short, for about 5 points less auto-sorted.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 MIN_PREDICTIONS = 10  # the smallest auto-sorted set a threshold may be chosen on
 FLOOR = 0.5
+EVIDENCE_Z = 0.84  # one-sided 80%: the precision a threshold promises is this sure to hold
 
 
 class CalibrationPoints(BaseModel):
@@ -52,12 +61,13 @@ def lowest_threshold(
     confidence: np.ndarray, correct: np.ndarray, target: float, min_support: int
 ) -> float | None:
     """The lowest t whose auto-sorted set, the predictions with confidence >= t, is at least
-    `target` precise and holds at least `min_support` predictions; None if there is none."""
+    `target` precise (at the lower bound) and holds at least `min_support` predictions; None
+    if there is none."""
     if len(confidence) < min_support:
         return None
     order = np.argsort(-confidence, kind="stable")
     confidence, correct = confidence[order], correct[order]
-    precision = np.cumsum(correct) / np.arange(1, len(correct) + 1)
+    precision, _ = wilson_bounds(np.cumsum(correct), np.arange(1, len(correct) + 1), EVIDENCE_Z)
     # a threshold takes a whole group of equal confidences, so only a group's end is a choice
     group_ends = np.append(confidence[1:] < confidence[:-1], True)
     choices = np.flatnonzero(group_ends & (precision >= target))
@@ -83,18 +93,21 @@ def derive_thresholds(points: CalibrationPoints, classes: list[str], target: flo
     confidence = np.asarray(points.confidence, dtype=np.float64)
     correct = np.asarray(points.correct, dtype=bool)
 
-    pooled = lowest_threshold(confidence, correct, target, MIN_PREDICTIONS)
-    pooled = max(FLOOR, pooled if pooled is not None else 1.0)
     support = own_threshold_support(target)
+    own_evidence = [index for index in range(len(classes)) if (predicted == index).sum() >= support]
+    # pooled over the other classes only: a class with its own threshold must not lend them
+    # its precision, or the classes together fall short of the target
+    rest = ~np.isin(predicted, own_evidence)
+    pooled = lowest_threshold(confidence[rest], correct[rest], target, MIN_PREDICTIONS)
     per_class = {}
     for index, name in enumerate(classes):
-        mine = predicted == index
-        if mine.sum() < support:
-            threshold = pooled  # too little evidence for a threshold of its own
+        if index in own_evidence:
+            mine = predicted == index
+            threshold = lowest_threshold(confidence[mine], correct[mine], target, MIN_PREDICTIONS)
         else:
-            own = lowest_threshold(confidence[mine], correct[mine], target, MIN_PREDICTIONS)
-            threshold = own if own is not None else 1.0  # never precise enough: always review
-        per_class[name] = round(max(FLOOR, threshold), 6)
+            threshold = pooled
+        # None: never precise enough, always review
+        per_class[name] = round(max(FLOOR, threshold if threshold is not None else 1.0), 6)
 
     total = len(predicted)
     if not total:
@@ -105,12 +118,21 @@ def derive_thresholds(points: CalibrationPoints, classes: list[str], target: flo
     return Thresholds(per_class, count / total, precision, count, total)
 
 
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion: honest at small counts and near 0 or 1."""
-    if trials <= 0:
-        return (0.0, 1.0)
+def wilson_bounds(
+    successes: np.ndarray, trials: np.ndarray, z: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for proportions, element by element (trials > 0): honest at small
+    counts and near 0 or 1."""
     p = successes / trials
     denominator = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denominator
-    spread = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return (max(0.0, centre - spread), min(1.0, centre + spread))
+    spread = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return np.maximum(0.0, centre - spread), np.minimum(1.0, centre + spread)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion."""
+    if trials <= 0:
+        return (0.0, 1.0)
+    low, high = wilson_bounds(np.float64(successes), np.float64(trials), z)
+    return (float(low), float(high))
