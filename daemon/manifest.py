@@ -120,9 +120,11 @@ class Manifest(BaseModel):
 
 
 def retarget(manifest: Manifest, target_precision: float) -> Manifest:
-    """The manifest with thresholds for another target precision, where it carries the
-    calibration predictions to derive them from; unchanged otherwise (the default model)."""
-    if manifest.calibration is None or manifest.target_precision == target_precision:
+    """The manifest with thresholds for a target precision, where it carries the calibration
+    predictions to derive them from; unchanged otherwise (the default model). Derived even for
+    the target it was published with, so a model published under an older rule follows the
+    current one."""
+    if manifest.calibration is None:
         return manifest
     derived = derive_thresholds(manifest.calibration, manifest.classes, target_precision)
     return manifest.model_copy(
