@@ -19,11 +19,12 @@ from sortbox.daemon.decide import decide
 from sortbox.daemon.decode import read_and_prepare
 from sortbox.daemon.intake import Arrival, Identity, is_ignored, walk_files
 from sortbox.daemon.journal import Journal, Sorted, read_journal
-from sortbox.daemon.manifest import Manifest, check_class_name
+from sortbox.daemon.manifest import Manifest, check_class_name, retarget
 from sortbox.daemon.place import LIBRARY_NAME, copy_into, library_name
 from sortbox.daemon.preprocess import BadImage, Preprocessing, decode_rgb, prepare
 from sortbox.daemon.settings import ConfigError, TrainSettings, load_settings
 from sortbox.daemon.stability import StabilityTracker
+from sortbox.daemon.thresholds import CalibrationPoints
 
 SPEC = Preprocessing(resize=64, crop=56)
 
@@ -182,6 +183,18 @@ def test_decide_uses_temperature_and_per_class_thresholds() -> None:
     unsure = decide(logits, manifest(temperature=2.0))
     assert unsure.folder == "needs_review" and unsure.label == "cats"
     assert unsure.top3[0][0] == "cats" and len(unsure.top3) == 3
+
+
+def test_a_model_published_under_an_older_threshold_rule_follows_the_current_one() -> None:
+    """Thresholds come from the calibration predictions at every load, even for the target the
+    model was published with: its stored ones may come from an older, bolder rule."""
+    points = CalibrationPoints(predicted=[0] * 15, confidence=[0.9] * 15, correct=[True] * 15)
+    published = manifest(threshold=0.6).model_copy(
+        update={"calibration": points, "target_precision": 0.97}
+    )
+    loaded = retarget(published, 0.97)
+    assert loaded.thresholds["cats"] == 1.0, "15 right answers do not show 97%"
+    assert retarget(manifest(threshold=0.6), 0.97).thresholds["cats"] == 0.6  # no points: kept
 
 
 # -- stability, with an injected clock ----------------------------------------------------------
