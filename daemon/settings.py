@@ -43,7 +43,7 @@ class TrainSettings(BaseModel):
     # calibration pictures) is published first; then the deep model: the last stages
     # fine-tuned on augmented pictures, published if better
     finetune_epochs: int = Field(30, ge=0)
-    trainable_stages: int = Field(2, ge=1, le=7)
+    trainable_stages: int = Field(3, ge=1, le=7)
     # blend the fine-tuned model with the fast one when that calibrates better (a third
     # more model time)
     blend: bool = True

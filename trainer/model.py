@@ -126,7 +126,7 @@ class MBConv(nn.Module):
 
 class EfficientNetLite(nn.Module):
     def __init__(
-        self, backbone: Backbone, num_classes: int = 1000, trainable_stages: int = 2
+        self, backbone: Backbone, num_classes: int = 1000, trainable_stages: int = 3
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -248,7 +248,7 @@ def weights_file(backbone: Backbone) -> Path:
 
 
 def imagenet_network(
-    backbone: Backbone | str = "lite0", trainable_stages: int = 2
+    backbone: Backbone | str = "lite0", trainable_stages: int = 3
 ) -> EfficientNetLite:
     """The ImageNet-pretrained network, in eval mode. Loads from the installed package only."""
     if isinstance(backbone, str):
