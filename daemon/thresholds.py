@@ -67,10 +67,11 @@ def lowest_threshold(
         return None
     order = np.argsort(-confidence, kind="stable")
     confidence, correct = confidence[order], correct[order]
-    precision, _ = wilson_bounds(np.cumsum(correct), np.arange(1, len(correct) + 1), EVIDENCE_Z)
+    # the precision each candidate set is EVIDENCE_Z-sure to have, not the one it happened to
+    assured, _ = wilson_bounds(np.cumsum(correct), np.arange(1, len(correct) + 1), EVIDENCE_Z)
     # a threshold takes a whole group of equal confidences, so only a group's end is a choice
     group_ends = np.append(confidence[1:] < confidence[:-1], True)
-    choices = np.flatnonzero(group_ends & (precision >= target))
+    choices = np.flatnonzero(group_ends & (assured >= target))
     choices = choices[choices >= min_support - 1]
     if not len(choices):
         return None

@@ -264,9 +264,9 @@ def test_thresholds_meet_the_target_as_a_set_and_small_classes_use_the_pooled_on
 
 
 def test_a_threshold_needs_evidence_and_classes_together_keep_the_target() -> None:
-    """Fifteen right answers in a row do not show 97% precision (one mistake in 33 would be as
-    likely to give them); forty do. And a class precise enough for a threshold of its own must
-    not lend its precision to the classes pooled without one."""
+    """Fifteen right answers in a row do not show 97% precision (a sorter wrong once in 33
+    gives them 63% of the time); forty do. And a class precise enough for a threshold of its
+    own must not lend its precision to the classes pooled without one."""
     names = ["a"]
     for count, expected in ((15, 1.0), (40, 0.9)):
         points = CalibrationPoints(
