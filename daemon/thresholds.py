@@ -94,15 +94,15 @@ def derive_thresholds(points: CalibrationPoints, classes: list[str], target: flo
     confidence = np.asarray(points.confidence, dtype=np.float64)
     correct = np.asarray(points.correct, dtype=bool)
 
-    support = own_threshold_support(target)
-    own_evidence = [index for index in range(len(classes)) if (predicted == index).sum() >= support]
+    counts = np.bincount(predicted, minlength=len(classes))
+    has_own = counts >= own_threshold_support(target)
     # pooled over the other classes only: a class with its own threshold must not lend them
     # its precision, or the classes together fall short of the target
-    rest = ~np.isin(predicted, own_evidence)
+    rest = ~has_own[predicted]
     pooled = lowest_threshold(confidence[rest], correct[rest], target, MIN_PREDICTIONS)
     per_class = {}
     for index, name in enumerate(classes):
-        if index in own_evidence:
+        if has_own[index]:
             mine = predicted == index
             threshold = lowest_threshold(confidence[mine], correct[mine], target, MIN_PREDICTIONS)
         else:

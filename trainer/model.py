@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from sortbox.daemon.preprocess import Preprocessing
+from sortbox.daemon.settings import TrainSettings
 from sortbox.trainer.calibrate import blend
 from torch import nn
 
@@ -36,6 +37,8 @@ STAGES = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
+# the settings own the default, so a network built without them matches a training run
+DEFAULT_TRAINABLE_STAGES: int = TrainSettings.model_fields["trainable_stages"].default
 BN_EPS = 1e-3  # TensorFlow's default, which the weights were trained with
 STEM, FEATURES = 32, 1280  # Lite fixes both, whatever the width multiplier
 
@@ -125,9 +128,7 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    def __init__(
-        self, backbone: Backbone, num_classes: int = 1000, trainable_stages: int = 3
-    ) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, trainable_stages: int) -> None:
         super().__init__()
         self.backbone = backbone
         size = math.ceil(backbone.crop / 2)
@@ -248,7 +249,7 @@ def weights_file(backbone: Backbone) -> Path:
 
 
 def imagenet_network(
-    backbone: Backbone | str = "lite0", trainable_stages: int = 3
+    backbone: Backbone | str = "lite0", trainable_stages: int = DEFAULT_TRAINABLE_STAGES
 ) -> EfficientNetLite:
     """The ImageNet-pretrained network, in eval mode. Loads from the installed package only."""
     if isinstance(backbone, str):
