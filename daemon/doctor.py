@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from sortbox.daemon.classify import load_current
+from sortbox.daemon.cpus import usable_cpus
 from sortbox.daemon.manifest import ModelError
 from sortbox.daemon.settings import Settings
 from sortbox.daemon.watch import filesystem_type, needs_polling
@@ -24,7 +25,7 @@ class Finding:
 
 def check(settings: Settings) -> list[Finding]:
     findings = [*_folders(settings), _same_filesystem(settings), _inotify(settings)]
-    findings += [_network(settings), _model(settings), _disk(settings)]
+    findings += [_network(settings), _model(settings), _disk(settings), _threads(settings)]
     return findings
 
 
@@ -127,6 +128,17 @@ def _disk(settings: Settings) -> Finding:
             "fail (inputs stay safely in the inbox)",
         )
     return Finding("ok", f"{free_gb:.1f} GiB free for the library")
+
+
+def _threads(settings: Settings) -> Finding:
+    cpus = usable_cpus()
+    threads = (
+        f"{settings.decode_workers} decoder threads and {settings.inference_threads} model "
+        f"threads for {cpus} usable CPUs (here; under systemd its unit's CPUQuota= counts)"
+    )
+    if max(settings.decode_workers, settings.inference_threads) > cpus:
+        return Finding("warn", f'{threads}: more threads than CPUs wait for each other; try "auto"')
+    return Finding("ok", threads)
 
 
 def render(findings: list[Finding]) -> str:

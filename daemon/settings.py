@@ -9,10 +9,18 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sortbox.daemon.cpus import usable_cpus
 
 DEFAULT_IGNORE = [
     ".*",  # hidden files and folders: rsync temp files, .DS_Store, .syncthing.*, swap files
@@ -24,6 +32,19 @@ DEFAULT_IGNORE = [
     "desktop.ini",
     "@eaDir",
 ]
+
+
+# "auto" thread counts: one per CPU this process may use, at most this many. Past it the one
+# placing thread and the one model call at a time bound throughput, and each decoder holds a
+# picture in memory. Measured on 2 cores only (README, benchmarks).
+AUTO_THREADS_AT_MOST = 8
+
+
+def _auto_threads(value: Any) -> Any:
+    return min(usable_cpus(), AUTO_THREADS_AT_MOST) if value == "auto" else value
+
+
+AutoThreads = Annotated[int, BeforeValidator(_auto_threads)]
 
 
 class TrainSettings(BaseModel):
@@ -60,8 +81,8 @@ class TrainSettings(BaseModel):
     max_class_recall_drop: float = Field(0.05, ge=0.0, le=1.0)
     # perceptual-hash Hamming distance at or below which two pictures count as near-duplicates
     near_duplicate_distance: int = Field(4, ge=0, le=64)
-    # CPU threads for training; default: every core
-    threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # CPU threads for training; default: every CPU this process may use (cpus.py)
+    threads: int = Field(default_factory=usable_cpus, ge=1)
 
     @model_validator(mode="after")
     def _some_pictures_left_to_train_on(self) -> TrainSettings:
@@ -98,8 +119,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(8, ge=1, le=256)
     max_wait_ms: int = Field(100, ge=0)
     queue_size: int = Field(64, ge=1)
-    decode_workers: int = Field(2, ge=1, le=32)
-    inference_threads: int = Field(2, ge=1, le=64)
+    # "auto": one per CPU this process may use (affinity, cgroup quota), at most 8
+    decode_workers: AutoThreads = Field("auto", ge=1, le=32, validate_default=True)
+    inference_threads: AutoThreads = Field("auto", ge=1, le=64, validate_default=True)
     inference_run_size: int = Field(1, ge=1, le=256)
 
     max_pixels: int = Field(100_000_000, ge=1)

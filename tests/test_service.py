@@ -62,6 +62,7 @@ def test_doctor_says_what_to_fix(home: Home) -> None:
     assert "model v1 loads and matches its checksum" in good.stdout
     assert re.search(r"inotify: \d+ folders to watch, limit \d+", good.stdout)
     assert "GiB free" in good.stdout
+    assert re.search(r"\d+ decoder threads and 1 model threads for \d+ usable CPUs", good.stdout)
     (home.models / "v1" / "model.onnx").write_bytes(b"corrupted")
     bad = sortbox("doctor", config=home.config)
     assert bad.returncode == 1

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -15,6 +18,7 @@ import pytest
 from conftest import encode
 from PIL import Image
 from sortbox.daemon.batch import next_batch
+from sortbox.daemon.cpus import cgroup_cpu_quota, usable_cpus
 from sortbox.daemon.decide import decide
 from sortbox.daemon.decode import read_and_prepare
 from sortbox.daemon.intake import Arrival, Identity, is_ignored, walk_files
@@ -22,7 +26,12 @@ from sortbox.daemon.journal import Journal, Sorted, read_journal
 from sortbox.daemon.manifest import Manifest, check_class_name, retarget
 from sortbox.daemon.place import LIBRARY_NAME, copy_into, library_name
 from sortbox.daemon.preprocess import BadImage, Preprocessing, decode_rgb, prepare
-from sortbox.daemon.settings import ConfigError, TrainSettings, load_settings
+from sortbox.daemon.settings import (
+    AUTO_THREADS_AT_MOST,
+    ConfigError,
+    TrainSettings,
+    load_settings,
+)
 from sortbox.daemon.stability import StabilityTracker
 from sortbox.daemon.thresholds import CalibrationPoints
 
@@ -349,6 +358,69 @@ def test_sortbox_0_1_target_precision_is_still_read(tmp_path: Path) -> None:
         "[train]\ntarget_precision = 0.9\n"
     )
     assert load_settings(config).target_precision == 0.9
+
+
+def test_auto_threads_follow_the_cpus_this_process_may_use(tmp_path: Path) -> None:
+    """A real process pinned to one CPU gets one thread of each kind; a number given wins."""
+    if shutil.which("taskset") is None:
+        pytest.skip("taskset (util-linux) is not installed")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        'inbox = "i"\nlibrary = "l"\njournal = "j"\nmodels_dir = "m"\ndecode_workers = "auto"\n'
+    )
+    show = (
+        "import sys; from pathlib import Path; from sortbox.daemon.settings import load_settings;"
+        "s = load_settings(Path(sys.argv[1])); print(s.decode_workers, s.inference_threads,"
+        "s.train.threads)"
+    )
+    python = [sys.executable, "-c", show, str(config)]
+    pinned = subprocess.run(["taskset", "-c", "0", *python], capture_output=True, text=True)
+    assert pinned.stdout.split() == ["1", "1", "1"], pinned.stderr
+    cpus = usable_cpus()
+    threads = str(min(cpus, AUTO_THREADS_AT_MOST))
+    free = subprocess.run(python, capture_output=True, text=True)
+    assert free.stdout.split() == [threads, threads, str(cpus)], free.stderr
+    given = subprocess.run(
+        ["taskset", "-c", "0", *python],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SORTBOX_DECODE_WORKERS": "3"},
+    )
+    assert given.stdout.split() == ["3", "1", "1"], given.stderr
+
+
+def test_a_cgroup_cpu_quota_lowers_the_usable_cpus(tmp_path: Path) -> None:
+    """systemd's CPUQuota= (cgroup v2), a container's --cpus (v1, set on a parent), and a
+    container that sees only its own cgroup at the mount."""
+    affinity = len(os.sched_getaffinity(0))
+    of_self = tmp_path / "proc-self-cgroup"
+    v2 = tmp_path / "v2"
+    service = v2 / "system.slice" / "sortbox.service"
+    service.mkdir(parents=True)
+    (v2 / "system.slice" / "cpu.max").write_text("max 100000\n")
+    (service / "cpu.max").write_text("150000 100000\n")
+    of_self.write_text("0::/system.slice/sortbox.service\n")
+    assert cgroup_cpu_quota(of_self, v2) == 1.5
+    assert usable_cpus(of_self, v2) == min(affinity, 2)
+
+    v1 = tmp_path / "v1"
+    container = v1 / "cpu,cpuacct" / "docker" / "abc"
+    container.mkdir(parents=True)
+    for folder, quota in ((container, -1), (container.parent, 50000)):
+        (folder / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+        (folder / "cpu.cfs_period_us").write_text("100000\n")
+    of_self.write_text("12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n")
+    assert cgroup_cpu_quota(of_self, v1) == 0.5
+    assert usable_cpus(of_self, v1) == 1
+
+    namespaced = tmp_path / "namespaced"
+    namespaced.mkdir()
+    (namespaced / "cpu.max").write_text("100000 100000\n")
+    of_self.write_text("0::/kubepods/pod1/container\n")
+    assert usable_cpus(of_self, namespaced) == 1
+    (namespaced / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(of_self, namespaced) is None
+    assert usable_cpus(of_self, namespaced) == affinity
 
 
 @pytest.mark.parametrize("relative", ["../outside.jpg", "/etc/passwd", "a/../../b", ""])
