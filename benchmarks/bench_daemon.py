@@ -44,7 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from sortbox.daemon.settings import Settings
+from sortbox.daemon.cpus import usable_cpus
+from sortbox.daemon.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 CLOTHING10 = REPO.parent / "shared" / "data" / "clothing10"
@@ -127,8 +128,6 @@ def small_photos(workdir: Path, count: int) -> Path:
 
 
 def child(mode: str, home: Path, inputs: Path) -> dict:
-    from sortbox.daemon.settings import load_settings
-
     settings = load_settings(home / "config.toml")
     measure = {"ceiling": ceiling, "naive": naive_sort, "sort": sortbox_sort}[mode]
     count, seconds = measure(settings, inputs)
@@ -526,7 +525,11 @@ def main() -> None:
     workdir = args.workdir.absolute()
     home = prepare_home(workdir, args.model.absolute() if args.model else None)
     photos = camera_photos(workdir, args.photos)
-    say(f"machine: {os.cpu_count()} CPUs; model: {describe_model(home)}")
+    settings = load_settings(home / "config.toml")
+    say(
+        f"machine: {os.cpu_count()} CPUs, {usable_cpus()} usable; {settings.decode_workers} "
+        f"decoder and {settings.inference_threads} model threads; model: {describe_model(home)}"
+    )
     say(f"pictures: {args.photos} JPEGs, 4032x3024, quality 90, sensor-like noise\n")
 
     if "throughput" in parts:
