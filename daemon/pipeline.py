@@ -37,6 +37,7 @@ from sortbox.daemon.manifest import REJECTED_FOLDER, REVIEW_FOLDER, fsync_dir
 from sortbox.daemon.place import (
     STATE_FOLDER,
     SourceChanged,
+    UnusableFolder,
     copy_into,
     library_name,
     remove_leftover_temps,
@@ -335,9 +336,9 @@ def _place(item: Decoded, decision: Decision, model: str, library: Library) -> S
         # copied before a crash, journal line never written: adopt it, don't copy again
         dest = orphan.relative_to(library.root).as_posix()
         needs_review = orphan.parent.name == REVIEW_FOLDER
+        reason = None
     else:
-        dest = _copy(item, decision.folder, library)
-        needs_review = decision.needs_review
+        dest, needs_review, reason = _copy_as_decided(item, decision, library)
     event_type = Review if needs_review else Sorted
     return event_type(
         **_fields(item),
@@ -346,9 +347,26 @@ def _place(item: Decoded, decision: Decision, model: str, library: Library) -> S
         confidence=round(decision.confidence, 6),
         top3=decision.top3,
         model=model,
-        reason=SPOT_CHECK if needs_review and decision.spot_check else None,
+        reason=reason,
         original_removed=library.remove_originals,
     )
+
+
+def _copy_as_decided(
+    item: Decoded, decision: Decision, library: Library
+) -> tuple[str, bool, str | None]:
+    """(dest, needs review, reason). A class folder that cannot take it (a symlink or a file
+    put in its place, or one not writable) sends the picture to review, saying why; the
+    rest of the library goes on. If needs_review cannot take it either, the error stops the
+    batch like a read-only library does."""
+    try:
+        dest = _copy(item, decision.folder, library)
+    except UnusableFolder as exc:
+        if decision.needs_review:
+            raise
+        log.warning("folder_unusable", folder=decision.folder, problem=exc.strerror)
+        return _copy(item, REVIEW_FOLDER, library), True, f"{exc.strerror}; placed for review"
+    return dest, decision.needs_review, SPOT_CHECK if decision.spot_check else None
 
 
 def _place_companions(

@@ -9,11 +9,13 @@ journal lines are written: a group commit.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import re
 import secrets
+import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -33,6 +35,11 @@ _CHUNK = 1 << 20
 
 class SourceChanged(Exception):
     """The input changed between reading and copying it; it will be picked up again."""
+
+
+class UnusableFolder(OSError):
+    """A folder of the library that cannot take a copy: a symlink or a file where the folder
+    should be (never written through, never replaced), or a folder this user may not write."""
 
 
 def library_name(original_name: str, sha256: str, hash_chars: int = HASH_CHARS) -> str:
@@ -80,36 +87,83 @@ def copy_into(
     the result. If it is taken by other content, a longer hash prefix makes the name unique.
     `preferred_name` (a sidecar named after its picture) is tried first. The new name is
     durable once `sync_folder(folder)` has run: at once by default.
+
+    Every file operation is relative to the folder as opened once (`open_folder`): a folder
+    swapped for a symlink meanwhile is not followed.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    if content is not None:
-        temporary = _write_temp(folder, [content])
-    else:
-        temporary = write_verified_temp(source, folder, expected_sha256)
+    folder_fd = open_folder(folder)
     try:
-        names = [library_name(original_name, expected_sha256, n) for n in (HASH_CHARS, 24, 64)]
-        for name in [preferred_name, *names] if preferred_name else names:
-            final = folder / name
-            try:
-                os.link(temporary, final)
-            except FileExistsError:
-                if same_content(final, expected_sha256):
-                    sync_folder(folder)  # linked by a process that may have died before syncing
-                    return final
-                continue
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                    raise
-                # some FUSE/SMB mounts have no hard links: fall back to an exclusive create
-                _exclusive_copy(temporary, final)
-            sync_folder(folder)
-            return final
-        raise FileExistsError(f"no free name for {original_name} in {folder}")
+        if content is not None:
+            temporary = _write_temp(folder, folder_fd, [content])
+        else:
+            temporary = write_verified_temp(source, folder, folder_fd, expected_sha256)
+        try:
+            names = [library_name(original_name, expected_sha256, n) for n in (HASH_CHARS, 24, 64)]
+            for name in [preferred_name, *names] if preferred_name else names:
+                if _link_or_adopt(temporary, name, folder_fd, expected_sha256):
+                    sync_folder(folder)  # also for an adopted copy: its maker may have died
+                    return folder / name
+            raise FileExistsError(f"no free name for {original_name} in {folder}")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary, dir_fd=folder_fd)
     finally:
-        temporary.unlink(missing_ok=True)
+        os.close(folder_fd)
 
 
-def write_verified_temp(source: Path, folder: Path, expected_sha256: str) -> Path:
+def open_folder(folder: Path) -> int:
+    """`folder`, made if missing, opened without following a symlink at its last step. The
+    library itself may be a link its admin made; a folder in it replaced by a link or a file
+    (by a user, or an attacker who can write there) is refused: UnusableFolder."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    parent_fd = os.open(folder.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder.name, dir_fd=parent_fd)
+        return os.open(
+            folder.name,
+            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+            dir_fd=parent_fd,
+        )
+    except OSError as exc:
+        if exc.errno not in _NOT_USABLE:
+            raise
+        raise UnusableFolder(exc.errno, _what_is_wrong(folder, parent_fd)) from None
+    finally:
+        os.close(parent_fd)
+
+
+_NOT_USABLE = (errno.ENOTDIR, errno.ELOOP, errno.EACCES, errno.EPERM)
+
+
+def _what_is_wrong(folder: Path, parent_fd: int) -> str:
+    try:
+        mode = os.stat(folder.name, dir_fd=parent_fd, follow_symlinks=False).st_mode
+    except OSError:
+        mode = 0
+    if stat.S_ISLNK(mode):
+        return f"{folder} is a symlink, which sortbox never follows"
+    if mode and not stat.S_ISDIR(mode):
+        return f"{folder} is not a folder"
+    return f"{folder} is not a folder this user may write"
+
+
+def _link_or_adopt(temporary: str, name: str, folder_fd: int, expected_sha256: str) -> bool:
+    """Give the temporary copy its final name; True if it has it now, or that name already
+    holds the same content (a copy made before a crash). False: taken by other content."""
+    try:
+        os.link(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+    except FileExistsError:
+        return _has_content(folder_fd, name, expected_sha256)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # some FUSE/SMB mounts have no hard links: fall back to an exclusive create
+        _exclusive_copy(temporary, name, folder_fd)
+    return True
+
+
+def write_verified_temp(source: Path, folder: Path, folder_fd: int, expected_sha256: str) -> str:
     """Stream `source` into a temporary file in `folder`, checking it still has that hash."""
     digest = hashlib.sha256()
     source_fd = open_input(source)
@@ -120,18 +174,23 @@ def write_verified_temp(source: Path, folder: Path, expected_sha256: str) -> Pat
                 digest.update(chunk)
                 yield chunk
 
-        temporary = _write_temp(folder, chunks())
+        temporary = _write_temp(folder, folder_fd, chunks())
     finally:
         os.close(source_fd)
     if digest.hexdigest() != expected_sha256:
-        temporary.unlink(missing_ok=True)
+        os.unlink(temporary, dir_fd=folder_fd)
         raise SourceChanged(f"{source} changed while it was being sorted")
     return temporary
 
 
-def _write_temp(folder: Path, chunks: Iterable[bytes]) -> Path:
-    temporary = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
-    target_fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+def _write_temp(folder: Path, folder_fd: int, chunks: Iterable[bytes]) -> str:
+    """A new temporary file in the open folder, written and fsynced; its name."""
+    temporary = f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        target_fd = os.open(temporary, flags, 0o644, dir_fd=folder_fd)
+    except PermissionError as exc:
+        raise UnusableFolder(exc.errno, f"{folder} is not a folder this user may write") from None
     try:
         for chunk in chunks:
             view = memoryview(chunk)
@@ -140,18 +199,38 @@ def _write_temp(folder: Path, chunks: Iterable[bytes]) -> Path:
         os.fsync(target_fd)
     except BaseException:
         os.close(target_fd)
-        temporary.unlink(missing_ok=True)
+        os.unlink(temporary, dir_fd=folder_fd)
         raise
     os.close(target_fd)
     return temporary
 
 
-def _exclusive_copy(temporary: Path, final: Path) -> None:
-    with temporary.open("rb") as src, open(final, "xb") as dst:
-        while chunk := src.read(_CHUNK):
-            dst.write(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
+def _exclusive_copy(temporary: str, name: str, folder_fd: int) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    source_fd = os.open(temporary, os.O_RDONLY | os.O_CLOEXEC, dir_fd=folder_fd)
+    try:
+        with open(os.open(name, flags, 0o644, dir_fd=folder_fd), "wb") as target:
+            while chunk := os.read(source_fd, _CHUNK):
+                target.write(chunk)
+            target.flush()
+            os.fsync(target.fileno())
+    finally:
+        os.close(source_fd)
+
+
+def _has_content(folder_fd: int, name: str, sha256: str) -> bool:
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd
+        )
+    except OSError:
+        return False
+    try:
+        return _sha256_of_fd(fd) == sha256
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def same_content(path: Path, sha256: str) -> bool:
@@ -162,13 +241,17 @@ def same_content(path: Path, sha256: str) -> bool:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     fd = open_input(path)
     try:
-        while chunk := os.read(fd, _CHUNK):
-            digest.update(chunk)
+        return _sha256_of_fd(fd)
     finally:
         os.close(fd)
+
+
+def _sha256_of_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    while chunk := os.read(fd, _CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -123,9 +123,15 @@ def undo_one(event: Placement, library: Path, journal: Journal | None) -> UndoOu
 def _restore(copy: Path, original: Path, sha256: str) -> None:
     """Put the library copy back under the original's exact name, never overwriting."""
     original.parent.mkdir(parents=True, exist_ok=True)
-    temporary = write_verified_temp(copy, original.parent, sha256)  # hidden: the daemon ignores it
+    folder_fd = os.open(original.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.link(temporary, original)  # exclusive: fails if a file appeared there meanwhile
+        # hidden while written: the daemon ignores it
+        temporary = write_verified_temp(copy, original.parent, folder_fd, sha256)
+        try:
+            # exclusive: fails if a file appeared there meanwhile
+            os.link(temporary, original.name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        finally:
+            os.unlink(temporary, dir_fd=folder_fd)
+            os.fsync(folder_fd)
     finally:
-        temporary.unlink()
-        fsync_dir(original.parent)
+        os.close(folder_fd)

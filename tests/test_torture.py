@@ -289,6 +289,37 @@ def test_content_whose_copy_the_user_deleted_is_placed_again(home: Home, daemon:
     assert daemon.stop() == 0
 
 
+def test_a_class_folder_replaced_by_a_link_or_a_file_is_never_written_through(
+    home: Home, daemon: Daemon, tmp_path: Path
+) -> None:
+    """Whoever can write in the library can swap a class folder for a symlink to anywhere, or
+    for a file: the picture goes to review saying why, nothing is written outside the
+    library, and the other classes go on without a pause."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    home.library.mkdir()
+    os.symlink(outside, home.library / "red")
+    (home.library / "green").write_text("a file where the folder was")
+    daemon.start()
+    pictures = {"r.jpg": jpeg_bytes("red", 1), "g.jpg": jpeg_bytes("green", 2)}
+    pictures["b.jpg"] = jpeg_bytes("blue", 3)
+    for name, data in pictures.items():
+        (home.inbox / name).write_bytes(data)
+    wait_until(lambda: len(decisions_by_src(home)) == 3, 20, "three decisions")
+    decided = {src: events[0] for src, events in decisions_by_src(home).items()}
+    assert decided["b.jpg"]["event"] == "sorted" and decided["b.jpg"]["dest"].startswith("blue/")
+    for name, why in (("r.jpg", "is a symlink"), ("g.jpg", "is not a folder")):
+        event = decided[name]
+        assert event["event"] == "review" and event["dest"].startswith("needs_review/"), event
+        assert why in event["reason"] and "placed for review" in event["reason"], event
+        assert sha256(home.library / event["dest"]) == sha256(pictures[name])
+    assert list(outside.iterdir()) == []
+    assert (home.library / "green").read_text() == "a file where the folder was"
+    assert daemon.stop() == 0
+    assert '"event": "paused"' not in daemon.log_text()
+    assert daemon.log_text().count('"event": "folder_unusable"') == 2
+
+
 # -- two processes, one library ----------------------------------------------------------------
 
 

@@ -189,7 +189,10 @@ def _library_labels(
     library = settings.library
     if not library.is_dir():
         return found
-    for folder in sorted(p for p in library.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    # a class folder someone replaced with a symlink is not the library's (the daemon refuses
+    # it too, place.py): its pictures are not labels
+    folders = (p for p in library.iterdir() if p.is_dir() and not p.is_symlink())
+    for folder in sorted(p for p in folders if not p.name.startswith(".")):
         if folder.name in RESERVED_FOLDERS or not _usable_class(folder.name, excluded):
             continue
         for path in _images_in(folder):
