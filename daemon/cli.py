@@ -236,7 +236,10 @@ def sort_command(settings: Settings, args: argparse.Namespace) -> int:
     report_sorted(events, args.dry_run)
     for path in service.unfinished:
         print(f"not sorted (it kept changing while read): {path}", file=sys.stderr)
-    return EXIT_FAILURE if failed or not service.done or service.unfinished else EXIT_OK
+    for path in service.failed:
+        print(f"not sorted (an error, logged above; run again): {path}", file=sys.stderr)
+    left = service.unfinished or service.failed
+    return EXIT_FAILURE if failed or not service.done or left else EXIT_OK
 
 
 def ray_sort(settings: Settings, args: argparse.Namespace, inputs: list) -> int:

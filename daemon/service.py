@@ -116,6 +116,7 @@ class Service:
         self.force_exit = False
         self.metrics = Metrics()
         self.unfinished: list[Path] = []  # `sort`: inputs given up on (kept changing)
+        self.failed: list[Path] = []  # `sort`: inputs an unexpected error stopped (logged)
         self.done = False  # `sort`: every input was handled
         self._crashed: str | None = None
         self._arrivals: queue.Queue[Arrival | None] = queue.Queue(maxsize=settings.queue_size)
@@ -494,6 +495,12 @@ class Service:
             for member in arrival.members:
                 self.tracker.finished(member.path)
 
+    def _failed(self, item: Decoded) -> None:
+        """An input left where it is by an unexpected error: the daemon's next rescan tries
+        it again; `sort` names it and exits 1."""
+        if not self.watching:
+            self.failed += [item.arrival.path, *(c.arrival.path for c in item.companions)]
+
     def _retry(self, arrival: Arrival) -> None:
         """Not handled this time (changed while read, library not writable): again later."""
         if self.watching:
@@ -554,6 +561,7 @@ class Service:
             # next rescan (or restart) brings them back.
             log.exception("classification_failed", files=len(batch))
             for item in batch:
+                self._failed(item)
                 self._finish(item.arrival)
             return
         self._classified.put(classified)
@@ -605,6 +613,7 @@ class Service:
             if len(classified.items) == 1:
                 # left in the inbox and logged; a restart or the next rescan tries it again
                 log.exception("placement_failed", path=str(classified.items[0].arrival.path))
+                self._failed(classified.items[0])
                 return Placed()
         log.warning("batch_failed_placing_one_by_one", files=len(classified.items))
         placed = Placed()

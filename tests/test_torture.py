@@ -320,6 +320,48 @@ def test_a_class_folder_replaced_by_a_link_or_a_file_is_never_written_through(
     assert daemon.log_text().count('"event": "folder_unusable"') == 2
 
 
+BROKEN_PLACEMENT = """
+import sys
+from sortbox.daemon import pipeline
+real = pipeline._place
+def exploding(item, *args):
+    if item.arrival.path.name == "boom.jpg":
+        raise SystemError("a placement bug nobody caught")
+    return real(item, *args)
+pipeline._place = exploding
+from sortbox.daemon.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sort_names_what_an_unexpected_error_left_unsorted_and_exits_1(home: Home) -> None:
+    backlog = home.root / "backlog"
+    backlog.mkdir()
+    for n, name in enumerate(("a.jpg", "boom.jpg", "c.jpg")):
+        (backlog / name).write_bytes(jpeg_bytes("red", n))
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            BROKEN_PLACEMENT,
+            "sort",
+            str(backlog),
+            "--config",
+            str(home.config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 1, process.stderr
+    assert f"not sorted (an error, logged above; run again): {backlog / 'boom.jpg'}" in (
+        process.stderr
+    )
+    assert sorted(decisions_by_src(home)) == ["a.jpg", "c.jpg"]
+    assert sortbox("sort", str(backlog), config=home.config).returncode == 0  # the fix: again
+    assert sorted(decisions_by_src(home)) == ["a.jpg", "boom.jpg", "c.jpg"]
+
+
 # -- two processes, one library ----------------------------------------------------------------
 
 
