@@ -139,7 +139,9 @@ def _raw_preview(data: bytes) -> tuple[bytes, Image.Transpose | None]:
         Image.fromarray(np.asarray(thumb.data, dtype=np.uint8)).save(buffer, "PNG")
         preview = buffer.getvalue()
     try:
-        with Image.open(io.BytesIO(preview)) as probe:
+        # what LibRaw calls a JPEG preview is whatever bytes the file holds there: only the
+        # two formats a preview can be are tried, never a format that runs a program
+        with Image.open(io.BytesIO(preview), formats=("JPEG", "PNG")) as probe:
             oriented = _rotated(probe)
     except Exception:
         raise BadImage("a RAW file whose preview is not a picture") from None
