@@ -28,6 +28,8 @@ class Decision:
         """In words, as `sortbox explain` says it."""
         if self.spot_check:
             return f"review (spot check): would be sorted into {self.label}"
+        if self.needs_review and self.threshold > 1.0:
+            return f"review: too little calibration evidence to sort {self.label} automatically"
         if self.needs_review:
             return f"review: {self.confidence:.2f} < {self.threshold:.2f} for {self.label}"
         return f"sorted into {self.label} ({self.confidence:.2f} >= {self.threshold:.2f})"

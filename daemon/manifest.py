@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sortbox.daemon.atomic import replacing
 from sortbox.daemon.preprocess import Preprocessing
-from sortbox.daemon.thresholds import CalibrationPoints, derive_thresholds
+from sortbox.daemon.thresholds import ALWAYS_REVIEW, CalibrationPoints, derive_thresholds
 
 MODEL_FILE = "model.onnx"
 INT8_MODEL_FILE = "model.int8.onnx"
@@ -114,8 +114,8 @@ class Manifest(BaseModel):
     def _threshold_per_class(self) -> Manifest:
         if set(self.thresholds) != set(self.classes):
             raise ValueError("thresholds must name exactly the classes")
-        if any(not 0.0 <= t <= 1.0 for t in self.thresholds.values()):
-            raise ValueError("thresholds must lie between 0 and 1")
+        if any(not 0.0 <= t <= 1.0 and t != ALWAYS_REVIEW for t in self.thresholds.values()):
+            raise ValueError(f"thresholds must lie between 0 and 1 (or be {ALWAYS_REVIEW})")
         return self
 
 

@@ -27,6 +27,10 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 MIN_PREDICTIONS = 10  # the smallest auto-sorted set a threshold may be chosen on
 FLOOR = 0.5
+# The threshold of a class never shown precise enough: above any probability. Not 1.0: a
+# softmax gives exactly 1.0 when one logit dominates (always, after a temperature fitted on a
+# handful of calibration pictures), and those pictures would be auto-sorted on no evidence.
+ALWAYS_REVIEW = 1.01
 EVIDENCE_Z = 0.84  # one-sided 80%: the precision a threshold promises is this sure to hold
 
 
@@ -108,7 +112,7 @@ def derive_thresholds(points: CalibrationPoints, classes: list[str], target: flo
         else:
             threshold = pooled
         # None: never precise enough, always review
-        per_class[name] = round(max(FLOOR, threshold if threshold is not None else 1.0), 6)
+        per_class[name] = ALWAYS_REVIEW if threshold is None else round(max(FLOOR, threshold), 6)
 
     total = len(predicted)
     if not total:

@@ -202,8 +202,22 @@ def test_a_model_published_under_an_older_threshold_rule_follows_the_current_one
         update={"calibration": points, "target_precision": 0.97}
     )
     loaded = retarget(published, 0.97)
-    assert loaded.thresholds["cats"] == 1.0, "15 right answers do not show 97%"
+    assert loaded.thresholds["cats"] > 1.0, "15 right answers do not show 97%"
     assert retarget(manifest(threshold=0.6), 0.97).thresholds["cats"] == 0.6  # no points: kept
+
+
+def test_a_class_without_evidence_goes_to_review_even_at_a_confidence_of_one() -> None:
+    """A temperature fitted on a few calibration pictures, all right, is tiny: the softmax is
+    exactly 1.0, and a threshold of 1.0 would auto-sort every picture on no evidence."""
+    points = CalibrationPoints(predicted=[0, 0, 1], confidence=[1.0] * 3, correct=[True] * 3)
+    loaded = retarget(manifest().model_copy(update={"calibration": points}), 0.97)
+    saturated = decide(
+        np.array([40.0, 0.0, 0.0], np.float32), loaded.model_copy(update={"temperature": 0.05})
+    )
+    assert saturated.confidence == 1.0
+    assert saturated.folder == "needs_review" and saturated.label == "cats"
+    assert "too little calibration evidence" in saturated.describe()
+    assert Manifest.model_validate(loaded.model_dump()).thresholds == loaded.thresholds
 
 
 # -- stability, with an injected clock ----------------------------------------------------------
