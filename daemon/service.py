@@ -66,7 +66,7 @@ from sortbox.daemon.pipeline import (
 from sortbox.daemon.preprocess import prepare
 from sortbox.daemon.settings import ConfigError, Settings
 from sortbox.daemon.stability import StabilityTracker
-from sortbox.daemon.watch import Notice, resolve_watch_mode, start_observer
+from sortbox.daemon.watch import Notice, OverflowNotice, resolve_watch_mode, start_observer
 from watchdog.observers.api import BaseObserver
 
 log = structlog.get_logger(__name__)
@@ -75,6 +75,7 @@ _STOP = None  # end-of-work marker on the arrivals queue
 _MODEL_CHECK_INTERVAL_S = 1.0
 _INBOX_CHECK_INTERVAL_S = 1.0
 _DRAIN_TIMEOUT_S = 5.0
+_OVERFLOW_RESCAN_DELAY_S = 1.0
 _LIVE_SETTINGS = {"target_precision", "audit_rate"}  # what SIGHUP applies without a restart
 # Work waiting and no batch finished for this long: something is stuck. Stop pinging the
 # watchdog and exit 1 rather than look healthy while doing nothing.
@@ -128,6 +129,8 @@ class Service:
         self._observer: BaseObserver | None = None
         self._watched_inbox: tuple[int, int] | None = None
         self._inbox_gone = False  # the observer saw the inbox folder itself go
+        self._overflow_notice: OverflowNotice | None = None
+        self._rescan_soon = False  # the kernel dropped events: rescan the inbox now
         self._lock = threading.Lock()  # guards the counters below
         self._outstanding = 0  # admitted, not yet placed or given up
         self._decoding = 0  # arrivals a decoder has taken and not yet handed on
@@ -266,6 +269,8 @@ class Service:
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=_DRAIN_TIMEOUT_S)
+        if self._overflow_notice is not None:
+            self._overflow_notice.detach()
         # 2. Inputs not yet decoded stay where they are for the next start; stop the decoders.
         self._discard_pending_arrivals()
         for _ in range(self.settings.decode_workers):
@@ -329,6 +334,10 @@ class Service:
                     self._watch_inbox()
                     next_rescan = 0.0
                 next_inbox_check = now + _INBOX_CHECK_INTERVAL_S
+            if self._rescan_soon:
+                self._rescan_soon = False
+                # a second after the overflow: watchdog has rebuilt its watches by then
+                next_rescan = min(next_rescan, now + _OVERFLOW_RESCAN_DELAY_S)
             if now >= next_rescan:
                 self._rescan()
                 next_rescan = now + self.settings.rescan_interval_s
@@ -362,6 +371,9 @@ class Service:
         self._observer = start_observer(
             inbox, self._watch_mode, self.settings.poll_interval_s, self._notices
         )
+        if self._overflow_notice is None:
+            self._overflow_notice = OverflowNotice(inbox, self._notices)
+            self._overflow_notice.attach()
 
     def _inbox_replaced(self) -> bool:
         """The inbox folder was deleted (and maybe recreated): its watch sees nothing now."""
@@ -379,6 +391,13 @@ class Service:
     def _notice(self, kind: str, path: Path) -> None:
         if kind == "gone":
             self._inbox_gone = True
+            return
+        if kind == "overflowed":
+            log.warning(
+                "events_lost", why="inotify queue overflowed", action="rescanning the inbox"
+            )
+            self.tracker.events_lost()
+            self._rescan_soon = True
             return
         if not self._wanted(path):
             return

@@ -113,6 +113,16 @@ class StabilityTracker:
             if wrote and candidate.writers_known and candidate.writers == 0:
                 self._complete_now(candidate)
 
+    def events_lost(self) -> None:
+        """The kernel dropped events (inotify's queue overflowed): a close we never got would
+        keep a file "open" for ever. Every file waiting is treated as one met by a rescan: its
+        writers unknown, its quiet period started again."""
+        with self._lock:
+            now = self._clock()
+            for candidate in self._candidates.values():
+                candidate.writers, candidate.writers_known = 0, False
+                candidate.changed_at, candidate.confirmed = now, 0
+
     def take_stable(self) -> list[tuple[Path, Identity]]:
         """Candidates that are complete now; they stay `queued` until `finished`."""
         now = self._clock()

@@ -6,6 +6,7 @@ never hears about files written by other machines.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 from pathlib import Path
@@ -93,6 +94,30 @@ def resolve_watch_mode(mode: Literal["auto", "inotify", "poll"], inbox: Path) ->
     if mode == "auto":
         return "poll" if needs_polling(inbox) else "inotify"
     return mode
+
+
+class OverflowNotice(logging.Handler):
+    """When events come faster than they are read, the kernel drops them (its queue holds
+    fs.inotify.max_queued_events). watchdog then rebuilds its watches but says so only in its
+    log; this hands that on as a notice, so the inbox is rescanned within a second rather than
+    at the next periodic rescan (rescan_interval_s, 5 minutes)."""
+
+    LOGGER = "watchdog.observers"
+
+    def __init__(self, inbox: Path, notices: queue.SimpleQueue[Notice]) -> None:
+        super().__init__(logging.WARNING)
+        self._inbox = inbox
+        self._notices = notices
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self._notices.put(("overflowed", self._inbox))
+
+    def attach(self) -> None:
+        logging.getLogger(self.LOGGER).addHandler(self)
+
+    def detach(self) -> None:
+        logging.getLogger(self.LOGGER).removeHandler(self)
 
 
 def start_observer(

@@ -362,6 +362,36 @@ def test_sort_names_what_an_unexpected_error_left_unsorted_and_exits_1(home: Hom
     assert sorted(decisions_by_src(home)) == ["a.jpg", "boom.jpg", "c.jpg"]
 
 
+MAX_QUEUED_EVENTS = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+def test_events_the_kernel_dropped_are_found_by_a_rescan_at_once(tmp_path: Path) -> None:
+    """A flood faster than inotify's queue holds: the kernel drops events and says so only
+    once. The daemon rescans the inbox then, not at its next periodic rescan (here 10 min)."""
+    if not os.access(MAX_QUEUED_EVENTS, os.W_OK):
+        pytest.skip("shrinking the inotify queue needs root")
+    home = make_home(tmp_path, rescan_interval_s=600.0)
+    publish_rgb_model(home.models, "v1")
+    limit = MAX_QUEUED_EVENTS.read_text()
+    MAX_QUEUED_EVENTS.write_text("16\n")  # each inotify instance takes it when it is made
+    try:
+        daemon = Daemon(home).start()
+    finally:
+        MAX_QUEUED_EVENTS.write_text(limit)
+    try:
+        flood = tmp_path / "flood"
+        flood.mkdir()
+        photos = [jpeg_bytes(colour, n) for n in range(60) for colour in ("red", "green")]
+        for n, data in enumerate(photos):
+            (flood / f"f{n:03}.jpg").write_bytes(data)
+        subprocess.run(["cp", "-r", str(flood), str(home.inbox / "flood")], check=True)
+        wait_until(lambda: len(home.file_events()) == len(photos), 30, "every file of the flood")
+    finally:
+        assert daemon.stop() == 0
+    assert '"event": "events_lost"' in daemon.log_text()
+    check_invariants(home, photos)
+
+
 # -- two processes, one library ----------------------------------------------------------------
 
 

@@ -271,6 +271,22 @@ def test_a_file_created_while_watched_is_complete_when_its_last_writer_closes_it
     assert sorted(p for p, _ in tracker.take_stable()) == [older, two_writers]
 
 
+def test_a_close_the_kernel_dropped_does_not_keep_a_file_waiting_for_ever(tmp_path: Path) -> None:
+    now = [0.0]
+    tracker = StabilityTracker(quiet_period_s=1.0, clock=lambda: now[0])
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"1")
+    tracker.created(path)
+    tracker.opened(path)  # ... and its close was among the events inotify's overflow dropped
+    now[0] = 60.0
+    assert tracker.take_stable() == []
+    tracker.events_lost()
+    now[0] = 60.5
+    assert tracker.take_stable() == [], "unknown writers: the quiet period is waited out"
+    now[0] = 61.1
+    assert [p for p, _ in tracker.take_stable()] == [path]
+
+
 def test_polling_needs_two_unchanged_checks_and_a_rename_needs_no_quiet_period(
     tmp_path: Path,
 ) -> None:
