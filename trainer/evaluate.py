@@ -190,9 +190,11 @@ def report_markdown(report: dict[str, Any], classes: list[str], evaluation: Eval
     ]
     for name in classes:
         s = evaluation.per_class[name]
+        threshold = cal["thresholds"][name]
+        shown = "always review" if threshold > 1.0 else f"{threshold:.3f}"
         lines.append(
             f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | "
-            f"{int(s['support'])} | {cal['thresholds'][name]:.3f} |"
+            f"{int(s['support'])} | {shown} |"
         )
     lines += [
         "",
