@@ -561,12 +561,16 @@ def finish_all(settings: Settings, outcomes: list[Shipped]) -> int:
     published = [o for o in outcomes if o.outcome == "published"]
     final = published[-1] if published else outcomes[-1]
     reason = " | ".join(o.summary for o in outcomes)
-    return finish(settings, final.outcome, final.version, reason)
+    # one stage has said it all as it shipped; several get their summary on one line
+    return finish(settings, final.outcome, final.version, reason, echo=len(outcomes) > 1)
 
 
-def finish(settings: Settings, outcome: str, version: str | None, reason: str) -> int:
-    """Say how the run ended, on stdout and in the journal (for `sortbox status`)."""
-    print(f"train: {outcome}: {reason}")
+def finish(
+    settings: Settings, outcome: str, version: str | None, reason: str, echo: bool = True
+) -> int:
+    """Say how the run ended, on stdout (`echo`) and in the journal (for `sortbox status`)."""
+    if echo:
+        print(f"train: {outcome}: {reason}")
     with Journal(settings.journal) as journal:
         journal.append([TrainingRun(outcome=outcome, model=version, reason=reason)])  # type: ignore[arg-type]
     return {"published": EXIT_OK, "skipped": EXIT_OK, "paused": EXIT_OK}.get(
