@@ -395,16 +395,25 @@ def _place_companions(
         if role_of(companion.arrival.path) == "sidecar":
             original, in_library = _described_by(name, names_in_library)
             preferred = sidecar_name(name, original, in_library)
-        dest = _copy(companion, folder, library, preferred)
+        event_type: type[Sorted | Review] = type(placed)
+        reason = f"{COMPANION_OF}{placed.src}"
+        try:
+            dest = _copy(companion, folder, library, preferred)
+        except UnusableFolder as exc:  # the picture's folder went bad since (a late companion)
+            if folder == REVIEW_FOLDER:
+                raise
+            log.warning("folder_unusable", folder=folder, problem=exc.strerror)
+            dest = _copy(companion, REVIEW_FOLDER, library, preferred)
+            event_type, reason = Review, f"{reason}; {exc.strerror}; placed for review"
         names_in_library[name] = dest.rsplit("/", 1)[-1]
         placed_now[companion.sha256] = dest
         fields = placed.model_dump(include={"label", "confidence", "top3", "model"})
         events.append(
-            type(placed)(
+            event_type(
                 **_fields(companion),
                 **fields,
                 dest=dest,
-                reason=f"{COMPANION_OF}{placed.src}",
+                reason=reason,
                 original_removed=library.remove_originals,
             )
         )

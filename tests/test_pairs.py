@@ -166,3 +166,30 @@ def test_companions_that_come_late_follow_their_picture(tmp_path: Path) -> None:
     # the sidecar pairs with the RAW copy, as editors write IMG_0005.xmp for the RAW file
     assert xmp["dest"] == f"red/{Path(raw['dest']).name.rsplit('.', 1)[0]}.xmp"
     assert list(home.inbox.iterdir()) == []
+
+
+def test_a_late_sidecar_whose_picture_folder_became_a_link_goes_to_review(tmp_path: Path) -> None:
+    """The admin moved library/red to a bigger disk and linked it back: its pictures are
+    still there, but sortbox writes through no link. The late sidecar goes to review, saying
+    why, and nothing pauses."""
+    home = make_home(tmp_path, pair_wait_s=0.3)
+    publish_rgb_model(home.models, "v1")
+    daemon = Daemon(home).start()
+    try:
+        (home.inbox / "IMG_0007.JPG").write_bytes(encode(picture("red", 7, (160, 120)), "JPEG"))
+        wait_until(lambda: len(home.file_events()) == 1, 30, "the picture placed")
+        bigger_disk = tmp_path / "bigger-disk"
+        bigger_disk.mkdir()
+        (home.library / "red").rename(bigger_disk / "red")
+        (home.library / "red").symlink_to(bigger_disk / "red")
+        (home.inbox / "IMG_0007.xmp").write_bytes(b"<x:xmpmeta>edited later</x:xmpmeta>")
+        wait_until(lambda: len(home.file_events()) == 2, 30, "the sidecar placed")
+    finally:
+        assert daemon.stop() == 0
+    xmp = {e["src"]: e for e in home.file_events()}["IMG_0007.xmp"]
+    assert xmp["event"] == "review" and xmp["dest"].startswith("needs_review/"), xmp
+    assert xmp["reason"].startswith(f"{COMPANION_OF}IMG_0007.JPG; ") and "symlink" in xmp["reason"]
+    assert [p.name for p in (bigger_disk / "red").iterdir()] == [
+        Path(home.file_events()[0]["dest"]).name
+    ]
+    assert '"event": "paused"' not in daemon.log_text()
