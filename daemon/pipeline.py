@@ -355,18 +355,27 @@ def _place(item: Decoded, decision: Decision, model: str, library: Library) -> S
 def _copy_as_decided(
     item: Decoded, decision: Decision, library: Library
 ) -> tuple[str, bool, str | None]:
-    """(dest, needs review, reason). A class folder that cannot take it (a symlink or a file
-    put in its place, or one not writable) sends the picture to review, saying why; the
-    rest of the library goes on. If needs_review cannot take it either, the error stops the
-    batch like a read-only library does."""
-    try:
-        dest = _copy(item, decision.folder, library)
-    except UnusableFolder as exc:
-        if decision.needs_review:
-            raise
-        log.warning("folder_unusable", folder=decision.folder, problem=exc.strerror)
-        return _copy(item, REVIEW_FOLDER, library), True, f"{exc.strerror}; placed for review"
+    """(dest, needs review, reason)."""
+    dest, problem = _copy_or_review(item, decision.folder, library)
+    if problem:
+        return dest, True, f"{problem}; placed for review"
     return dest, decision.needs_review, SPOT_CHECK if decision.spot_check else None
+
+
+def _copy_or_review(
+    item: Decoded, folder: str, library: Library, preferred: str | None = None
+) -> tuple[str, str | None]:
+    """(dest, why not `folder`). A class folder that cannot take the copy (a symlink or a
+    file put in its place, or one not writable) sends it to review instead; the rest of the
+    library goes on. If needs_review cannot take it either, the error stops the batch like a
+    read-only library does."""
+    try:
+        return _copy(item, folder, library, preferred), None
+    except UnusableFolder as exc:
+        if folder == REVIEW_FOLDER:
+            raise
+        log.warning("folder_unusable", folder=folder, problem=exc.strerror)
+        return _copy(item, REVIEW_FOLDER, library, preferred), exc.strerror
 
 
 def _place_companions(
@@ -395,16 +404,12 @@ def _place_companions(
         if role_of(companion.arrival.path) == "sidecar":
             original, in_library = _described_by(name, names_in_library)
             preferred = sidecar_name(name, original, in_library)
-        event_type: type[Sorted | Review] = type(placed)
-        reason = f"{COMPANION_OF}{placed.src}"
-        try:
-            dest = _copy(companion, folder, library, preferred)
-        except UnusableFolder as exc:  # the picture's folder went bad since (a late companion)
-            if folder == REVIEW_FOLDER:
-                raise
-            log.warning("folder_unusable", folder=folder, problem=exc.strerror)
-            dest = _copy(companion, REVIEW_FOLDER, library, preferred)
-            event_type, reason = Review, f"{reason}; {exc.strerror}; placed for review"
+        # a late companion's picture folder may have gone bad since the picture was placed
+        dest, problem = _copy_or_review(companion, folder, library, preferred)
+        event_type: type[Sorted | Review] = Review if problem else type(placed)
+        reason = f"{COMPANION_OF}{placed.src}" + (
+            f"; {problem}; placed for review" if problem else ""
+        )
         names_in_library[name] = dest.rsplit("/", 1)[-1]
         placed_now[companion.sha256] = dest
         fields = placed.model_dump(include={"label", "confidence", "top3", "model"})
