@@ -65,9 +65,11 @@ def _safe_stem(stem: str) -> str:
     return "_" + cleaned[1:] if cleaned.startswith(".") else cleaned
 
 
-def open_input(path: Path) -> int:
-    """Open an input for reading without following a symlink and without blocking on FIFOs."""
-    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+def open_input(path: Path | str, dir_fd: int | None = None) -> int:
+    """Open a file for reading without following a symlink and without blocking on FIFOs;
+    `path` relative to the open folder `dir_fd` if given."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    return os.open(path, flags, dir_fd=dir_fd)
 
 
 def copy_into(
@@ -154,7 +156,7 @@ def _link_or_adopt(temporary: str, name: str, folder_fd: int, expected_sha256: s
     try:
         os.link(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
     except FileExistsError:
-        return _has_content(folder_fd, name, expected_sha256)
+        return same_content(name, expected_sha256, folder_fd)
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
@@ -218,40 +220,21 @@ def _exclusive_copy(temporary: str, name: str, folder_fd: int) -> None:
         os.close(source_fd)
 
 
-def _has_content(folder_fd: int, name: str, sha256: str) -> bool:
+def same_content(path: Path | str, sha256: str, dir_fd: int | None = None) -> bool:
     try:
-        fd = os.open(
-            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd
-        )
-    except OSError:
-        return False
-    try:
-        return _sha256_of_fd(fd) == sha256
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def same_content(path: Path, sha256: str) -> bool:
-    try:
-        return sha256_of(path) == sha256
+        return sha256_of(path, dir_fd) == sha256
     except OSError:
         return False
 
 
-def sha256_of(path: Path) -> str:
-    fd = open_input(path)
-    try:
-        return _sha256_of_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256_of_fd(fd: int) -> str:
+def sha256_of(path: Path | str, dir_fd: int | None = None) -> str:
     digest = hashlib.sha256()
-    while chunk := os.read(fd, _CHUNK):
-        digest.update(chunk)
+    fd = open_input(path, dir_fd)
+    try:
+        while chunk := os.read(fd, _CHUNK):
+            digest.update(chunk)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 
