@@ -3,6 +3,8 @@
 A copy is written to a temporary file in the destination folder, fsynced, then hard-linked
 to its final name (link fails if the name exists, so there is no exists-then-write race),
 and the folder is fsynced. A half-written file is never visible under its final name.
+Filesystems without hard links (exFAT, FAT) get a checked rename instead, and names any
+filesystem a library lives on will take.
 A batch defers the folder fsync (`sync_folder`) and pays it once per folder before its
 journal lines are written: a group commit.
 """
@@ -28,6 +30,13 @@ TEMP_SUFFIX = ".tmp"
 HASH_CHARS = 12
 _MAX_STEM_BYTES = 150
 _EXTENSION = re.compile(r"^[a-z0-9]{1,10}$")
+# What Windows, exFAT and NTFS refuse in a name (a library on a USB disk, or served over SMB)
+_NOT_PORTABLE = frozenset('<>:"/\\|?*')
+_WINDOWS_DEVICES = frozenset(
+    ["CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10))]
+)
+# How a filesystem says it will not take a name: exFAT and NTFS give EINVAL, exfat-fuse ENOENT
+_NAME_REFUSED = (errno.EINVAL, errno.ENOENT, errno.EILSEQ, errno.ENAMETOOLONG)
 # <stem>.<12 hex>.<ext>: how the library names what the daemon placed
 LIBRARY_NAME = re.compile(r"^(?P<stem>.+)\.(?P<hash>[0-9a-f]{12})(?:\.[a-z0-9]{1,10})?$")
 _CHUNK = 1 << 20
@@ -42,25 +51,35 @@ class UnusableFolder(OSError):
     should be (never written through, never replaced), or a folder this user may not write."""
 
 
-def library_name(original_name: str, sha256: str, hash_chars: int = HASH_CHARS) -> str:
-    """`<original stem>.<first 12 hex of sha256>.<ext>`, with a safe stem and lower-case ext."""
+def library_name(
+    original_name: str, sha256: str, hash_chars: int = HASH_CHARS, keep_stem: bool = True
+) -> str:
+    """`<original stem>.<first 12 hex of sha256>.<ext>`, with a safe stem and lower-case ext.
+
+    The stem is portable: any filesystem a library may live on takes it. `keep_stem=False`
+    gives `image.<hash>.<ext>`, for a filesystem with rules of its own.
+    """
+    original_name = original_name.rstrip(". ")  # "photo.jpg." is a photo.jpg
     stem, dot, extension = original_name.rpartition(".")
     if not dot or not stem:
         stem, extension = original_name, ""
     extension = extension.lower()
     if not _EXTENSION.match(extension):
         stem, extension = original_name, ""
-    stem = _safe_stem(stem)
+    stem = _safe_stem(stem) if keep_stem else "image"
     name = f"{stem}.{sha256[:hash_chars]}"
     return f"{name}.{extension}" if extension else name
 
 
 def _safe_stem(stem: str) -> str:
     cleaned = "".join(
-        "_" if ch in "/\\" or unicodedata.category(ch).startswith("C") else ch for ch in stem
+        "_" if ch in _NOT_PORTABLE or unicodedata.category(ch).startswith("C") else ch
+        for ch in stem
     )
     encoded = cleaned.encode("utf-8")[:_MAX_STEM_BYTES]
     cleaned = encoded.decode("utf-8", errors="ignore").strip() or "image"
+    if cleaned.split(".")[0].strip().upper() in _WINDOWS_DEVICES:
+        cleaned = "_" + cleaned  # "CON.1a2b.jpg" is a device, not a file, on Windows
     # never hidden: hidden files are ignored by file managers and by our own rescans
     return "_" + cleaned[1:] if cleaned.startswith(".") else cleaned
 
@@ -100,17 +119,32 @@ def copy_into(
         else:
             temporary = write_verified_temp(source, folder, folder_fd, expected_sha256)
         try:
-            names = [library_name(original_name, expected_sha256, n) for n in (HASH_CHARS, 24, 64)]
-            for name in [preferred_name, *names] if preferred_name else names:
-                if _link_or_adopt(temporary, name, folder_fd, expected_sha256):
+            refused: OSError | None = None
+            for name in _candidate_names(original_name, expected_sha256, preferred_name):
+                try:
+                    placed = _link_or_adopt(temporary, name, folder_fd, expected_sha256)
+                except OSError as exc:
+                    if exc.errno not in _NAME_REFUSED:
+                        raise
+                    refused = exc  # this filesystem's own naming rules: try the next name
+                    continue
+                if placed:
                     sync_folder(folder)  # also for an adopted copy: its maker may have died
                     return folder / name
-            raise FileExistsError(f"no free name for {original_name} in {folder}")
+            raise refused or FileExistsError(f"no free name for {original_name} in {folder}")
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary, dir_fd=folder_fd)
     finally:
         os.close(folder_fd)
+
+
+def _candidate_names(original_name: str, sha256: str, preferred_name: str | None) -> list[str]:
+    """Names to try in order: longer hash prefixes when a name is taken by other content, and
+    last `image.<hash>.<ext>` in case the filesystem refuses the original's stem."""
+    names = [library_name(original_name, sha256, n) for n in (HASH_CHARS, 24, 64)]
+    names.append(library_name(original_name, sha256, 64, keep_stem=False))
+    return [preferred_name, *names] if preferred_name else names
 
 
 def open_folder(folder: Path) -> int:
@@ -160,9 +194,23 @@ def _link_or_adopt(temporary: str, name: str, folder_fd: int, expected_sha256: s
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
-        # some FUSE/SMB mounts have no hard links: fall back to an exclusive create
-        _exclusive_copy(temporary, name, folder_fd)
+        return _rename_if_free(temporary, name, folder_fd, expected_sha256)
     return True
+
+
+def _rename_if_free(temporary: str, name: str, folder_fd: int, expected_sha256: str) -> bool:
+    """`_link_or_adopt` where there are no hard links (exFAT, FAT, some FUSE and SMB mounts).
+
+    A rename is as atomic as a link, so a crash never leaves part of a copy under the final
+    name, but it replaces a name taken meanwhile: the name is checked first. Another
+    sortbox placing the same content in between replaces it with the same bytes.
+    """
+    try:
+        os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        return True
+    return same_content(name, expected_sha256, folder_fd)
 
 
 def write_verified_temp(source: Path, folder: Path, folder_fd: int, expected_sha256: str) -> str:
@@ -205,19 +253,6 @@ def _write_temp(folder: Path, folder_fd: int, chunks: Iterable[bytes]) -> str:
         raise
     os.close(target_fd)
     return temporary
-
-
-def _exclusive_copy(temporary: str, name: str, folder_fd: int) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    source_fd = os.open(temporary, os.O_RDONLY | os.O_CLOEXEC, dir_fd=folder_fd)
-    try:
-        with open(os.open(name, flags, 0o644, dir_fd=folder_fd), "wb") as target:
-            while chunk := os.read(source_fd, _CHUNK):
-                target.write(chunk)
-            target.flush()
-            os.fsync(target.fileno())
-    finally:
-        os.close(source_fd)
 
 
 def same_content(path: Path | str, sha256: str, dir_fd: int | None = None) -> bool:

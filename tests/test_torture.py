@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -527,6 +528,113 @@ def test_full_journal_disk_and_a_model_switch_do_not_kill_the_daemon(tmp_path: P
         models = [e["model"] for e in home.events("model")]
         assert models[-1] == "v2"
         check_invariants(home, [jpeg_bytes("red", 7)])
+
+
+# -- a library on an exFAT disk: no hard links, no Unix names -----------------------------------
+
+EXFAT_TOOLS = Path(tempfile.gettempdir()) / "sortbox-test-exfat"  # Debian's packages, unpacked
+EXFAT_PACKAGES = ("exfat-fuse", "exfatprogs", "libfuse2")
+
+
+def exfat_tools() -> tuple[dict[str, str], dict[str, str]]:
+    """(paths of mkfs.exfat and mount.exfat-fuse, their environment): installed ones, or
+    Debian's packages fetched with `apt-get download` and unpacked once; skip if neither."""
+    found = {tool: shutil.which(tool) for tool in ("mkfs.exfat", "mount.exfat-fuse")}
+    if all(found.values()):
+        return found, dict(os.environ)  # type: ignore[return-value]
+    unpacked = EXFAT_TOOLS / "root"
+    if not (unpacked / "sbin" / "mount.exfat-fuse").exists():
+        EXFAT_TOOLS.mkdir(exist_ok=True)
+        try:
+            fetched = subprocess.run(
+                ["apt-get", "download", *EXFAT_PACKAGES],
+                cwd=EXFAT_TOOLS, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            pytest.skip(f"exFAT tools not installed and apt-get could not fetch them: {exc}")
+        if fetched.returncode != 0:
+            pytest.skip(f"exFAT tools not installed; apt-get download: {fetched.stderr[-300:]}")
+        for package in EXFAT_TOOLS.glob("*.deb"):
+            subprocess.run(["dpkg", "-x", str(package), str(unpacked)], check=True)
+    libraries = [str(unpacked / "lib/x86_64-linux-gnu"), str(unpacked / "usr/lib/x86_64-linux-gnu")]
+    environment = {**os.environ, "LD_LIBRARY_PATH": ":".join(libraries)}
+    tools = {
+        "mkfs.exfat": str(unpacked / "usr/sbin/mkfs.exfat"),
+        "mount.exfat-fuse": str(unpacked / "sbin/mount.exfat-fuse"),
+    }
+    return tools, environment
+
+
+@contextlib.contextmanager
+def exfat_disk(where: Path, size_mb: int = 64) -> Iterator[Path]:
+    """A real exFAT filesystem at `where`, mounted through FUSE as a desktop mounts a USB disk:
+    no hard links, and names with : ? * " < > | refused."""
+    if os.geteuid() != 0 or not Path("/dev/fuse").exists() or not shutil.which("losetup"):
+        pytest.skip("an exFAT disk needs root, /dev/fuse and losetup")
+    tools, environment = exfat_tools()
+    image = where.parent / f"{where.name}.exfat"
+    with image.open("wb") as disk:
+        disk.truncate(size_mb << 20)
+    subprocess.run(
+        [tools["mkfs.exfat"], str(image)], env=environment, check=True, capture_output=True
+    )
+    attached = subprocess.run(
+        ["losetup", "-f", "--show", str(image)], capture_output=True, text=True
+    )
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device for the exFAT disk: {attached.stderr.strip()}")
+    device = attached.stdout.strip()
+    where.mkdir(parents=True, exist_ok=True)
+    try:
+        mounted = subprocess.run(
+            [tools["mount.exfat-fuse"], device, str(where)],
+            env=environment, capture_output=True, text=True,
+        )  # fmt: skip
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount exFAT through FUSE here: {mounted.stderr.strip()}")
+        try:
+            yield where
+        finally:
+            subprocess.run(["umount", str(where)], check=False)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
+def test_a_library_on_an_exfat_disk_gets_every_picture_whole_even_killed_mid_copy(
+    tmp_path: Path,
+) -> None:
+    """A family archive on a USB disk. exFAT has no hard links (a copy is renamed into place)
+    and refuses : ? * " < > | in names, which cameras, phones and people do use: every
+    picture is placed under a name the disk takes, and a daemon killed while copying leaves
+    no part of a copy under a final name."""
+    home = make_home(tmp_path)
+    publish_rgb_model(home.models, "v1")
+    with exfat_disk(home.library):
+        awkward = ['IMG:0001.jpg', 'what?.jpg', 'a "quote".jpg', 'star*.jpg', 'pipe|.jpg',
+                   '<tag>.jpg', 'back\\slash.jpg', 'CON.jpg', 'photo.jpg.']  # fmt: skip
+        photos = real_photos(len(awkward) + 30, size=900)
+        for name, data in zip(awkward, photos, strict=False):
+            (home.inbox / name).write_bytes(data)
+        rng = random.Random(7)
+        for round_, first in enumerate(range(len(awkward), len(photos), 10)):
+            daemon = Daemon(home).start()
+            for n, data in enumerate(photos[first : first + 10]):
+                (home.inbox / f"r{round_}-{n}.jpg").write_bytes(data)
+            time.sleep(rng.uniform(0.1, 0.5))
+            daemon.kill()
+        daemon = Daemon(home).start()
+        try:
+            wait_until(lambda: settled(home, len(photos)), 90, "every picture placed")
+        finally:
+            assert daemon.stop() == 0
+        placed = {e["src"]: e["dest"] for e in home.file_events()}
+        check_invariants(home, photos)  # each whole, once, its content the hash in its name
+    refused = set('<>:"\\|?*')
+    for name in awkward:
+        placed_name = placed[name].split("/")[1]
+        assert not refused & set(placed_name), placed_name
+        assert not placed_name.upper().startswith("CON."), placed_name
+    assert placed["photo.jpg."].endswith(".jpg"), placed["photo.jpg."]
 
 
 # -- broken models, early signals, dead workers ------------------------------------------------

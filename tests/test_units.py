@@ -135,6 +135,12 @@ SHA = "ab" * 32
         (".hidden.png", "_hidden.abababababab.png"),
         ("line\nbreak.png", "line_break.abababababab.png"),
         ("weird.ext-with-dash", "weird.ext-with-dash.abababababab"),
+        # what exFAT, NTFS and Windows refuse: a library may live on a USB disk
+        ('IMG:0001 "best?" <1|2*3>.jpg', "IMG_0001 _best__ _1_2_3_.abababababab.jpg"),
+        ("CON.jpg", "_CON.abababababab.jpg"),
+        ("lpt1.scan.png", "_lpt1.scan.abababababab.png"),
+        ("console.jpg", "console.abababababab.jpg"),
+        ("photo.jpg. ", "photo.abababababab.jpg"),
     ],
 )
 def test_library_names(original: str, expected: str) -> None:
