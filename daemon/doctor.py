@@ -30,9 +30,8 @@ def check(settings: Settings) -> list[Finding]:
 
 
 def _folders(settings: Settings) -> list[Finding]:
-    found = []
+    found = [_inbox(settings)]
     for name, path in (
-        ("inbox", settings.inbox),
         ("library", settings.library),
         ("journal folder", settings.journal.parent),
         ("models_dir", settings.models_dir),
@@ -50,6 +49,24 @@ def _folders(settings: Settings) -> list[Finding]:
         else:
             found.append(Finding("ok", f"{name} {path} exists and is writable"))
     return found
+
+
+def _inbox(settings: Settings) -> Finding:
+    """The daemon only reads the inbox, unless it is to delete the originals."""
+    inbox = settings.inbox
+    if not inbox.exists():
+        return Finding("warn", f"inbox {inbox} does not exist yet (sortbox run creates it)")
+    if not os.access(inbox, os.R_OK | os.X_OK):
+        return Finding("fail", f"inbox {inbox} is not readable by this user: fix its owner or mode")
+    if os.access(inbox, os.W_OK):
+        return Finding("ok", f"inbox {inbox} exists and is writable")
+    if settings.on_success == "delete":
+        return Finding(
+            "warn",
+            f'inbox {inbox} is read-only for this user, so on_success = "delete" keeps every '
+            "original (each is still sorted once)",
+        )
+    return Finding("ok", f"inbox {inbox} exists and is readable (sortbox only reads it)")
 
 
 def _existing(path: Path) -> Path:

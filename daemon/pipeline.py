@@ -95,6 +95,18 @@ class Library:
         self.remove_originals = remove_originals and journal is not None
         self._unsynced: set[Path] = set()  # folders with new names not yet fsynced
         self._recent: OrderedDict[tuple[Path, str], PlacedPicture] = OrderedDict()
+        self._originals_kept: set[Path] = set()  # done, but the inbox would not let them go
+
+    def remove_original(self, path: Path) -> None:
+        """Delete an inbox original whose copy is durable and journaled. If the inbox will not
+        let it go (mounted read-only, a folder this user may not write), it stays, done, and
+        the daemon carries on: said once a run, not at every rescan."""
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            if path not in self._originals_kept:
+                self._originals_kept.add(path)
+                log.warning("original_not_removed", path=str(path), reason=exc.strerror)
 
     def sync_later(self, folder: Path) -> None:
         self._unsynced.add(folder)
@@ -282,7 +294,7 @@ def place_batch(classified: Classified, library: Library) -> Placed:
             placed.events, placed.alone = [], []
             return placed
     if library.remove_originals:
-        _remove_originals(placed.events, classified.items)
+        _remove_originals(placed.events, classified.items, library)
     return placed
 
 
@@ -462,7 +474,7 @@ def _duplicate(item: Decoded, earlier: str, library: Library) -> Duplicate:
     )
 
 
-def _remove_originals(events: list[Placement], batch: list[Decoded]) -> None:
+def _remove_originals(events: list[Placement], batch: list[Decoded], library: Library) -> None:
     by_source = {
         (str(member.arrival.root), member.arrival.relative): member
         for item in batch
@@ -475,4 +487,4 @@ def _remove_originals(events: list[Placement], batch: list[Decoded]) -> None:
         if identity_of(item.arrival.path) != (item.identity or item.arrival.identity):
             log.warning("original_changed_not_removed", path=str(item.arrival.path))
             continue
-        item.arrival.path.unlink(missing_ok=True)
+        library.remove_original(item.arrival.path)

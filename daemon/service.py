@@ -469,7 +469,7 @@ class Service:
         if done is not None:
             if done.original_removed and self.library.remove_originals:
                 # journaled as placed, but we stopped before removing the original
-                path.unlink(missing_ok=True)
+                self.library.remove_original(path)
             self._finish(Arrival(path, root, identity), counted=False)
             if self._on_batch is not None:
                 self._on_batch([], 1)  # `sort`: done before, counts towards the progress bar

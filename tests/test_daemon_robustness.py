@@ -232,6 +232,60 @@ def test_undo_in_delete_mode_restores_the_original(tmp_path: Path) -> None:
     assert len(home.file_events()) == 1
 
 
+def test_delete_mode_with_an_inbox_it_may_not_write_keeps_originals_and_carries_on() -> None:
+    """A shared drop folder the daemon may read but not write (or a read-only mount), with
+    on_success = "delete": each picture is sorted once, its original stays, the log says why
+    once a run, and the daemon lives on (it used to lose its intake thread and exit 1)."""
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # root writes anywhere: the daemon runs as `nobody`
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and setpriv is missing: cannot deny the inbox")
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    root = Path(tempfile.mkdtemp(prefix="sortbox-readonly-inbox-"))
+    try:
+        home = make_home(root, on_success="delete")
+        publish_rgb_model(home.models, "v1")
+        root.chmod(0o777)
+        home.models.chmod(0o777)
+        for n, colour in enumerate(("red", "green", "blue")):
+            write_picture(home.inbox / f"scan{n}.jpg", colour, n)
+        home.inbox.chmod(0o555)
+        for run in range(2):  # the second run finds them done in its first scan
+            daemon = Daemon(home, as_user=as_user).start()
+            try:
+                wait_until(lambda: len(home.file_events()) == 3, 20, "three journal lines")
+                wait_until(
+                    lambda d=daemon, n=run: (
+                        d.log_text().count("original_not_removed") == 3 * (n + 1)
+                    ),
+                    10,
+                    "a warning for each original kept",
+                )
+                time.sleep(1)  # a rescan or a late event would warn again, or take a file
+                assert daemon.process.poll() is None, daemon.log_text()[-2000:]
+            finally:
+                assert daemon.stop() == 0
+            log = daemon.log_text()
+            assert log.count("original_not_removed") == 3 * (run + 1)  # the log is one file
+            assert "worker_died" not in log and "placement_failed" not in log, log[-2000:]
+        assert sorted(p.name for p in home.inbox.iterdir()) == [
+            "scan0.jpg",
+            "scan1.jpg",
+            "scan2.jpg",
+        ]
+        assert [e["event"] for e in home.file_events()] == ["sorted"] * 3
+        assert len(home.library_files()) == 3
+        doctor_command = [sys.executable, "-m", "sortbox.daemon.cli", "doctor"]
+        doctor = subprocess.run(
+            [*as_user, *doctor_command, "--config", str(home.config)],
+            capture_output=True, text=True, cwd=root,
+        )  # fmt: skip
+        assert 'read-only for this user, so on_success = "delete" keeps' in doctor.stdout
+    finally:
+        home.inbox.chmod(0o755)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_sort_dry_run_touches_nothing_then_sort_does_it(home: Home, tmp_path: Path) -> None:
     folder = tmp_path / "old photos"
     write_picture(folder / "a.jpg", "red", 1)
