@@ -3,6 +3,9 @@ journal reading, settings."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import os
 import queue
 import shutil
@@ -34,6 +37,8 @@ from sortbox.daemon.settings import (
 )
 from sortbox.daemon.stability import StabilityTracker
 from sortbox.daemon.thresholds import CalibrationPoints
+from sortbox.daemon.watch import EnqueueHandler, PacedPollingEmitter
+from watchdog.observers.api import BaseObserver
 
 SPEC = Preprocessing(resize=64, crop=56)
 
@@ -313,6 +318,41 @@ def test_polling_needs_two_unchanged_checks_and_a_rename_needs_no_quiet_period(
     assert tracker.take_stable() == []
     now[0] = 4.4
     assert [p for p, _ in tracker.take_stable()] == [polled]
+
+
+def test_polling_a_slow_inbox_waits_longer_between_snapshots_and_still_sees_files(
+    tmp_path: Path,
+) -> None:
+    """An inbox whose snapshot is slow (many files, a network share: here stat() sleeps) is
+    polled less often, so that polling stays a small share of a CPU; files are still seen."""
+    for n in range(5):
+        (tmp_path / f"{n}.jpg").write_bytes(b"x")
+    stats: list[float] = []
+
+    def slow_stat(path: str) -> os.stat_result:
+        stats.append(time.monotonic())
+        time.sleep(0.02)
+        return os.stat(path)
+
+    notices: queue.SimpleQueue = queue.SimpleQueue()
+    emitter = functools.partial(PacedPollingEmitter, stat=slow_stat)
+    observer = BaseObserver(emitter, timeout=0.05)  # type: ignore[arg-type]
+    observer.schedule(EnqueueHandler(tmp_path, notices), str(tmp_path), recursive=True)
+    observer.start()
+    try:
+        time.sleep(0.5)  # the first snapshot and the first compared one, 0.05 s apart
+        (tmp_path / "new.jpg").write_bytes(b"y")
+        seen = []
+        deadline = time.monotonic() + 15
+        while not seen and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                seen.append(notices.get(timeout=0.1))
+    finally:
+        observer.stop()
+        observer.join()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(stats)]
+    assert max(gaps) > 1.0, "a snapshot of 0.1 s is followed by about 1.9 s of rest, not 0.05"
+    assert seen == [("created", tmp_path / "new.jpg")]
 
 
 def test_a_lone_picture_does_not_wait_out_max_wait() -> None:
