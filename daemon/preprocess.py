@@ -6,9 +6,10 @@ exactly the way it was trained. Everything here is pure: bytes in, arrays out.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
-import warnings
+import threading
 from typing import Literal
 
 import numpy as np
@@ -43,10 +44,16 @@ PICTURE_FORMATS = (
     "PPM", "TGA", "PSD", "QOI", "PCX",
 )  # fmt: skip
 # Memory per picture stays bounded whatever the input: a picture this elongated cannot be
-# classified from its centre anyway, and one that needs more than this many pixels in memory
-# after JPEG's reduced decoding (so: a huge PNG or TIFF) is refused rather than risk the host.
+# classified from its centre anyway, and one that needs more than this many bytes in memory
+# once decoded (JPEGs are decoded reduced, so: a huge PNG, TIFF or HEIC) is refused rather
+# than risk the host. 200 MB takes a 64-megapixel phone photo (a 48-megapixel iPhone HEIC
+# is 146 MB) and an A3 page scanned at 600 dpi in grey (70 MB).
 MAX_ASPECT_RATIO = 25
-MAX_DECODED_PIXELS = 40_000_000
+MAX_DECODED_BYTES = 200_000_000
+# Decodes above this size run one at a time, whatever the number of decoders: two 48-megapixel
+# HEICs decoded together would need 700 MB at once (libheif holds its planes besides the RGB).
+LARGE_DECODE_BYTES = 48_000_000
+_ONE_LARGE_DECODE_AT_A_TIME = threading.Lock()  # memory is the process's, so is the lock
 # Camera RAW files. They are classified from the JPEG preview every camera embeds (no
 # demosaicing), read with rawpy, the optional `raw` extra.
 RAW_SUFFIXES = (".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf")
@@ -79,26 +86,29 @@ def decode_rgb(data: bytes, min_side: int, max_pixels: int, name: str = "") -> I
         image = decode_rgb(preview, min_side, max_pixels)
         return image.transpose(turn) if turn is not None else image
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=_openable())
+        image = Image.open(io.BytesIO(data), formats=_openable())
         check_size(image.size, max_pixels)
         if image.format in ("JPEG", "MPO"):
             image.draft("RGB", _draft_size(image.size, min_side, _exif_orientation(image)))
-        width, height = image.size  # as it will be decoded
-        if width * height > MAX_DECODED_PIXELS:
+        decoded_bytes = _decoded_bytes(image)  # at the size it will be decoded
+        if decoded_bytes > MAX_DECODED_BYTES:
+            width, height = image.size
             raise BadImage(
-                f"too many pixels to decode: {width}x{height} {image.format} exceeds "
-                f"{MAX_DECODED_PIXELS // 1_000_000} megapixels (JPEGs are decoded reduced)"
+                f"too large to decode: {width}x{height} {image.format} needs "
+                f"{decoded_bytes // 1_000_000} MB, the limit is {MAX_DECODED_BYTES // 1_000_000} MB"
+                " (JPEGs are decoded reduced)"
             )
-        image.load()
-        image = ImageOps.exif_transpose(image, in_place=False) if _rotated(image) else image
-        return to_rgb(_reduced(image, min_side))
+        large = decoded_bytes > LARGE_DECODE_BYTES
+        with _ONE_LARGE_DECODE_AT_A_TIME if large else contextlib.nullcontext():
+            image.load()
+            image = ImageOps.exif_transpose(image, in_place=False) if _rotated(image) else image
+            image = _reduced(image, min_side)  # the full-size picture is freed in the lock
+        return to_rgb(image)
     except BadImage:
         raise
     except UnidentifiedImageError:
         raise BadImage("not an image, or a format sortbox does not read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise BadImage(f"too many pixels ({exc})") from None
     except Exception as exc:
         # Corrupt files make Pillow's decoders raise almost anything (OSError, SyntaxError,
@@ -106,9 +116,24 @@ def decode_rgb(data: bytes, min_side: int, max_pixels: int, name: str = "") -> I
         raise BadImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
 
 
+def _decoded_bytes(image: Image.Image) -> int:
+    width, height = image.size
+    if image.mode.startswith("I;16"):
+        per_pixel = 2
+    elif image.mode in ("I", "F"):
+        per_pixel = 4
+    else:  # Pillow keeps a byte per band, 1-bit pictures included
+        per_pixel = max(1, len(image.getbands()))
+    return width * height * per_pixel
+
+
 @functools.cache
 def _openable() -> list[str]:
     Image.init()
+    # `max_pixels` (check_size) is the one limit on declared pixels, and the decoded size is
+    # budgeted above: Pillow's own warning at 89 megapixels would refuse a 108-megapixel
+    # phone JPEG that draft mode decodes in 5 MB
+    Image.MAX_IMAGE_PIXELS = None
     try:
         from pillow_heif import register_heif_opener
     except ImportError:  # a default dependency, but the rest must not depend on it

@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     inference_threads: AutoThreads = Field("auto", ge=1, le=64, validate_default=True)
     inference_run_size: int = Field(1, ge=1, le=256)
 
-    max_pixels: int = Field(100_000_000, ge=1)
+    max_pixels: int = Field(250_000_000, ge=1)
     max_file_mb: float = Field(512.0, gt=0.0)
 
     metrics_textfile: Path | None = None

@@ -120,6 +120,20 @@ def test_decompression_bomb_limit() -> None:
         prepare(data, SPEC, 1_000_000)
 
 
+def test_phone_photos_and_page_scans_beyond_40_megapixels_are_decoded_within_budget() -> None:
+    """Refused before: a 108-megapixel phone JPEG (Pillow's own bomb warning), a grey A3 page
+    scanned at 600 dpi (70 megapixels). A colour picture that would need more than 200 MB
+    decoded is still refused, with the reason."""
+    phone = encode(Image.new("RGB", (12000, 9000), (30, 90, 200)), "JPEG", quality=80)
+    assert prepare(phone, SPEC, 250_000_000).shape == (3, 56, 56)
+    scan = encode(Image.new("L", (7016, 9921), 200), "TIFF", compression="tiff_lzw")
+    grey = prepare(scan, SPEC, 250_000_000)
+    assert np.allclose(grey, (200 - 127) / 128)
+    poster = encode(Image.new("RGB", (9000, 9000), (1, 2, 3)), "PNG", compress_level=1)
+    with pytest.raises(BadImage, match="too large to decode: 9000x9000 PNG needs 243 MB"):
+        prepare(poster, SPEC, 250_000_000)
+
+
 def test_vanished_file_is_a_reason_not_a_crash(tmp_path: Path) -> None:
     arrival = Arrival(tmp_path / "gone.jpg", tmp_path, Identity(1, 1, 1))
     decoded = read_and_prepare(arrival, SPEC, 10**8, 10**9)
