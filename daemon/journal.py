@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
+from sortbox.daemon.manifest import fsync_dir
 
 SCHEMA_VERSION = 1
 log = structlog.get_logger(__name__)
@@ -200,11 +201,31 @@ class Journal:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         with self._thread_lock:
+            self._follow_path()
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _follow_path(self) -> None:
+        """Go on in the file at our path if ours was deleted or moved away (a tidy-up, a log
+        rotation): lines written to a file nobody can find would be decisions made silently."""
+        mine = os.fstat(self._fd)
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            there = None
+        if there is not None and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+            return
+        log.warning("journal_replaced", path=str(self.path))
+        replaced = self._fd
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        os.close(replaced)
+        fsync_dir(self.path.parent)
+        self._torn = False
+        self._terminate_torn_line()
+        self._end = 0  # lines another process wrote there already are news to us
 
     def _read_since_end(self) -> list[Event]:
         size = os.fstat(self._fd).st_size

@@ -286,6 +286,27 @@ def test_delete_mode_with_an_inbox_it_may_not_write_keeps_originals_and_carries_
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_a_journal_rotated_or_deleted_while_running_goes_on_at_its_path(
+    home: Home, daemon: Daemon
+) -> None:
+    """logrotate, or a tidy-up: the daemon used to go on appending to the file it had open,
+    renamed or deleted, so its decisions were out of sight (or gone) until a restart."""
+    daemon.start()
+    (home.inbox / "first.jpg").write_bytes(jpeg_bytes("red", 1))
+    wait_until(lambda: "first.jpg" in by_src(home), 20, "the first decision")
+    home.journal.rename(home.journal.with_name("journal.jsonl.1"))
+    (home.inbox / "second.jpg").write_bytes(jpeg_bytes("green", 2))
+    wait_until(lambda: home.journal.exists() and "second.jpg" in by_src(home), 20, "rotated")
+    home.journal.unlink()
+    (home.inbox / "third.jpg").write_bytes(jpeg_bytes("blue", 3))
+    wait_until(lambda: home.journal.exists() and "third.jpg" in by_src(home), 20, "deleted")
+    assert [e["src"] for e in home.file_events()] == ["third.jpg"]
+    assert daemon.log_text().count("journal_replaced") == 2
+    undone = sortbox("undo", config=home.config)  # the new file is the one undo reads
+    assert undone.returncode == 0, undone.stderr
+    assert not (home.library / by_src(home)["third.jpg"]["dest"]).exists()
+
+
 def test_sort_dry_run_touches_nothing_then_sort_does_it(home: Home, tmp_path: Path) -> None:
     folder = tmp_path / "old photos"
     write_picture(folder / "a.jpg", "red", 1)
