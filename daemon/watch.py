@@ -39,26 +39,33 @@ NETWORK_FILESYSTEMS = frozenset(
 
 
 class EnqueueHandler(FileSystemEventHandler):
-    """Runs on the observer thread: no stat, no I/O, just hand the path over."""
+    """Runs on the observer thread: no stat, no I/O, just hand the path over.
 
-    def __init__(self, root: Path, notices: queue.SimpleQueue[Notice]) -> None:
+    `watched` is the folder the observer watches: `root` itself, or, when `root` is a link
+    its admin made, the folder it leads to; paths are handed over as under `root`.
+    """
+
+    def __init__(
+        self, root: Path, notices: queue.SimpleQueue[Notice], watched: Path | None = None
+    ) -> None:
         self._root = root
+        self._watched = watched or root
         self._notices = notices
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
             if (
                 event.event_type in ("deleted", "moved")
-                and Path(os.fsdecode(event.src_path)) == self._root
+                and Path(os.fsdecode(event.src_path)) == self._watched
             ):
                 self._notices.put(("gone", self._root))  # the watch died with the folder
             return
         if isinstance(event, FileMovedEvent):
             # dest "": moved out of the inbox; src "": moved in from a folder we don't watch
             if event.dest_path:
-                self._notices.put(("renamed", Path(os.fsdecode(event.dest_path))))
+                self._notices.put(("renamed", self._as_under_root(event.dest_path)))
             return
-        path = Path(os.fsdecode(event.src_path))
+        path = self._as_under_root(event.src_path)
         if isinstance(event, FileOpenedEvent):
             self._notices.put(("opened", path))
         elif isinstance(event, FileClosedEvent):  # closed after writing (IN_CLOSE_WRITE)
@@ -69,6 +76,12 @@ class EnqueueHandler(FileSystemEventHandler):
             self._notices.put(("created", path))
         elif isinstance(event, FileModifiedEvent):
             self._notices.put(("touched", path))
+
+    def _as_under_root(self, event_path: bytes | str) -> Path:
+        path = Path(os.fsdecode(event_path))
+        if self._watched == self._root:
+            return path
+        return self._root / path.relative_to(self._watched)
 
 
 def filesystem_type(path: Path) -> str:
@@ -156,6 +169,9 @@ def start_observer(
         # reported as the rename it is, not as a file created, so it is taken at once rather
         # than after the quiet period (no close-after-write ever follows such a "create").
         observer = InotifyObserver(generate_full_events=True)
-    observer.schedule(EnqueueHandler(inbox, notices), str(inbox), recursive=True)
+    # inotify does not look through a link: an inbox that is one (`inbox -> /mnt/scans`, made
+    # by its admin, as the library may be) is watched where it leads
+    watched = inbox.resolve()
+    observer.schedule(EnqueueHandler(inbox, notices, watched), str(watched), recursive=True)
     observer.start()
     return observer

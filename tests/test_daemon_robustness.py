@@ -307,6 +307,30 @@ def test_a_journal_rotated_or_deleted_while_running_goes_on_at_its_path(
     assert not (home.library / by_src(home)["third.jpg"]["dest"]).exists()
 
 
+def test_an_inbox_that_is_a_link_its_admin_made_is_watched_where_it_leads(
+    tmp_path: Path,
+) -> None:
+    """`inbox -> /mnt/scans`: inotify does not look through a link, so pictures arriving after
+    start-up used to wait for the 5-minute rescan."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    home = make_home(tmp_path, inbox="inbox-link")
+    (tmp_path / "inbox-link").symlink_to(scans)
+    publish_rgb_model(home.models, "v1")
+    daemon = Daemon(home).start()
+    try:
+        (scans / "late.jpg").write_bytes(jpeg_bytes("red", 1))
+        (scans / "deeper").mkdir()
+        (scans / "deeper" / "later.jpg").write_bytes(jpeg_bytes("blue", 2))
+        wait_until(lambda: len(home.file_events()) == 2, 10, "both sorted by their events")
+    finally:
+        assert daemon.stop() == 0
+    assert {e["src"]: e["dest"].split("/")[0] for e in home.file_events()} == {
+        "late.jpg": "red",
+        "deeper/later.jpg": "blue",
+    }
+
+
 def test_sort_dry_run_touches_nothing_then_sort_does_it(home: Home, tmp_path: Path) -> None:
     folder = tmp_path / "old photos"
     write_picture(folder / "a.jpg", "red", 1)
