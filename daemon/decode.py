@@ -69,7 +69,9 @@ def read_and_prepare(
         return result("unreadable: permission denied")
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return result("a symbolic link; sortbox never follows links in the inbox")
+            return result(
+                "a symbolic link; sortbox never follows a link inside the folders it sorts"
+            )
         return result(f"unreadable: {exc.strerror}")
     try:
         st = os.fstat(fd)

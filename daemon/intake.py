@@ -102,12 +102,15 @@ def collect(paths: list[Path], library: Path, ignore: list[str]) -> list[Arrival
     arrivals = []
     for given in paths:
         path = given.absolute()
-        if path.is_relative_to(library):
+        if path.is_symlink():
+            # named by the user, so followed (as `find -H` does); links inside never are
+            path = path.resolve()
+        if path.is_relative_to(library) or path.resolve().is_relative_to(library.resolve()):
             raise ValueError(f"{given} is inside the library; sortbox sorts into it, not from it")
-        if path.is_dir() and not path.is_symlink():
+        if path.is_dir():
             files: Iterator[Path] = walk_files(path, ignore)
             root = path
-        elif path.exists() or path.is_symlink():
+        elif path.exists():
             files, root = iter([path]), path.parent
         else:
             raise ValueError(f"{given}: no such file or folder")

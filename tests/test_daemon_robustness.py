@@ -331,6 +331,31 @@ def test_an_inbox_that_is_a_link_its_admin_made_is_watched_where_it_leads(
     }
 
 
+def test_sort_follows_the_links_it_is_given_but_never_those_inside(home: Home) -> None:
+    """`sortbox sort ~/Pictures` where ~/Pictures is a link: named by the user, so followed
+    (as `find -H` does). A link inside a folder is still never followed, and a link into the
+    library is refused like the library itself."""
+    photos = home.root / "elsewhere"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(jpeg_bytes("red", 1))
+    (photos / "inside-link.jpg").symlink_to(photos / "a.jpg")
+    (home.root / "elsewhere-b.jpg").write_bytes(jpeg_bytes("blue", 2))
+    (home.root / "pictures").symlink_to(photos)
+    (home.root / "one.jpg").symlink_to(home.root / "elsewhere-b.jpg")
+    result = sortbox("sort", "pictures", "one.jpg", config=home.config)
+    assert result.returncode == 0, result.stderr
+    decided = {e["src"]: (e["event"], e["reason"]) for e in home.file_events()}
+    assert decided["a.jpg"][0] == "sorted" and decided["elsewhere-b.jpg"][0] == "sorted"
+    assert decided["inside-link.jpg"] == (
+        "rejected",
+        "a symbolic link; sortbox never follows a link inside the folders it sorts",
+    )
+    home.library.mkdir(exist_ok=True)
+    (home.root / "library-link").symlink_to(home.library / "red")
+    refused = sortbox("sort", "library-link", config=home.config)
+    assert refused.returncode == 2 and "inside the library" in refused.stderr
+
+
 def test_sort_dry_run_touches_nothing_then_sort_does_it(home: Home, tmp_path: Path) -> None:
     folder = tmp_path / "old photos"
     write_picture(folder / "a.jpg", "red", 1)
