@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
-from sortbox.daemon.group import role_of
+from sortbox.daemon.group import alone_reason, role_of
 from sortbox.daemon.intake import Arrival, Identity, identity_of
 from sortbox.daemon.place import open_input
 from sortbox.daemon.preprocess import BadImage, Preprocessing, prepare
@@ -83,6 +83,12 @@ def read_and_prepare(
             return result(
                 f"too large: {st.st_size} bytes, the limit is {max_bytes}", identity, sha256
             )
+        if not decode and st.st_size > KEEP_BYTES:
+            # a large companion (a RAW file, a Live Photo's video): only its hash is needed,
+            # and the copy streams it again, so it is never held in memory whole
+            sha256 = _hash_stream(fd)
+            changed = identity_of(arrival.path) != identity
+            return dataclasses.replace(result(None, identity, sha256), changed=changed)
         data = _read_all(fd, st.st_size)
     except OSError as exc:
         return result(f"unreadable: {exc.strerror}")
@@ -94,8 +100,7 @@ def read_and_prepare(
         changed = identity_of(arrival.path) != identity
         return dataclasses.replace(result(None, identity, sha256, content=content), changed=changed)
     if role_of(arrival.path) == "sidecar":
-        problem = "a sidecar file whose picture did not arrive with it (within pair_wait_s)"
-        return result(problem, identity, sha256, content=content)
+        return result(alone_reason(arrival.path), identity, sha256, content=content)
     try:
         return result(
             None, identity, sha256, prepare(data, spec, max_pixels, arrival.path.name), content

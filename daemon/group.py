@@ -1,10 +1,11 @@
 """Grouping, the step between intake and the queue: a picture travels with its companions.
 
 A camera writes `IMG_0001.CR2` next to `IMG_0001.JPG`; a phone or an editor writes sidecars,
-`IMG_0001.AAE` or `IMG_0001.xmp` (or `IMG_0001.CR2.xmp`). Files of one group share a folder and
-a stem (case-insensitive). The group's picture (a JPEG, HEIC, ... anything not RAW) is
-classified once; its RAW file and sidecars are placed in the same class folder, and a sidecar
-is named after the picture it describes so photo tools still pair them.
+`IMG_0001.AAE` or `IMG_0001.xmp` (or `IMG_0001.CR2.xmp`); an iPhone's Live Photo is
+`IMG_0001.HEIC` with its video `IMG_0001.MOV`, which travels as a sidecar. Files of one group
+share a folder and a stem (case-insensitive). The group's picture (a JPEG, HEIC, ... anything
+not RAW) is classified once; its RAW file and sidecars are placed in the same class folder, and
+a sidecar is named after the picture it describes so photo tools still pair them.
 
 The daemon waits for partners only where it knows one is on its way: a picture whose RAW file
 or sidecar is still being written waits for it, at most `pair_wait_s`; a RAW file or sidecar
@@ -26,7 +27,9 @@ from typing import Literal
 from sortbox.daemon.intake import Arrival
 from sortbox.daemon.preprocess import is_raw
 
-SIDECAR_SUFFIXES = (".xmp", ".aae")
+# Files that describe or complete a picture and are never decoded: editors' sidecars, and the
+# video of an iPhone Live Photo (IMG_1.MOV beside IMG_1.HEIC), which goes where its still goes.
+SIDECAR_SUFFIXES = (".xmp", ".aae", ".mov")
 COMPANION_OF = "with "  # the journal's reason for a companion: "with 2026/IMG_0001.JPG"
 Role = Literal["picture", "raw", "sidecar"]
 
@@ -36,6 +39,16 @@ def role_of(path: Path) -> Role:
     if name.endswith(SIDECAR_SUFFIXES):
         return "sidecar"
     return "raw" if is_raw(name) else "picture"
+
+
+def alone_reason(path: Path) -> str:
+    """Why a sidecar that came without its picture is rejected."""
+    if path.name.lower().endswith(".mov"):
+        return (
+            "a video, and sortbox sorts pictures (a Live Photo's video goes with its still, "
+            "but none came within pair_wait_s)"
+        )
+    return "a sidecar file whose picture did not arrive with it (within pair_wait_s)"
 
 
 def group_key(path: Path) -> tuple[Path, str]:

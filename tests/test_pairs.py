@@ -193,3 +193,36 @@ def test_a_late_sidecar_whose_picture_folder_became_a_link_goes_to_review(tmp_pa
         Path(home.file_events()[0]["dest"]).name
     ]
     assert '"event": "paused"' not in daemon.log_text()
+
+
+def quicktime_movie(size: int) -> bytes:
+    """The shape of a Live Photo's video: a QuickTime `ftyp` box, then `size` bytes of media."""
+    ftyp = (20).to_bytes(4, "big") + b"ftypqt  " + b"\0\0\0\0" + b"qt  "
+    return ftyp + (size + 8).to_bytes(4, "big") + b"mdat" + bytes(range(256)) * (size // 256)
+
+
+def test_a_live_photos_video_goes_with_its_still_and_a_lone_video_says_what_it_is(
+    tmp_path: Path,
+) -> None:
+    """An iPhone import: IMG_0001.HEIC and its Live Photo video IMG_0001.MOV (40 MB: hashed
+    and copied as a stream, never held whole). The video used to be rejected as not an
+    image, into library/rejected/, away from its still."""
+    home = make_home(tmp_path, pair_wait_s=1.0)
+    publish_rgb_model(home.models, "v1")
+    video = quicktime_movie(40 << 20)
+    daemon = Daemon(home).start()
+    try:
+        (home.inbox / "IMG_0001.HEIC").write_bytes(encode(picture("green", 1), "HEIF"))
+        (home.inbox / "IMG_0001.MOV").write_bytes(video)
+        (home.inbox / "clip.mov").write_bytes(quicktime_movie(4096))
+        wait_until(lambda: len(home.file_events()) == 3, 30, "three files decided")
+    finally:
+        daemon.stop()
+    by_src = {e["src"]: e for e in home.file_events()}
+    still, motion = by_src["IMG_0001.HEIC"], by_src["IMG_0001.MOV"]
+    assert still["dest"].startswith("green/") and motion["event"] == "sorted"
+    assert motion["dest"] == still["dest"].rsplit(".", 1)[0] + ".mov"
+    assert motion["reason"] == f"{COMPANION_OF}IMG_0001.HEIC"
+    assert (home.library / motion["dest"]).read_bytes() == video
+    lone = by_src["clip.mov"]
+    assert lone["event"] == "rejected" and lone["reason"].startswith("a video, and sortbox sorts")
