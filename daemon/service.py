@@ -76,6 +76,8 @@ _MODEL_CHECK_INTERVAL_S = 1.0
 _INBOX_CHECK_INTERVAL_S = 1.0
 _DRAIN_TIMEOUT_S = 5.0
 _OVERFLOW_RESCAN_DELAY_S = 1.0
+# A file some program keeps open this long is named in the log (once): it waits, not silently
+HELD_OPEN_WARNING_S = 60.0
 _LIVE_SETTINGS = {"target_precision", "audit_rate"}  # what SIGHUP applies without a restart
 # Work waiting and no batch finished for this long: something is stuck. Stop pinging the
 # watchdog and exit 1 rather than look healthy while doing nothing.
@@ -357,6 +359,13 @@ class Service:
                     self.grouper.forget(path)  # nothing to wait for
             for arrival in self.grouper.take_ready():
                 self._admit(arrival)
+            for path in self.tracker.held_open(HELD_OPEN_WARNING_S):
+                log.warning(
+                    "still_open",
+                    path=str(path),
+                    waiting_s=HELD_OPEN_WARNING_S,
+                    hint="a program still has it open; sortbox takes it once it is closed",
+                )
             self.metrics.queue_depth = self.tracker.waiting + self.grouper.holding
 
     def _watch_inbox(self) -> None:

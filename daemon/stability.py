@@ -31,6 +31,8 @@ class _Candidate:
     confirmed: int = 0  # checks in a row, a quiet period apart, that found it unchanged
     # created while we watched: every writer's open was seen, so the last close is the end
     writers_known: bool = False
+    open_since: float | None = None  # when its writers went from none to some
+    said_held_open: bool = False
 
 
 class StabilityTracker:
@@ -95,6 +97,8 @@ class StabilityTracker:
     def opened(self, path: Path) -> None:
         with self._lock:
             candidate = self._candidates.setdefault(path, _Candidate(None, self._clock()))
+            if candidate.writers == 0:
+                candidate.open_since = self._clock()
             candidate.writers += 1
 
     def closed(self, path: Path, wrote: bool = False) -> None:
@@ -107,11 +111,31 @@ class StabilityTracker:
             if candidate is None:
                 return
             candidate.writers = max(0, candidate.writers - 1)
+            if candidate.writers == 0:
+                candidate.open_since, candidate.said_held_open = None, False
             candidate.identity = identity_of(path)
             candidate.confirmed = 0
             candidate.changed_at = self._clock()
             if wrote and candidate.writers_known and candidate.writers == 0:
                 self._complete_now(candidate)
+
+    def held_open(self, longer_than_s: float) -> list[Path]:
+        """Files some program has had open longer than this, each named once: inotify cannot
+        tell a reader from a writer, so a program that keeps a file open (a stalled copy, a
+        media server) makes it wait, and the wait must not be silent."""
+        now = self._clock()
+        with self._lock:
+            held = [
+                (path, candidate)
+                for path, candidate in self._candidates.items()
+                if candidate.writers > 0
+                and not candidate.said_held_open
+                and candidate.open_since is not None
+                and now - candidate.open_since >= longer_than_s
+            ]
+            for _, candidate in held:
+                candidate.said_held_open = True
+        return [path for path, _ in held]
 
     def events_lost(self) -> None:
         """The kernel dropped events (inotify's queue overflowed): a close we never got would

@@ -312,6 +312,26 @@ def test_a_close_the_kernel_dropped_does_not_keep_a_file_waiting_for_ever(tmp_pa
     assert [p for p, _ in tracker.take_stable()] == [path]
 
 
+def test_a_file_some_program_keeps_open_is_named_once_not_waited_for_silently(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    tracker = StabilityTracker(quiet_period_s=1.0, clock=lambda: now[0])
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"1")
+    tracker.created(path)
+    tracker.opened(path)  # a copy that stalled, or a program that holds the file
+    now[0] = 59.0
+    assert tracker.held_open(60.0) == []
+    now[0] = 61.0
+    assert tracker.held_open(60.0) == [path]
+    now[0] = 500.0
+    assert tracker.held_open(60.0) == [] and tracker.take_stable() == []  # said once, waits
+    tracker.closed(path)
+    now[0] = 501.1
+    assert [p for p, _ in tracker.take_stable()] == [path]
+
+
 def test_polling_needs_two_unchanged_checks_and_a_rename_needs_no_quiet_period(
     tmp_path: Path,
 ) -> None:
