@@ -556,7 +556,9 @@ def exfat_tools() -> tuple[dict[str, str], dict[str, str]]:
             pytest.skip(f"exFAT tools not installed; apt-get download: {fetched.stderr[-300:]}")
         for package in EXFAT_TOOLS.glob("*.deb"):
             subprocess.run(["dpkg", "-x", str(package), str(unpacked)], check=True)
-    libraries = [str(unpacked / "lib/x86_64-linux-gnu"), str(unpacked / "usr/lib/x86_64-linux-gnu")]
+    libraries = [
+        str(p) for p in (*unpacked.glob("lib/*-linux-*"), *unpacked.glob("usr/lib/*-linux-*"))
+    ]
     environment = {**os.environ, "LD_LIBRARY_PATH": ":".join(libraries)}
     tools = {
         "mkfs.exfat": str(unpacked / "usr/sbin/mkfs.exfat"),
