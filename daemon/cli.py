@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 from sortbox.daemon.manifest import ModelError
+from sortbox.daemon.notify import AnotherDaemon
 from sortbox.daemon.settings import ConfigError, Settings, UsageError, load_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_PUBLISHED = 0, 1, 2, 3
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except ModelError as exc:
         print(f"sortbox: model problem: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except AnotherDaemon as exc:
+        print(f"sortbox: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except TrainerMissing:
         print(f"sortbox: {TRAINER_MISSING}", file=sys.stderr)

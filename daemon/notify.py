@@ -8,6 +8,7 @@ call is a no-op, so the same code runs in a terminal.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -66,12 +67,21 @@ def state_file_of(library: Path) -> Path:
     return library / STATE_FOLDER / "daemon.json"
 
 
+class AnotherDaemon(Exception):
+    """A daemon is already sorting into this library."""
+
+
 class StateFile:
     """The daemon's state for `sortbox status` ("sorting", "paused: library disk full"),
     in a small file rewritten in place.
 
     Its blocks are allocated once at start-up and then only overwritten, so the state can
-    still be told when the disk it lives on is full, which is exactly when it matters."""
+    still be told when the disk it lives on is full, which is exactly when it matters.
+
+    It is also what makes a daemon the only one on its library: a second `sortbox run` (a
+    terminal beside the service) would decode everything again and overwrite this state.
+    The daemon holds an flock on the file for its life; kill -9 releases it.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -79,7 +89,21 @@ class StateFile:
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            os.pwrite(self._fd, b" " * STATE_FILE_BYTES, 0)
+        if self._fd >= 0:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._fd)
+                self._fd = -1
+                other = (read_state(path) or {}).get("pid", "unknown")
+                raise AnotherDaemon(
+                    f"another sortbox daemon (pid {other}) is already sorting into "
+                    f"{path.parent.parent}; stop it first (systemctl stop sortbox)"
+                ) from None
+            except OSError:
+                pass  # a filesystem without locks: the state is still worth writing
+            with contextlib.suppress(OSError):
+                os.pwrite(self._fd, b" " * STATE_FILE_BYTES, 0)
 
     def write(self, state: dict[str, object]) -> None:
         if self._fd < 0:

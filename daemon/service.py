@@ -178,6 +178,8 @@ class Service:
         if not self._dry_run:
             for folder in (s.library, s.models_dir, s.journal.parent):
                 folder.mkdir(parents=True, exist_ok=True)
+        # first: a second daemon on this library stops here, before it loads or touches a thing
+        self._state = StateFile(state_file_of(s.library)) if self.watching else None
         self.classifier = load_current(
             s.models_dir, s.inference_threads, s.inference_run_size, s.target_precision
         )
@@ -191,7 +193,6 @@ class Service:
         )
         self._warm_up()
         self.metrics.model = self.classifier.version
-        self._state = StateFile(state_file_of(s.library)) if self.watching else None
 
         self._start_thread(self._placer_loop, "placer")
         for n in range(s.decode_workers):

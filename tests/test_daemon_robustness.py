@@ -356,6 +356,24 @@ def test_sort_follows_the_links_it_is_given_but_never_those_inside(home: Home) -
     assert refused.returncode == 2 and "inside the library" in refused.stderr
 
 
+def test_a_second_daemon_on_the_same_library_refuses_to_start(home: Home) -> None:
+    """`sortbox run` in a terminal beside the service: it used to run too, decoding every
+    picture again and overwriting the state `sortbox status` shows. kill -9 frees the place."""
+    first = Daemon(home).start()
+    try:
+        second = sortbox("run", config=home.config, timeout=60)
+        assert second.returncode == 1
+        assert f"another sortbox daemon (pid {first.process.pid}) is already sorting" in (
+            second.stderr
+        )
+        (home.inbox / "still.jpg").write_bytes(jpeg_bytes("red", 1))
+        wait_until(lambda: "still.jpg" in by_src(home), 20, "the first daemon sorting on")
+    finally:
+        first.kill()
+    after = Daemon(home).start()
+    assert after.stop() == 0
+
+
 def test_sort_dry_run_touches_nothing_then_sort_does_it(home: Home, tmp_path: Path) -> None:
     folder = tmp_path / "old photos"
     write_picture(folder / "a.jpg", "red", 1)
