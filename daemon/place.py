@@ -188,29 +188,33 @@ def _link_or_adopt(temporary: str, name: str, folder_fd: int, expected_sha256: s
     """Give the temporary copy its final name; True if it has it now, or that name already
     holds the same content (a copy made before a crash). False: taken by other content."""
     try:
-        os.link(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        give_name(temporary, name, folder_fd)
     except FileExistsError:
         return same_content(name, expected_sha256, folder_fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-        return _rename_if_free(temporary, name, folder_fd, expected_sha256)
     return True
 
 
-def _rename_if_free(temporary: str, name: str, folder_fd: int, expected_sha256: str) -> bool:
-    """`_link_or_adopt` where there are no hard links (exFAT, FAT, some FUSE and SMB mounts).
+def give_name(temporary: str, name: str, folder_fd: int) -> None:
+    """Give a finished temporary file in the open folder its final name, never replacing a
+    file of that name (FileExistsError).
 
-    A rename is as atomic as a link, so a crash never leaves part of a copy under the final
-    name, but it replaces a name taken meanwhile: the name is checked first. Another
-    sortbox placing the same content in between replaces it with the same bytes.
+    A hard link does it in one step. Where there are none (exFAT, FAT, some FUSE and SMB
+    mounts) the name is checked, then the file renamed: as atomic, so a crash never leaves
+    part of a file under the final name, though a file given that name in between would be
+    replaced. Only another sortbox uses these names, with the same bytes under the same one.
     """
+    try:
+        os.link(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
     try:
         os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
     except FileNotFoundError:
         os.rename(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
-        return True
-    return same_content(name, expected_sha256, folder_fd)
+        return
+    raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
 
 
 def write_verified_temp(source: Path, folder: Path, folder_fd: int, expected_sha256: str) -> str:

@@ -7,6 +7,7 @@ user has moved or edited since is left alone. Where the original was removed
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +25,7 @@ from sortbox.daemon.journal import (
     read_journal,
 )
 from sortbox.daemon.manifest import fsync_dir
-from sortbox.daemon.place import same_content, write_verified_temp
+from sortbox.daemon.place import give_name, same_content, write_verified_temp
 
 
 @dataclass(frozen=True)
@@ -129,9 +130,10 @@ def _restore(copy: Path, original: Path, sha256: str) -> None:
         temporary = write_verified_temp(copy, original.parent, folder_fd, sha256)
         try:
             # exclusive: fails if a file appeared there meanwhile
-            os.link(temporary, original.name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+            give_name(temporary, original.name, folder_fd)
         finally:
-            os.unlink(temporary, dir_fd=folder_fd)
+            with contextlib.suppress(FileNotFoundError):  # renamed, where there are no links
+                os.unlink(temporary, dir_fd=folder_fd)
             os.fsync(folder_fd)
     finally:
         os.close(folder_fd)

@@ -639,6 +639,32 @@ def test_a_library_on_an_exfat_disk_gets_every_picture_whole_even_killed_mid_cop
     assert placed["photo.jpg."].endswith(".jpg"), placed["photo.jpg."]
 
 
+def test_a_camera_card_as_the_inbox_in_delete_mode_is_emptied_and_undo_puts_it_back(
+    tmp_path: Path,
+) -> None:
+    """The inbox on an exFAT card (polled: FUSE), on_success = "delete": each original is
+    removed once its copy is durable, and `sortbox undo` puts them back on the card, which
+    has no hard links to make that exclusive with."""
+    home = make_home(tmp_path, on_success="delete", inbox="card")
+    publish_rgb_model(home.models, "v1")
+    photos = real_photos(3)
+    with exfat_disk(tmp_path / "card") as card:
+        (card / "DCIM").mkdir()
+        for n, data in enumerate(photos):
+            (card / "DCIM" / f"IMG_{n:04}.JPG").write_bytes(data)
+        daemon = Daemon(home).start()
+        try:
+            wait_until(lambda: not list((card / "DCIM").iterdir()), 30, "the card emptied")
+        finally:
+            assert daemon.stop() == 0
+        assert '"watch_mode": "poll"' in daemon.log_text()
+        undone = sortbox("undo", "--since", "1h", config=home.config)
+        assert undone.returncode == 0, undone.stderr
+        back = sorted((card / "DCIM").iterdir())
+        assert [p.read_bytes() for p in back] == photos
+        assert home.library_files() == []
+
+
 # -- broken models, early signals, dead workers ------------------------------------------------
 
 
