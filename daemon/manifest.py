@@ -6,6 +6,7 @@ symlink over it, so readers always see either the old or the new model, never a 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -187,7 +188,16 @@ def point_current_to(models_dir: Path, version: str) -> None:
     if not (models_dir / version / MANIFEST_FILE).is_file():
         raise ModelError(f"no published model {version!r} in {models_dir}")
     with replacing(models_dir / CURRENT) as temporary:
-        os.symlink(version, temporary)
+        try:
+            os.symlink(version, temporary)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP):
+                raise
+            raise ModelError(
+                f"{models_dir} is on a filesystem without symbolic links (FAT, exFAT), which "
+                "`current` is: keep models_dir on a Linux filesystem; only the library needs "
+                "the big disk"
+            ) from None
     fsync_dir(models_dir)
 
 

@@ -41,6 +41,7 @@ from conftest import (
     wait_until,
 )
 from PIL import Image
+from sortbox.daemon.manifest import ModelError
 from sortbox.daemon.place import LIBRARY_NAME, TEMP_PREFIX
 from sortbox.daemon.preprocess import MAX_ASPECT_RATIO
 
@@ -663,6 +664,17 @@ def test_a_camera_card_as_the_inbox_in_delete_mode_is_emptied_and_undo_puts_it_b
         back = sorted((card / "DCIM").iterdir())
         assert [p.read_bytes() for p in back] == photos
         assert home.library_files() == []
+
+
+def test_models_on_a_disk_without_symbolic_links_are_refused_saying_where_to_keep_them(
+    tmp_path: Path,
+) -> None:
+    """`current` is a symbolic link, which exFAT cannot hold: publishing there used to end in
+    "Function not implemented"."""
+    with exfat_disk(tmp_path / "usb") as usb, pytest.raises(ModelError) as refused:
+        publish_rgb_model(usb / "models", "v1")
+    assert "without symbolic links (FAT, exFAT)" in str(refused.value)
+    assert "keep models_dir on a Linux filesystem" in str(refused.value)
 
 
 # -- broken models, early signals, dead workers ------------------------------------------------
