@@ -220,6 +220,7 @@ class Journal:
             return
         log.warning("journal_replaced", path=str(self.path))
         replaced = self._fd
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # its folder may have gone too
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         os.close(replaced)
         fsync_dir(self.path.parent)

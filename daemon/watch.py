@@ -79,7 +79,7 @@ class EnqueueHandler(FileSystemEventHandler):
 
     def _as_under_root(self, event_path: bytes | str) -> Path:
         path = Path(os.fsdecode(event_path))
-        if self._watched == self._root:
+        if self._watched == self._root or not path.is_relative_to(self._watched):
             return path
         return self._root / path.relative_to(self._watched)
 
