@@ -79,9 +79,13 @@ def read_and_prepare(
         if not stat.S_ISREG(st.st_mode):
             return result("not a regular file", identity)
         if st.st_size > max_bytes:
-            sha256 = _hash_stream(fd)
+            # never read, hashed or copied: `truncate -s 1T x.jpg` is a file of this size, and
+            # reading it would take hours and copying it fill the library's disk. It stays in
+            # the inbox, whatever on_success says, and is not looked at again unless it changes.
             return result(
-                f"too large: {st.st_size} bytes, the limit is {max_bytes}", identity, sha256
+                f"too large: {st.st_size} bytes, the limit is {max_bytes} (max_file_mb); "
+                "left in the inbox, not copied",
+                identity,
             )
         if not decode and st.st_size > KEEP_BYTES:
             # a large companion (a RAW file, a Live Photo's video): only its hash is needed,

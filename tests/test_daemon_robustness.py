@@ -374,6 +374,29 @@ def test_a_second_daemon_on_the_same_library_refuses_to_start(home: Home) -> Non
     assert after.stop() == 0
 
 
+def test_a_file_beyond_max_file_mb_is_neither_read_nor_copied_and_stays(tmp_path: Path) -> None:
+    """`truncate -s 1T huge.jpg` in the inbox: a terabyte to read, hash and copy into
+    rejected/ (until the library's disk was full). Now it is rejected at once, saying why,
+    and stays in the inbox, even in delete mode; the daemon goes on."""
+    home = make_home(tmp_path, on_success="delete", max_file_mb=1.0)
+    publish_rgb_model(home.models, "v1")
+    daemon = Daemon(home).start()
+    try:
+        with (home.inbox / "huge.jpg").open("wb") as sparse:
+            sparse.truncate(1 << 40)  # no block of it on the disk
+        wait_until(lambda: "huge.jpg" in by_src(home), 10, "the huge file rejected")
+        (home.inbox / "after.jpg").write_bytes(jpeg_bytes("blue", 3))
+        wait_until(lambda: "after.jpg" in by_src(home), 10, "the next picture sorted")
+    finally:
+        assert daemon.stop() == 0
+    huge = by_src(home)["huge.jpg"]
+    assert huge["event"] == "rejected" and huge["dest"] is None
+    assert huge["reason"].startswith(f"too large: {1 << 40} bytes, the limit is 1048576")
+    assert "left in the inbox, not copied" in huge["reason"]
+    assert (home.inbox / "huge.jpg").stat().st_size == 1 << 40
+    assert not (home.library / "rejected").exists()
+
+
 def test_sort_dry_run_touches_nothing_then_sort_does_it(home: Home, tmp_path: Path) -> None:
     folder = tmp_path / "old photos"
     write_picture(folder / "a.jpg", "red", 1)
