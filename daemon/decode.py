@@ -90,17 +90,16 @@ def read_and_prepare(
         if not decode and st.st_size > KEEP_BYTES:
             # a large companion (a RAW file, a Live Photo's video): only its hash is needed,
             # and the copy streams it again, so it is never held in memory whole
-            sha256 = _hash_stream(fd)
-            changed = identity_of(arrival.path) != identity
-            return dataclasses.replace(result(None, identity, sha256), changed=changed)
-        data = _read_all(fd, st.st_size)
+            data, sha256 = None, _hash_stream(fd)
+        else:
+            data = _read_all(fd, st.st_size)
+            sha256 = hashlib.sha256(data).hexdigest()
     except OSError as exc:
         return result(f"unreadable: {exc.strerror}")
     finally:
         os.close(fd)
-    sha256 = hashlib.sha256(data).hexdigest()
-    content = data if len(data) <= KEEP_BYTES else None
-    if not decode:  # a companion: its bytes are all that matter
+    content = data if data is not None and len(data) <= KEEP_BYTES else None
+    if not decode or data is None:  # a companion: its bytes are all that matter
         changed = identity_of(arrival.path) != identity
         return dataclasses.replace(result(None, identity, sha256, content=content), changed=changed)
     if role_of(arrival.path) == "sidecar":
