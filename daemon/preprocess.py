@@ -54,6 +54,10 @@ MAX_DECODED_BYTES = 200_000_000
 # HEICs decoded together would need 700 MB at once (libheif holds its planes besides the RGB).
 LARGE_DECODE_BYTES = 48_000_000
 _ONE_LARGE_DECODE_AT_A_TIME = threading.Lock()  # memory is the process's, so is the lock
+# A progressive JPEG is decoded once per scan, whatever draft mode saves: a file built of
+# millions of tiny scans takes hours (libjpeg-turbo advises a limit too). Encoders write about
+# ten; the limit leaves room for previews embedded in the same file.
+MAX_JPEG_SCANS = 256
 # Camera RAW files. They are classified from the JPEG preview every camera embeds (no
 # demosaicing), read with rawpy, the optional `raw` extra.
 RAW_SUFFIXES = (".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf")
@@ -89,6 +93,8 @@ def decode_rgb(data: bytes, min_side: int, max_pixels: int, name: str = "") -> I
         image = Image.open(io.BytesIO(data), formats=_openable())
         check_size(image.size, max_pixels)
         if image.format in ("JPEG", "MPO"):
+            if image.info.get("progressive"):
+                _check_scans(data)
             image.draft("RGB", _draft_size(image.size, min_side, _exif_orientation(image)))
         decoded_bytes = _decoded_bytes(image)  # at the size it will be decoded
         if decoded_bytes > MAX_DECODED_BYTES:
@@ -114,6 +120,17 @@ def decode_rgb(data: bytes, min_side: int, max_pixels: int, name: str = "") -> I
         # Corrupt files make Pillow's decoders raise almost anything (OSError, SyntaxError,
         # but also RuntimeError, TypeError, NotImplementedError ...): all mean "cannot decode".
         raise BadImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
+
+
+def _check_scans(data: bytes) -> None:
+    # a start-of-scan marker (FF DA) never occurs inside coded data, where every FF is
+    # followed by 00 or a restart marker: counting it counts the scans (metadata aside)
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise BadImage(
+            f"a progressive JPEG of {scans} scans, more than the {MAX_JPEG_SCANS} sortbox "
+            "decodes: no camera or editor writes that many, and decoding it could take hours"
+        )
 
 
 def _decoded_bytes(image: Image.Image) -> int:

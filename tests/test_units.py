@@ -134,6 +134,25 @@ def test_phone_photos_and_page_scans_beyond_40_megapixels_are_decoded_within_bud
         prepare(poster, SPEC, 250_000_000)
 
 
+def test_a_progressive_jpeg_built_of_endless_scans_is_refused_before_decoding() -> None:
+    """Every scan of a progressive JPEG is decoded, draft mode or not: a file of a million tiny
+    scans takes hours (here 300 repeats of a real scan stand in for them)."""
+    progressive = encode(picture_like_a_photo(), "JPEG", quality=90, progressive=True)
+    assert prepare(progressive, SPEC, 10**8).shape == (3, 56, 56)
+    first_scan = progressive.index(b"\xff\xda")
+    second_scan = progressive.index(b"\xff\xda", first_scan + 2)
+    end = progressive.rindex(b"\xff\xd9")
+    scan = progressive[first_scan:second_scan]
+    endless = progressive[:end] + scan * 300 + progressive[end:]
+    with pytest.raises(BadImage, match=r"a progressive JPEG of 3\d\d scans, more than the 256"):
+        prepare(endless, SPEC, 10**8)
+
+
+def picture_like_a_photo() -> Image.Image:
+    rng = np.random.default_rng(3)
+    return Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+
+
 def test_vanished_file_is_a_reason_not_a_crash(tmp_path: Path) -> None:
     arrival = Arrival(tmp_path / "gone.jpg", tmp_path, Identity(1, 1, 1))
     decoded = read_and_prepare(arrival, SPEC, 10**8, 10**9)
