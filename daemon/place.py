@@ -143,7 +143,7 @@ def _candidate_names(original_name: str, sha256: str, preferred_name: str | None
     """Names to try in order: longer hash prefixes when a name is taken by other content, and
     last `image.<hash>.<ext>` in case the filesystem refuses the original's stem."""
     names = [library_name(original_name, sha256, n) for n in (HASH_CHARS, 24, 64)]
-    names.append(library_name(original_name, sha256, 64, keep_stem=False))
+    names.append(library_name(original_name, sha256, keep_stem=False))
     return [preferred_name, *names] if preferred_name else names
 
 

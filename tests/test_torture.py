@@ -42,7 +42,7 @@ from conftest import (
 )
 from PIL import Image
 from sortbox.daemon.manifest import ModelError
-from sortbox.daemon.place import LIBRARY_NAME, TEMP_PREFIX
+from sortbox.daemon.place import LIBRARY_NAME, TEMP_PREFIX, copy_into
 from sortbox.daemon.preprocess import MAX_ASPECT_RATIO
 
 SORT = [sys.executable, "-m", "sortbox.daemon.cli", "sort"]
@@ -642,6 +642,16 @@ def test_a_library_on_an_exfat_disk_gets_every_picture_whole_even_killed_mid_cop
             assert daemon.stop() == 0
         placed = {e["src"]: e["dest"] for e in home.file_events()}
         check_invariants(home, photos)  # each whole, once, its content the hash in its name
+        # a name the disk refuses (a sidecar named after a picture placed elsewhere before)
+        # is passed over for the next one, not retried for ever
+        sidecar = b"<x:xmpmeta/>"
+        source = tmp_path / "IMG_1.xmp"
+        source.write_bytes(sidecar)
+        digest = sha256(sidecar)
+        given = copy_into(
+            source, home.library / "red", "IMG_1.xmp", digest, sidecar, preferred_name="IMG:1.xmp"
+        )
+        assert given.name == f"IMG_1.{digest[:12]}.xmp" and given.read_bytes() == sidecar
     refused = set('<>:"\\|?*')
     for name in awkward:
         placed_name = placed[name].split("/")[1]
