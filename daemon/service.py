@@ -336,6 +336,7 @@ class Service:
                 if self._inbox_replaced():
                     self._watch_inbox()
                     next_rescan = 0.0
+                self._name_files_held_open()
                 next_inbox_check = now + _INBOX_CHECK_INTERVAL_S
             if self._rescan_soon:
                 self._rescan_soon = False
@@ -360,14 +361,17 @@ class Service:
                     self.grouper.forget(path)  # nothing to wait for
             for arrival in self.grouper.take_ready():
                 self._admit(arrival)
-            for path in self.tracker.held_open(HELD_OPEN_WARNING_S):
-                log.warning(
-                    "still_open",
-                    path=str(path),
-                    waiting_s=HELD_OPEN_WARNING_S,
-                    hint="a program still has it open; sortbox takes it once it is closed",
-                )
             self.metrics.queue_depth = self.tracker.waiting + self.grouper.holding
+
+    def _name_files_held_open(self) -> None:
+        # once a second, with the inbox check: not at every event, through every waiting file
+        for path in self.tracker.held_open(HELD_OPEN_WARNING_S):
+            log.warning(
+                "still_open",
+                path=str(path),
+                waiting_s=HELD_OPEN_WARNING_S,
+                hint="a program still has it open; sortbox takes it once it is closed",
+            )
 
     def _watch_inbox(self) -> None:
         inbox = self.settings.inbox
