@@ -27,7 +27,9 @@ from sortbox.trainer.publish import publish
 register_heif_opener()  # the tests write HEIC with pillow-heif's own encoder
 
 REPO = Path(__file__).resolve().parent.parent
-CLOTHING10 = REPO.parent / "shared" / "data" / "clothing10"
+# real CC0 photos inside the repository (tests/data/make_photos.py made them), so every test
+# that needs real pictures runs from a fresh clone (#32); ../shared is for benchmarks only
+CLOTHING10 = REPO / "tests" / "data" / "clothing10"
 RGB_CLASSES = ["red", "green", "blue"]
 
 

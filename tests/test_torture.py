@@ -492,7 +492,8 @@ def test_full_library_disk_pauses_then_resumes_by_itself(tmp_path: Path) -> None
     """Item 7: no hot loop, one log line per state change, status says so, resumes alone."""
     home = make_home(tmp_path)
     publish_rgb_model(home.models, "v1")
-    with small_tmpfs(home.library, "600k"):
+    # 24 photos of 320 px (tests/data/clothing10) are about 470 kB: more than the disk holds
+    with small_tmpfs(home.library, "360k"):
         daemon = Daemon(home).start()
         try:
             photos = real_photos(24, size=400)
