@@ -50,10 +50,16 @@ DESCRIPTION = "sortbox-export.json"
 CONFIG = "config.toml"
 JOURNAL = "journal.jsonl"
 MODELS = "models"
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 def export_archive(settings: Settings, config: Path, archive: Path) -> dict[str, Any]:
     """Write the archive (never over an existing file); return its description."""
+    if not archive.name.endswith(ARCHIVE_SUFFIXES):
+        # `export b.zip` once wrote an uncompressed tar under that name (#32)
+        raise UsageError(
+            f"{archive}: sortbox writes a tar archive; name it .tar, or .tar.gz to compress"
+        )
     if archive.exists():
         raise UsageError(f"{archive} already exists; sortbox never overwrites a file")
     versions = [version for version, _ in published_versions(settings.models_dir)]

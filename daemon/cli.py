@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -20,17 +21,36 @@ from sortbox.daemon.notify import AnotherDaemon
 from sortbox.daemon.settings import ConfigError, Settings, UsageError, load_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_PUBLISHED = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a tool SIGPIPE ended
 TRAINER_MISSING = (
     "this command needs the trainer, which is not installed: run  pip install -e '.[train]'"
 )
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, so that a reader gone early is caught below, not at exit
+        return code
+    except BrokenPipeError:
+        # `sortbox status | head`: the reader stopped reading, as it may (#32). Stop quietly,
+        # as tools killed by SIGPIPE do; point stdout at /dev/null so that the interpreter's
+        # last flush cannot fail again. Not SIG_DFL: a daemon must never die of a pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(devnull, stream.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.handler is import_command:  # makes the config it would otherwise need
             return import_command(args)
+        if args.handler is completion_command:  # needs no config
+            return completion_command(parser, args)
         settings = load_settings(args.config)
         configure_logging(settings.log_level)
         return int(args.handler(settings, args) or EXIT_OK)
@@ -56,6 +76,7 @@ class TrainerMissing(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sortbox", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sortbox {installed_version()}")
     parser.add_argument(
         "--config",
         type=Path,
@@ -157,7 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     units = command("install-units", install_units_command, "write systemd units for this install")
     units.add_argument("--user", action="store_true", help="user units (~/.config/systemd/user)")
     units.add_argument("--target", type=Path, help="write into this folder instead")
+
+    completion = command(
+        "completion",
+        completion_command,
+        'print a shell completion script: eval "$(sortbox completion bash)"',
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"])
     return parser
+
+
+def installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sortbox")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def configure_logging(level: str) -> None:
@@ -300,12 +337,21 @@ def report_sorted(events: list, dry_run: bool) -> None:
 
 
 def undo_command(settings: Settings, args: argparse.Namespace) -> int:
+    from sortbox.daemon.console import plural
     from sortbox.daemon.journal import Journal
     from sortbox.daemon.pipeline import locked
-    from sortbox.daemon.undo import undo_one, undoable
+    from sortbox.daemon.undo import placing_versions, undo_one, undoable
 
     chosen = args.last is not None or args.since is not None or args.model is not None
     last = args.last if chosen else 1
+    if args.model is not None:
+        known = placing_versions(settings.journal)
+        if args.model not in known:
+            # a typo must not read as "nothing to undo" (#32)
+            raise UsageError(
+                f"no model version {args.model!r} placed anything; the versions that did: "
+                f"{', '.join(known) or 'none yet'}"
+            )
     events = undoable(settings.journal, last, args.since, args.model)
     if not events:
         print("nothing to undo", file=sys.stderr)
@@ -323,26 +369,52 @@ def undo_command(settings: Settings, args: argparse.Namespace) -> int:
                     # resetting a model leaves what the user touched alone by design
                     left_alone += 1
                     failures += args.model is None
-                status = (
-                    "would undo"
-                    if args.dry_run and outcome.undone
-                    else ("undone" if outcome.undone else "skipped")
-                )
+                if outcome.undone is None:
+                    status = "would skip" if args.dry_run else "skipped"
+                else:
+                    status = "would undo" if args.dry_run else "undone"
                 print(f"{status:10} {event.src}: {outcome.message}")
     finally:
         if journal is not None:
             journal.close()
-    print(f"{len(events) - left_alone} undone, {left_alone} left alone", file=sys.stderr)
+    if args.dry_run:
+        files = plural(len(events) - left_alone, "file")
+        print(
+            f"dry run: would undo {files}, would leave {left_alone} alone; nothing was changed",
+            file=sys.stderr,
+        )
+    else:
+        print(f"{len(events) - left_alone} undone, {left_alone} left alone", file=sys.stderr)
     return EXIT_FAILURE if failures else EXIT_OK
 
 
 def explain_command(settings: Settings, args: argparse.Namespace) -> int:
     from sortbox.daemon.explain import explain_files, render
 
-    answers = explain_files(args.files, settings)
+    files = files_to_explain(args.files, settings.ignore)
+    if not files:
+        print("sortbox: no pictures to explain in those folders", file=sys.stderr)
+        return EXIT_FAILURE
+    answers = explain_files(files, settings)
     for answer in answers:
         print(json.dumps(answer) if args.json else render(answer))
     return EXIT_FAILURE if any(a["folder"] is None for a in answers) else EXIT_OK
+
+
+def files_to_explain(given: list[Path], ignore: list[str]) -> list[Path]:
+    """A folder stands for every file in it, walked as `sort` walks it (hidden and ignored
+    files left out, links inside not followed), in name order; named as the user named the
+    folder. `explain library/objects` asks why each of those was put there (#32)."""
+    from sortbox.daemon.intake import walk_files
+
+    files: list[Path] = []
+    for path in given:
+        if path.is_dir():
+            found = sorted(walk_files(path.absolute(), ignore))
+            files += [path / file.relative_to(path.absolute()) for file in found]
+        else:
+            files.append(path)
+    return files
 
 
 def _trainer() -> object:
@@ -396,6 +468,7 @@ def models_rollback_command(settings: Settings, args: argparse.Namespace) -> int
     from sortbox.daemon.manifest import (
         current_version,
         point_current_to,
+        published_versions,
         read_manifest,
         verify_model_file,
     )
@@ -410,10 +483,71 @@ def models_rollback_command(settings: Settings, args: argparse.Namespace) -> int
             raise UsageError(
                 f"{current} has no parent version; name one: sortbox models rollback VERSION"
             )
+    versions = [version for version, _ in published_versions(settings.models_dir)]
+    if target not in versions:
+        # a typo must not read as a broken model folder (#32)
+        raise UsageError(
+            f"no published model version {target!r}; the versions: {', '.join(versions) or 'none'}"
+            " (sortbox models list)"
+        )
     verify_model_file(settings.models_dir / target, read_manifest(settings.models_dir / target))
     point_current_to(settings.models_dir, target)
     print(json.dumps({"current": target}))
     return EXIT_OK
+
+
+def completion_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """A bash completion script made from the parser itself, so it never drifts from the
+    commands; zsh runs it through bashcompinit."""
+    options = {"": [a for a in _option_strings(parser) if a != "--config"]}
+    for name, sub in _subcommands(parser).items():
+        options[name] = [*_option_strings(sub), "--config"]
+        for action_name, action in _subcommands(sub).items():  # `models list`, `models rollback`
+            options[f"{name} {action_name}"] = [*_option_strings(action), "--config"]
+    commands = " ".join(_subcommands(parser))
+    cases = "".join(
+        f'        "{key}") words="{" ".join(value)}" ;;\n' for key, value in options.items() if key
+    )
+    preamble = "autoload -U +X bashcompinit && bashcompinit\n" if args.shell == "zsh" else ""
+    print(
+        f"""{preamble}_sortbox() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} command=${{COMP_WORDS[1]}} words
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{commands} {" ".join(options[""])}" -- "$cur")); return
+    fi
+    if [ "$command" = models ] && [ "$COMP_CWORD" -eq 2 ]; then
+        COMPREPLY=($(compgen -W "list rollback" -- "$cur")); return
+    fi
+    [ "$command" = models ] && command="models ${{COMP_WORDS[2]}}"
+    case "$command" in
+{cases}        *) words="" ;;
+    esac
+    if [[ "$cur" == -* ]]; then
+        COMPREPLY=($(compgen -W "$words" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}}
+complete -o filenames -F _sortbox sortbox"""
+    )
+    return EXIT_OK
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [
+        option
+        for action in parser._actions
+        if action.help != argparse.SUPPRESS
+        for option in action.option_strings
+        if option.startswith("--")
+    ]
 
 
 def status_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -461,7 +595,7 @@ def import_command(args: argparse.Namespace) -> int:
 
 def install_units_command(settings: Settings, args: argparse.Namespace) -> int:
     from sortbox.daemon.settings import default_config_path
-    from sortbox.daemon.units import install_units, unit_folder
+    from sortbox.daemon.units import install_units, private_tmp_warnings, unit_folder
 
     config = (args.config or default_config_path()).absolute()
     commands = install_units(settings, config, args.user, args.target)
@@ -471,6 +605,8 @@ def install_units_command(settings: Settings, args: argparse.Namespace) -> int:
     )
     for line in commands:
         print(f"  {line}")
+    for warning in private_tmp_warnings(settings, config):
+        print(f"warning: {warning}")
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ from sortbox.daemon.journal import (
     Duplicate,
     Journal,
     Placement,
+    Recovered,
     Rejected,
     Review,
     Sorted,
@@ -30,22 +31,26 @@ from sortbox.daemon.place import give_name, same_content, write_verified_temp
 
 @dataclass(frozen=True)
 class UndoOutcome:
-    event: Placement
+    event: Undoable
     undone: Undone | None  # None: nothing could be done; `message` says why
     message: str
 
 
+Undoable = Placement | Recovered
+
+
 def undoable(
     journal: Path, last: int | None, since: datetime | None, model: str | None = None
-) -> list[Placement]:
+) -> list[Undoable]:
     """Placements not yet undone, newest first: the last `last`, those since `since`, or every
-    copy model version `model` placed."""
-    placements: list[Placement] = []
+    copy model version `model` placed. A recovered copy (its decision line lost) is one too:
+    undone, it goes back into the inbox."""
+    placements: list[Undoable] = []
     undone: set[tuple[str, str, str | None]] = set()
     for event in read_journal(journal):
         if isinstance(event, Undone):
             undone.add((event.root, event.src, event.sha256))
-        elif isinstance(event, Sorted | Review | Rejected | Duplicate):
+        elif isinstance(event, Sorted | Review | Rejected | Duplicate | Recovered):
             placements.append(event)
     candidates = [
         e
@@ -61,7 +66,34 @@ def undoable(
     return list(reversed(candidates))
 
 
-def _made_copy(event: Placement) -> bool:
+def placing_versions(journal: Path) -> list[str]:
+    """The model versions that placed something, in the order they first did."""
+    versions: dict[str, None] = {}
+    for event in read_journal(journal):
+        if isinstance(event, Sorted | Review) and event.model:
+            versions.setdefault(event.model)
+    return list(versions)
+
+
+def where_now(library: Path, dest: str) -> str:
+    """Where a library copy the user moved or edited is now, in words: a file manager's move
+    keeps the name, so a file of that name in another class folder is the one (#32)."""
+    copy = below(library, dest)
+    if copy is None:
+        return f"{dest} is outside the library"
+    if copy.is_file():
+        return f"{dest} was edited since; it is still there"
+    if library.is_dir():
+        for folder in sorted(library.iterdir()):
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            moved = folder / copy.name
+            if moved != copy and moved.is_file():
+                return f"{dest} was moved since; it is now {moved.relative_to(library)}"
+    return f"{dest} is no longer in the library (deleted or renamed since)"
+
+
+def _made_copy(event: Undoable) -> bool:
     return event.dest is not None and not isinstance(event, Duplicate)
 
 
@@ -73,7 +105,7 @@ def below(base: Path, relative: str) -> Path | None:
     return base / candidate
 
 
-def undo_one(event: Placement, library: Path, journal: Journal | None) -> UndoOutcome:
+def undo_one(event: Undoable, library: Path, journal: Journal | None) -> UndoOutcome:
     """`journal=None` is a dry run."""
     original = below(Path(event.root), event.src)
     copy = below(library, event.dest) if event.dest else None
@@ -101,7 +133,7 @@ def undo_one(event: Placement, library: Path, journal: Journal | None) -> UndoOu
                 fsync_dir(copy.parent)  # type: ignore[union-attr]
             removed = True
         elif not restored:
-            return UndoOutcome(event, None, f"left alone: {event.dest} was moved or edited since")
+            return UndoOutcome(event, None, f"left alone: {where_now(library, event.dest)}")
     identity = identity_of(original) if restored and journal is not None else None
     undone = Undone(
         src=event.src,
@@ -117,7 +149,13 @@ def undo_one(event: Placement, library: Path, journal: Journal | None) -> UndoOu
     )
     if journal is not None:
         journal.append([undone])
-    parts = [f"removed {event.dest}" if removed else "", f"restored {original}" if restored else ""]
+    remove, restore = (
+        ("would remove", "would restore") if journal is None else ("removed", "restored")
+    )
+    parts = [
+        f"{remove} {event.dest}" if removed else "",
+        f"{restore} {original}" if restored else "",
+    ]
     return UndoOutcome(event, undone, "; ".join(p for p in parts if p))
 
 

@@ -104,6 +104,12 @@ def install_units(
             temporary.write_text(text, encoding="utf-8")
     ctl = "systemctl --user" if user_mode else "sudo systemctl"
     commands = []
+    if target is not None and target.absolute() != unit_folder(user_mode):
+        # written elsewhere to be looked at first: systemd reads them only from its folder
+        systemd_folder = _quote(unit_folder(user_mode))
+        names = " ".join(_quote(target.absolute() / name) for name in UNITS)
+        copy = f"mkdir -p {systemd_folder} && cp" if user_mode else "sudo cp"
+        commands.append(f"{copy} {names} {systemd_folder}/")
     if current_version(settings.models_dir) is None:
         # the service cannot build it: PyTorch needs writable+executable memory, the unit denies it
         commands.append(f"{_quote(sortbox_executable())} init --config {_quote(config)}")
@@ -115,9 +121,34 @@ def install_units(
             f"sudo mkdir -p {folders} && sudo touch {journal}",
             f"sudo chown -R sortbox:sortbox {folders} && sudo chown sortbox:sortbox {journal}",
         ]
+    if user_mode:
+        # without it, systemd stops a user's services when they log out (#32)
+        commands.append('loginctl enable-linger "$USER"')
     commands += [
         f"{ctl} daemon-reload",
         f"{ctl} enable --now sortbox.service sortbox-train.timer",
         f"{ctl} status sortbox.service",
     ]
     return commands
+
+
+def private_tmp_warnings(settings: Settings, config: Path) -> list[str]:
+    """The units run with PrivateTmp=yes: the service sees a /tmp and /var/tmp of its own,
+    empty, so a folder the config keeps there is not the one the user fills (#32)."""
+    paths = {
+        "inbox": settings.inbox,
+        "library": settings.library,
+        "journal": settings.journal,
+        "models_dir": settings.models_dir,
+        "cache_dir": settings.resolved_cache_dir,
+        "dataset": settings.dataset,
+        "the config file": config,
+    }
+    return [
+        f"{key} is {path}, under {tmp}: the units have PrivateTmp=yes, so the service would "
+        f"see an empty {tmp} of its own there; move it to a folder outside {tmp}"
+        for key, path in paths.items()
+        if path is not None
+        for tmp in ("/tmp", "/var/tmp")
+        if path.absolute().is_relative_to(tmp)
+    ]

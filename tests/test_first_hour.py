@@ -1,0 +1,209 @@
+"""The first hour (#32): every command says the truth, plainly, to a person.
+
+Each test drives the installed `sortbox` command as a user types it, in a real sortbox home
+with a real model and real pictures.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CLOTHING10, REPO, Home, make_home, publish_rgb_model, write_picture
+
+SORTBOX = Path(sys.executable).parent / "sortbox"  # the console script pip installed
+
+
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(SORTBOX), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def sorted_home(home: Home, count: int = 3) -> Home:
+    """`home` after `sortbox sort` placed `count` pictures."""
+    for n in range(count):
+        write_picture(home.inbox / f"red{n}.jpg", "red", seed=n)
+    result = cli("sort", "inbox", cwd=home.root)
+    assert result.returncode == 0, result.stderr
+    return home
+
+
+# -- finding 19: the tests' real photos are in the repository --------------------------------
+
+
+def test_real_photos_for_the_tests_ship_with_the_repository() -> None:
+    assert CLOTHING10.is_relative_to(REPO), "a fresh clone must have the photos the tests use"
+    classes = sorted(p.name for p in CLOTHING10.iterdir() if p.is_dir())
+    assert len(classes) == 10
+    for name in classes:
+        assert len(list((CLOTHING10 / name).glob("*.jpg"))) >= 20, name
+    total = sum(p.stat().st_size for p in CLOTHING10.rglob("*.jpg"))
+    assert total < 6_000_000, f"{total} bytes: the repository must stay small"
+    assert "CC0" in (CLOTHING10 / "LICENSE").read_text()
+
+
+# -- finding 6: a reader that stops early -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args", [["status"], ["explain", "inbox/red0.jpg"], ["undo", "--dry-run", "--last", "3"]]
+)
+def test_a_reader_that_stops_early_gets_no_traceback(home: Home, args: list[str]) -> None:
+    sorted_home(home)
+    write_picture(home.inbox / "red0.jpg", "red", seed=0)
+    process = subprocess.Popen(
+        [str(SORTBOX), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=home.root,
+        text=True,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # `| head -0`: the reader is gone before the first line
+    _, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+    assert process.returncode == 141, (process.returncode, stderr)
+
+
+# -- finding 5: undo says what it did, or would do --------------------------------------------
+
+
+def test_undo_dry_run_says_would_and_changes_nothing(home: Home) -> None:
+    sorted_home(home)
+    before = home.library_files()
+    result = cli("undo", "--dry-run", "--last", "3", cwd=home.root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("would undo") == 3 and "would remove red/" in result.stdout
+    assert "removed" not in result.stdout and "undone" not in result.stderr
+    assert "would undo 3 files" in result.stderr and "nothing was changed" in result.stderr
+    assert home.library_files() == before
+
+
+def test_undo_of_an_unknown_model_version_is_an_error_naming_the_versions(home: Home) -> None:
+    sorted_home(home)
+    result = cli("undo", "--model", "nonexist", cwd=home.root)
+    assert result.returncode == 2
+    assert "nonexist" in result.stderr and "v1" in result.stderr, result.stderr
+    assert len(home.library_files()) == 3
+
+
+def test_undo_says_where_a_moved_copy_is_now_and_counts_in_words(home: Home) -> None:
+    sorted_home(home)
+    first, *_ = home.library_files()
+    (home.library / "blue").mkdir(exist_ok=True)
+    first.rename(home.library / "blue" / first.name)  # the user moved it in a file manager
+    result = cli("undo", "--model", "v1", cwd=home.root)
+    assert result.returncode == 0, result.stderr
+    assert f"it is now blue/{first.name}" in result.stdout, result.stdout
+    assert "2 undone, 1 left alone" in result.stderr
+    write_picture(home.inbox / "late.jpg", "green", seed=9)
+    assert cli("sort", "inbox/late.jpg", cwd=home.root).returncode == 0
+    one = cli("undo", "--dry-run", cwd=home.root)
+    assert "would undo 1 file," in one.stderr, one.stderr
+
+
+# -- finding 18: the basics -------------------------------------------------------------------
+
+
+def test_version_needs_no_config(tmp_path: Path) -> None:
+    result = cli("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("sortbox 0."), result
+
+
+def test_rolling_back_to_an_unknown_version_lists_the_versions(home: Home) -> None:
+    result = cli("models", "rollback", "nosuch", cwd=home.root)
+    assert result.returncode == 2
+    assert "nosuch" in result.stderr and "v1" in result.stderr, result.stderr
+    assert "manifest" not in result.stderr
+
+
+def test_bash_completes_commands_and_their_options(tmp_path: Path) -> None:
+    script = cli("completion", "bash", cwd=tmp_path)
+    assert script.returncode == 0, script.stderr
+    (tmp_path / "complete.sh").write_text(script.stdout)
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in words)
+        shell = (
+            f"source complete.sh; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _sortbox; "
+            'printf "%s\\n" "${COMPREPLY[@]}"'
+        )
+        done = subprocess.run(
+            ["bash", "-c", shell], capture_output=True, text=True, cwd=tmp_path, check=True
+        )
+        return done.stdout.split()
+
+    assert complete("sortbox", "ex") == ["explain", "export"]
+    assert complete("sortbox", "undo", "--dr") == ["--dry-run"]
+    assert complete("sortbox", "models", "r") == ["rollback"]
+
+
+# -- finding 7: explain takes folders, as sort does -------------------------------------------
+
+
+def test_explain_a_folder_explains_each_picture_in_it(home: Home) -> None:
+    sorted_home(home, count=2)
+    write_picture(home.inbox / "more" / "blue.jpg", "blue", seed=4)
+    (home.inbox / ".hidden.jpg").write_bytes(b"ignored, as sort ignores it")
+    result = cli("explain", "inbox", cwd=home.root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    decisions = [line.split(" (")[0] for line in lines if not line.startswith(" ")]
+    assert decisions == [
+        "inbox/more/blue.jpg: sorted into blue",
+        "inbox/red0.jpg: sorted into red",
+        "inbox/red1.jpg: sorted into red",
+    ], result.stdout
+    library = cli("explain", "library/red", cwd=home.root)
+    assert library.returncode == 0 and library.stdout.count("sorted into red") == 2
+
+
+# -- findings 15 and 16: export and install-units ---------------------------------------------
+
+
+def test_export_refuses_an_archive_name_it_would_not_honour(home: Home) -> None:
+    result = cli("export", "backup.zip", cwd=home.root)
+    assert result.returncode == 2 and ".tar.gz" in result.stderr, result
+    assert not (home.root / "backup.zip").exists()
+    assert cli("export", "backup.tar.gz", cwd=home.root).returncode == 0
+
+
+def test_install_units_says_every_step_to_a_running_service(home: Home) -> None:
+    system = cli("install-units", "--target", "units", cwd=home.root)
+    assert system.returncode == 0, system.stderr
+    steps = system.stdout
+    assert f"sudo cp {home.root / 'units' / 'sortbox.service'}" in steps
+    assert "/etc/systemd/system/" in steps
+    assert steps.index("sudo cp") < steps.index("daemon-reload") < steps.index("enable --now")
+    assert "linger" not in steps
+
+    user = cli("install-units", "--user", "--target", "user-units", cwd=home.root)
+    assert (
+        "loginctl enable-linger" in user.stdout and "systemctl --user enable --now" in user.stdout
+    )
+    assert ".config/systemd/user/" in user.stdout
+
+
+def test_install_units_warns_of_folders_under_tmp(tmp_path: Path) -> None:
+    inbox = Path("/var/tmp") / f"sortbox-inbox-{tmp_path.name}-{os.getpid()}"
+    inbox.mkdir()
+    try:
+        home = make_home(tmp_path, inbox=str(inbox))
+        publish_rgb_model(home.models, "v1")
+        result = cli("install-units", "--target", "units", cwd=home.root)
+    finally:
+        inbox.rmdir()
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert any(f"inbox is {inbox}" in w and "PrivateTmp=yes" in w for w in warned), warned
