@@ -13,8 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sortbox.daemon.group import alone_reason, role_of
-from sortbox.daemon.intake import Arrival, Identity, identity_of
-from sortbox.daemon.place import open_input
+from sortbox.daemon.intake import (
+    Arrival,
+    Identity,
+    OutsideFolder,
+    SourceChanged,
+    identity_of,
+    open_admitted,
+)
 from sortbox.daemon.preprocess import BadImage, Preprocessing, prepare
 
 
@@ -52,6 +58,10 @@ def read_group(arrival: Arrival, spec: Preprocessing, max_pixels: int, max_bytes
 def read_and_prepare(
     arrival: Arrival, spec: Preprocessing, max_pixels: int, max_bytes: int, decode: bool = True
 ) -> Decoded:
+    """Read the admitted file once: never through a link below its folder, and only while it
+    is the very file that was admitted, unchanged (issue 34): a file swapped or rewritten
+    since goes back to waiting (`changed`), never to rejected/."""
+
     def result(
         problem: str | None,
         identity: Identity | None = None,
@@ -61,12 +71,20 @@ def read_and_prepare(
     ) -> Decoded:
         return Decoded(arrival, identity, sha256, pixels, problem, spec, content)
 
+    def changed() -> Decoded:
+        return dataclasses.replace(result(None), changed=True)
+
     try:
-        fd = open_input(arrival.path)
+        fd = open_admitted(arrival)
     except FileNotFoundError:
         return result("vanished before it could be read")
     except PermissionError:
         return result("unreadable: permission denied")
+    except OutsideFolder:
+        # its folder was renamed away or swapped for a link after the file was admitted:
+        # whatever is there now is not what was admitted. If the file still is somewhere in
+        # the inbox, it comes again under its new path.
+        return changed()
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return result(
@@ -78,6 +96,8 @@ def read_and_prepare(
         identity = Identity.of(st)
         if not stat.S_ISREG(st.st_mode):
             return result("not a regular file", identity)
+        if not arrival.identity.unchanged_in(st):
+            return changed()  # rewritten, or another file, since it was admitted
         if st.st_size > max_bytes:
             # never read, hashed or copied: `truncate -s 1T x.jpg` is a file of this size, and
             # reading it would take hours and copying it fill the library's disk. It stays in
@@ -94,14 +114,15 @@ def read_and_prepare(
         else:
             data = _read_all(fd, st.st_size)
             sha256 = hashlib.sha256(data).hexdigest()
+        if not arrival.identity.unchanged_in(os.fstat(fd)):
+            return changed()  # a writer was at it while we read: not what was admitted
     except OSError as exc:
         return result(f"unreadable: {exc.strerror}")
     finally:
         os.close(fd)
     content = data if data is not None and len(data) <= KEEP_BYTES else None
     if not decode or data is None:  # a companion: its bytes are all that matter
-        changed = identity_of(arrival.path) != identity
-        return dataclasses.replace(result(None, identity, sha256, content=content), changed=changed)
+        return result(None, identity, sha256, content=content)
     if role_of(arrival.path) == "sidecar":
         return result(alone_reason(arrival.path), identity, sha256, content=content)
     try:
@@ -110,10 +131,24 @@ def read_and_prepare(
         )
     except Exception as exc:  # prepare() says BadImage; anything else is a decoder bug
         problem = str(exc) if isinstance(exc, BadImage) else f"cannot decode: {exc!r}"
-        if identity_of(arrival.path) != identity:
-            # Truncated because a writer is still at it: wait for it, don't reject half a file.
-            return dataclasses.replace(result(problem, identity, sha256), changed=True)
+        now = identity_of(arrival.path)
+        if now is None or now != identity or now.ctime_ns != identity.ctime_ns:
+            # Truncated because a writer is at it again: wait for it, don't reject half a file.
+            return changed()
         return result(problem, identity, sha256, content=content)
+
+
+def reopen_as_read(item: Decoded) -> int:
+    """Open an input again to copy it (one too large to keep in memory): beneath its folder,
+    and only if it is still the file that was read; else SourceChanged, and it waits."""
+    try:
+        fd = open_admitted(item.arrival)
+    except (OutsideFolder, FileNotFoundError) as exc:
+        raise SourceChanged(f"{item.arrival.path} is not where it was read") from exc
+    if item.identity is None or not item.identity.unchanged_in(os.fstat(fd)):
+        os.close(fd)
+        raise SourceChanged(f"{item.arrival.path} changed since it was read")
+    return fd
 
 
 DECODER_NICENESS = 10

@@ -32,6 +32,7 @@ from sortbox.daemon.journal import (
     Duplicate,
     Event,
     Imported,
+    Recovered,
     Rejected,
     Review,
     Sorted,
@@ -122,6 +123,9 @@ class DoneIndex:
         self._sources = CompactMap()  # packed input path -> its packed SourceRecord
         self._content = CompactMap()  # sha256 digest -> packed dest, relative to the library
         self._orphans: dict[str, Path] = {}  # 12-hex name hash -> library file with no journal line
+        # contents whose only record is a `recovered` line: no decision was ever journaled
+        # for them, so an input with that content is decided and adopts the copy (pipeline.py)
+        self._recovered: set[bytes] = set()
 
     @classmethod
     def load(cls, journal: Path, library: Path) -> DoneIndex:
@@ -151,16 +155,21 @@ class DoneIndex:
 
     def record(self, event: Event) -> None:
         with self._lock:
-            if isinstance(event, Sorted | Review | Duplicate | Rejected):
+            if isinstance(event, Sorted | Review | Duplicate | Rejected | Recovered):
                 self._remember_source(event)
                 digest = _digest(event.sha256)
                 if event.dest and digest and not isinstance(event, Duplicate):
                     self._content[digest] = self._pack_dest(digest, event.dest)
                     self._orphans.pop(digest[:6].hex(), None)  # the 12 hex digits in names
+                    if isinstance(event, Recovered):
+                        self._recovered.add(digest)
+                    else:
+                        self._recovered.discard(digest)
             elif isinstance(event, Undone):
                 digest = _digest(event.sha256)
                 if digest and event.dest and self._dest_of(digest) == event.dest:
                     self._content.pop(digest)
+                    self._recovered.discard(digest)
                 self._remember_source(event)
             elif isinstance(event, Imported):
                 relocated = [
@@ -204,6 +213,7 @@ class DoneIndex:
                 digest.hex(): self._unpack_dest(digest, packed)
                 for digest, packed in self._content.items()
             }
+            recovered = set(self._recovered)
         with journal.open("rb") as fh:
             covers = {
                 "inode": os.fstat(fh.fileno()).st_ino,
@@ -217,6 +227,7 @@ class DoneIndex:
             "journal": covers,
             "sources": sources,
             "content": content,
+            "recovered": sorted(digest.hex() for digest in recovered),
         }
         with replacing(path) as temporary:
             temporary.write_text(json.dumps(snapshot, separators=(",", ":")), encoding="utf-8")
@@ -248,15 +259,19 @@ class DoneIndex:
             for hex_digest, dest in snapshot["content"].items():
                 digest = bytes.fromhex(hex_digest)
                 self._content[digest] = self._pack_dest(digest, dest)
+            self._recovered = {bytes.fromhex(d) for d in snapshot.get("recovered", [])}
         except FileNotFoundError:
             return 0
         except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
             log.warning("index_snapshot_unreadable", snapshot=str(path), error=str(exc))
             self._sources, self._content = CompactMap(), CompactMap()
+            self._recovered = set()
             return 0
         return offset
 
-    def _remember_source(self, event: Sorted | Review | Duplicate | Rejected | Undone) -> None:
+    def _remember_source(
+        self, event: Sorted | Review | Duplicate | Rejected | Recovered | Undone
+    ) -> None:
         if event.size is None or event.mtime_ns is None or event.inode is None:
             return
         identity = Identity(size=event.size, mtime_ns=event.mtime_ns, inode=event.inode)
@@ -283,6 +298,18 @@ class DoneIndex:
     def orphan_for(self, sha256: str) -> Path | None:
         with self._lock:
             return self._orphans.get(sha256[:12])
+
+    def is_recovered(self, sha256: str | None) -> bool:
+        """The library holds this content with no decision journaled for it (a `recovered`
+        line only)."""
+        digest = _digest(sha256)
+        with self._lock:
+            return digest is not None and digest in self._recovered
+
+    def orphans(self) -> list[Path]:
+        """Library files with a sortbox name and no journal line, as found at load."""
+        with self._lock:
+            return list(self._orphans.values())
 
     @property
     def contents(self) -> int:

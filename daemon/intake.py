@@ -3,12 +3,14 @@ files given to `sortbox sort`."""
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import fnmatch
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 
 @dataclass(frozen=True, slots=True)  # one per file met in the inbox: keep it small
@@ -18,10 +20,27 @@ class Identity:
     size: int
     mtime_ns: int
     inode: int
+    # Not part of "the same file" for the done-index (the journal does not keep them), but
+    # checked before and after an input is read: a file swapped for another (device) or
+    # rewritten in place with its mtime set back (ctime, which no writer can set) since
+    # it was admitted is not the file that was admitted.
+    ctime_ns: int = field(default=0, compare=False)
+    device: int = field(default=0, compare=False)
 
     @classmethod
     def of(cls, st: os.stat_result) -> Identity:
-        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+        return cls(
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            inode=st.st_ino,
+            ctime_ns=st.st_ctime_ns,
+            device=st.st_dev,
+        )
+
+    def unchanged_in(self, st: os.stat_result) -> bool:
+        """`st` (an fstat of the open file) is this very file, as it was when this was taken."""
+        now = Identity.of(st)
+        return now == self and (now.ctime_ns, now.device) == (self.ctime_ns, self.device)
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,80 @@ class Arrival:
     @property
     def members(self) -> tuple[Arrival, ...]:
         return (self, *self.companions)
+
+
+class SourceChanged(Exception):
+    """The input changed between reading and copying it; it will be picked up again."""
+
+
+class OutsideFolder(OSError):
+    """A folder on the way to an input is a symbolic link now: whatever it leads to is not in
+    the folder being sorted, and is never opened."""
+
+
+def open_input(path: Path | str, dir_fd: int | None = None) -> int:
+    """Open a file for reading without following a symlink and without blocking on FIFOs;
+    `path` relative to the open folder `dir_fd` if given."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    return os.open(path, flags, dir_fd=dir_fd)
+
+
+def open_beneath(root: Path, relative: str) -> int:
+    """Open the input `root/relative` for reading, one folder at a time from `root`, never
+    through a symbolic link: a folder swapped for a link after its file was admitted leads
+    nowhere (OutsideFolder), and nothing outside `root` is ever read (issue 34).
+
+    `root` itself (the inbox, or a folder named to `sortbox sort`) may be a link its admin
+    made; below it, nothing is followed."""
+    folder_fd, name = _folder_beneath(root, relative)
+    try:
+        return open_input(name, dir_fd=folder_fd)
+    finally:
+        os.close(folder_fd)
+
+
+def remove_beneath(root: Path, relative: str, identity: Identity) -> bool:
+    """Delete the input `root/relative` if it is still the file `identity` describes, reaching
+    it as `open_beneath` does: never through a link. False if it is not (left alone)."""
+    folder_fd, name = _folder_beneath(root, relative)
+    try:
+        st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+        if Identity.of(st) != identity:
+            return False
+        os.unlink(name, dir_fd=folder_fd)
+        return True
+    finally:
+        os.close(folder_fd)
+
+
+def _folder_beneath(root: Path, relative: str) -> tuple[int, str]:
+    """The open folder holding `root/relative`, reached without following a link below
+    `root`, and the file's name in it."""
+    parts = PurePosixPath(relative).parts
+    if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
+        raise OutsideFolder(errno.EXDEV, f"{relative} is not a path inside {root}")
+    folder_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            below = os.open(
+                part,
+                os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                dir_fd=folder_fd,
+            )
+            os.close(folder_fd)
+            folder_fd = below
+    except OSError as exc:
+        os.close(folder_fd)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            why = f"a folder on the way to {relative} is not a folder any more"
+            raise OutsideFolder(exc.errno, why) from None
+        raise
+    return folder_fd, parts[-1]
+
+
+def open_admitted(arrival: Arrival) -> int:
+    """`open_beneath` for an arrival."""
+    return open_beneath(arrival.root, arrival.relative)
 
 
 def is_ignored(relative: str, patterns: list[str]) -> bool:
@@ -119,3 +212,17 @@ def collect(paths: list[Path], library: Path, ignore: list[str]) -> list[Arrival
             if identity is not None:
                 arrivals.append(Arrival(file, root, identity))
     return arrivals
+
+
+def refreshed(arrival: Arrival) -> Arrival | None:
+    """The arrival (and its companions) with the identities its files have now, to be tried
+    again; None if the picture is gone or no longer inside its folder."""
+    identity = identity_of(arrival.path)
+    if identity is None or not inside(arrival.path, arrival.root):
+        return None
+    companions = []
+    for companion in arrival.companions:
+        now = identity_of(companion.path)
+        if now is not None and inside(companion.path, companion.root):
+            companions.append(dataclasses.replace(companion, identity=now))
+    return dataclasses.replace(arrival, identity=identity, companions=tuple(companions))

@@ -72,10 +72,12 @@ class _Explained(_FileEvent):
 
 class Sorted(_Classified):
     event: Literal["sorted"] = "sorted"
+    unknown: float | None = None  # how unlike any class (issue #33), where the model says
 
 
 class Review(_Classified):
     event: Literal["review"] = "review"
+    unknown: float | None = None  # how unlike any class (issue #33), where the model says
 
 
 class Duplicate(_Explained):
@@ -89,6 +91,18 @@ class Rejected(_Explained):
 class Undone(_Explained):
     event: Literal["undone"] = "undone"
     restored: bool = False  # the original was put back (on_success = "delete")
+
+
+class Recovered(_Explained):
+    """A library copy whose decision line is missing from the journal (the journal was
+    deleted, truncated or rotated away, or a crash came between the copy and its line),
+    recorded from what the library itself shows: the folder it is in and the content its
+    name promises. It is not a decision: the trainer treats it like an untouched
+    auto-sorted picture (not a label), and `undo` puts it back into the inbox under its
+    library name (`root`/`src`), because whether its original still exists is not known."""
+
+    event: Literal["recovered"] = "recovered"
+    original_removed: bool = True
 
 
 class ModelLoaded(_Event):
@@ -116,7 +130,15 @@ class Imported(_Event):
 
 Placement = Sorted | Review | Duplicate | Rejected
 Event = Annotated[
-    Sorted | Review | Duplicate | Rejected | Undone | ModelLoaded | TrainingRun | Imported,
+    Sorted
+    | Review
+    | Duplicate
+    | Rejected
+    | Recovered
+    | Undone
+    | ModelLoaded
+    | TrainingRun
+    | Imported,
     Field(discriminator="event"),
 ]
 _EVENT = TypeAdapter(Event)
@@ -146,6 +168,8 @@ class Journal:
         self._terminate_torn_line()
         self._end = os.fstat(self._fd).st_size  # everything before this has been seen
         self._foreign: list[Event] = []
+        # what happened to the journal behind our back since the owner last asked (take_loss)
+        self._lost: str | None = None
         # flock excludes other processes; this excludes our own threads (placer, model switch)
         self._thread_lock = threading.Lock()
 
@@ -198,15 +222,41 @@ class Journal:
         """Events other processes appended since we last looked."""
         return self.take_foreign_and_offset()[0]
 
+    def look(self) -> bool:
+        """Check the journal at our path is still ours and whole (when idle: a deletion is
+        noticed at once, not at the next picture); True if it lost lines since the last
+        `take_loss`."""
+        with self._locked():
+            pass
+        return self._lost is not None
+
+    def take_loss(self) -> str | None:
+        """"replaced" or "truncated" if the journal lost lines behind our back since the last
+        call (deleted, moved away, emptied): the caller records again what they held."""
+        with self._thread_lock:
+            lost, self._lost = self._lost, None
+            return lost
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         with self._thread_lock:
             self._follow_path()
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
+                self._notice_truncation()
                 yield
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _notice_truncation(self) -> None:
+        """Shorter than what we have seen (`: > journal.jsonl`, an emptied file after a full
+        disk): the lines before are gone. Appends go on at the new end."""
+        if os.fstat(self._fd).st_size < self._end:
+            log.error("journal_truncated", path=str(self.path), lost_bytes=self._end)
+            self._lost = "truncated"
+            self._torn = False
+            self._terminate_torn_line()
+            self._end = 0  # whatever is there now was written by others: news to us
 
     def _follow_path(self) -> None:
         """Go on in the file at our path if ours was deleted or moved away (a tidy-up, a log
@@ -218,7 +268,8 @@ class Journal:
             there = None
         if there is not None and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
             return
-        log.warning("journal_replaced", path=str(self.path))
+        log.error("journal_replaced", path=str(self.path))
+        self._lost = "replaced"
         replaced = self._fd
         self.path.parent.mkdir(parents=True, exist_ok=True)  # its folder may have gone too
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)

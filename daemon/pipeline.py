@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import time
 from collections import OrderedDict
@@ -28,11 +29,19 @@ import numpy as np
 import structlog
 from sortbox.daemon.classify import Classifier
 from sortbox.daemon.decide import SPOT_CHECK, Decision, decide
-from sortbox.daemon.decode import Decoded
+from sortbox.daemon.decode import Decoded, reopen_as_read
 from sortbox.daemon.group import COMPANION_OF, group_key, role_of, sidecar_name
 from sortbox.daemon.index import DoneIndex
-from sortbox.daemon.intake import identity_of
-from sortbox.daemon.journal import Duplicate, Journal, Placement, Rejected, Review, Sorted
+from sortbox.daemon.intake import Arrival, Identity, OutsideFolder, remove_beneath
+from sortbox.daemon.journal import (
+    Duplicate,
+    Journal,
+    Placement,
+    Recovered,
+    Rejected,
+    Review,
+    Sorted,
+)
 from sortbox.daemon.manifest import REJECTED_FOLDER, REVIEW_FOLDER, fsync_dir
 from sortbox.daemon.place import (
     STATE_FOLDER,
@@ -43,7 +52,8 @@ from sortbox.daemon.place import (
     remove_leftover_temps,
     same_content,
 )
-from sortbox.daemon.preprocess import is_raw
+from sortbox.daemon.preprocess import is_raw, looks_cut_short
+from sortbox.daemon.recovery import unrecorded_after_loss, unrecorded_at_start
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +71,13 @@ class PlacedPicture:
     event: Sorted | Review
     names_in_library: dict[str, str]  # original file name -> its library name, group-wide
     at: float  # time.monotonic()
+
+
+@dataclass(frozen=True)
+class JournalLoss:
+    what: str  # "replaced" or "truncated"
+    at: float  # time.time()
+    recovered: int  # copies recorded again with a `recovered` line
 
 
 @dataclass(frozen=True)
@@ -87,22 +104,37 @@ class Library:
     """
 
     def __init__(
-        self, root: Path, index: DoneIndex, journal: Journal | None, remove_originals: bool
+        self,
+        root: Path,
+        index: DoneIndex,
+        journal: Journal | None,
+        remove_originals: bool,
+        inbox: Path,
     ) -> None:
         self.root = root
         self.index = index
         self.journal = journal
+        self.inbox = inbox  # where `undo` puts back a recovered copy (recovery.py)
+        # the journal lost lines behind our back: what, when, and how many copies were
+        # recorded again (for the daemon's state, so `status` says so)
+        self.journal_loss: JournalLoss | None = None
         self.remove_originals = remove_originals and journal is not None
         self._unsynced: set[Path] = set()  # folders with new names not yet fsynced
         self._recent: OrderedDict[tuple[Path, str], PlacedPicture] = OrderedDict()
         self._originals_kept: set[Path] = set()  # done, but the inbox would not let them go
+        self._cut_short: OrderedDict[tuple[Path, Identity | None], None] = OrderedDict()
 
-    def remove_original(self, path: Path) -> None:
-        """Delete an inbox original whose copy is durable and journaled. If the inbox will not
-        let it go (mounted read-only, a folder this user may not write), it stays, done, and
-        the daemon carries on: said once a run, not at every rescan."""
+    def remove_original(self, arrival: Arrival, identity: Identity) -> None:
+        """Delete an inbox original whose copy is durable and journaled, if it is still that
+        file (never through a link: intake.remove_beneath). If the inbox will not let it go
+        (mounted read-only, a folder this user may not write), it stays, done, and the daemon
+        carries on: said once a run, not at every rescan."""
+        path = arrival.path
         try:
-            path.unlink(missing_ok=True)
+            if not remove_beneath(arrival.root, arrival.relative, identity):
+                log.warning("original_changed_not_removed", path=str(path))
+        except (FileNotFoundError, OutsideFolder):
+            pass  # gone already, or its folder is not the one it was in: nothing to remove
         except OSError as exc:
             if path not in self._originals_kept:
                 self._originals_kept.add(path)
@@ -132,7 +164,70 @@ class Library:
         with locked(self.root):
             for event in self.journal.take_foreign():
                 self.index.record(event)
+            lost = self.journal.take_loss()
+            if lost is not None:
+                self._record_again(lost)
             yield
+
+    def second_look(self, item: Decoded) -> bool:
+        """A picture that reads as cut short is looked at once more, after its quiet period,
+        before it is rejected: its writer may be paused with the file open, and the notice of
+        that open may not have reached intake yet (a busy machine). Rejected only if the very
+        same file reads cut short twice."""
+        if item.problem is None or not looks_cut_short(item.problem):
+            return False
+        seen = (item.arrival.path, item.identity)
+        if seen in self._cut_short:
+            return False
+        self._cut_short[seen] = None
+        while len(self._cut_short) > RECENT_PICTURES:
+            self._cut_short.popitem(last=False)
+        return True
+
+    def look_at_journal(self) -> None:
+        """While idle: if the journal was deleted, moved or emptied, record again now what it
+        lost (see `exclusive`)."""
+        if self.journal is not None and self.journal.look():
+            with self.exclusive():
+                pass
+
+    def record_unjournaled_copies(self) -> None:
+        """Start-up: give a `recovered` line to each sortbox copy the journal does not know
+        (recovery.py). Under the lock: a process placing right now has copies not yet
+        journaled, and they are not lost."""
+        if self.journal is None or not self.index.orphans():
+            return
+        with self.exclusive():
+            found = unrecorded_at_start(self.index, self.root, self.inbox)
+            if found:
+                self._journal_recovered(found)
+                log.error(
+                    "journal_missed_copies",
+                    recovered=len(found),
+                    hint="the library holds sortbox copies the journal has no line for; "
+                    "each now has a 'recovered' line (not a label for training)",
+                )
+
+    def _record_again(self, lost: str) -> None:
+        assert self.journal is not None
+        found = unrecorded_after_loss(self.index, self.root, self.journal.path, self.inbox)
+        self._journal_recovered(found)
+        self.journal_loss = JournalLoss(what=lost, at=time.time(), recovered=len(found))
+        log.error(
+            "journal_lost",
+            journal=str(self.journal.path),
+            what=lost,
+            recovered=len(found),
+            hint="something deleted, moved or emptied the journal while sortbox ran; each "
+            "copy it knew of has a 'recovered' line in the new journal. Don't rotate it: "
+            "see docs on the journal",
+        )
+
+    def _journal_recovered(self, lines: list[Recovered]) -> None:
+        assert self.journal is not None
+        self.journal.append(lines)
+        for line in lines:
+            self.index.record(line)
 
     def save_index_snapshot(self) -> None:
         """Leave the done-index for the next start (see index.py). Only when every event this
@@ -150,8 +245,9 @@ class Library:
 
     def copy_of(self, sha256: str | None) -> str | None:
         """Where the library holds this content now: journaled there, and still that content.
-        A copy the user deleted or edited since does not count: the picture is placed again."""
-        if sha256 is None:
+        A copy the user deleted or edited since does not count: the picture is placed again.
+        A recovered copy (no decision journaled) does not either: it is adopted (`adoptable`)."""
+        if sha256 is None or self.index.is_recovered(sha256):
             return None
         dest = self.index.copy_of(sha256)
         if dest is None or not same_content(self.root / dest, sha256):
@@ -174,8 +270,20 @@ class Library:
         assert placed.event.dest is not None
         return placed if (self.root / placed.event.dest).is_file() else None
 
+    def adoptable(self, sha256: str) -> Path | None:
+        """A copy of this content in the library with no decision journaled for it: left by a
+        crash between the copy and its line, or recorded only as recovered. The input with
+        that content is decided and adopts it, rather than being copied a second time."""
+        orphan = self.index.orphan_for(sha256)
+        if orphan is None and self.index.is_recovered(sha256):
+            dest = self.index.copy_of(sha256)
+            orphan = self.root / dest if dest else None
+        return orphan
+
     def probably_has(self, sha256: str | None) -> bool:
         """Cheap check (no hashing) used to skip the model for known content."""
+        if self.index.is_recovered(sha256):
+            return False  # known, but never decided: decide it
         dest = self.index.copy_of(sha256) if sha256 else None
         return dest is not None and (self.root / dest).is_file()
 
@@ -232,7 +340,7 @@ def place_batch(classified: Classified, library: Library) -> Placed:
     with library.exclusive():
         placed_now: dict[str, str] = {}  # sha256 -> dest, for repeats within this batch
         for item, decision in zip(classified.items, classified.decisions, strict=True):
-            if placed.failure is not None or item.changed:
+            if placed.failure is not None or item.changed or library.second_look(item):
                 placed.retry.append(item)
                 continue
             earlier = (item.sha256 and placed_now.get(item.sha256)) or library.copy_of(item.sha256)
@@ -326,7 +434,7 @@ def _copy(item: Decoded, folder: str, library: Library, preferred: str | None = 
     if library.dry_run:
         return f"{folder}/{preferred or library_name(item.arrival.path.name, item.sha256)}"
     final = copy_into(
-        item.arrival.path,
+        functools.partial(reopen_as_read, item),
         library.root / folder,
         item.arrival.path.name,
         item.sha256,
@@ -343,7 +451,7 @@ def _copy(item: Decoded, folder: str, library: Library, preferred: str | None = 
 
 def _place(item: Decoded, decision: Decision, model: str, library: Library) -> Sorted | Review:
     assert item.sha256 is not None
-    orphan = library.index.orphan_for(item.sha256)
+    orphan = library.adoptable(item.sha256)
     if orphan is not None and same_content(orphan, item.sha256):
         # copied before a crash, journal line never written: adopt it, don't copy again
         dest = orphan.relative_to(library.root).as_posix()
@@ -484,7 +592,4 @@ def _remove_originals(events: list[Placement], batch: list[Decoded], library: Li
         if not event.original_removed:
             continue
         item = by_source[(event.root, event.src)]
-        if identity_of(item.arrival.path) != (item.identity or item.arrival.identity):
-            log.warning("original_changed_not_removed", path=str(item.arrival.path))
-            continue
-        library.remove_original(item.arrival.path)
+        library.remove_original(item.arrival, item.identity or item.arrival.identity)

@@ -22,6 +22,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from sortbox.daemon.intake import SourceChanged, open_input
 from sortbox.daemon.manifest import fsync_dir
 
 STATE_FOLDER = ".sortbox"  # sortbox's lock and state; hidden, so never taken for a class folder
@@ -40,10 +41,6 @@ _NAME_REFUSED = (errno.EINVAL, errno.ENOENT, errno.EILSEQ, errno.ENAMETOOLONG)
 # <stem>.<12 hex>.<ext>: how the library names what the daemon placed
 LIBRARY_NAME = re.compile(r"^(?P<stem>.+)\.(?P<hash>[0-9a-f]{12})(?:\.[a-z0-9]{1,10})?$")
 _CHUNK = 1 << 20
-
-
-class SourceChanged(Exception):
-    """The input changed between reading and copying it; it will be picked up again."""
 
 
 class UnusableFolder(OSError):
@@ -84,15 +81,13 @@ def _safe_stem(stem: str) -> str:
     return "_" + cleaned[1:] if cleaned.startswith(".") else cleaned
 
 
-def open_input(path: Path | str, dir_fd: int | None = None) -> int:
-    """Open a file for reading without following a symlink and without blocking on FIFOs;
-    `path` relative to the open folder `dir_fd` if given."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    return os.open(path, flags, dir_fd=dir_fd)
+# What to copy from: a path (opened without following a link at its last step), or a function
+# that opens the input and returns its descriptor (`intake.open_admitted`: never through a link)
+Source = Path | Callable[[], int]
 
 
 def copy_into(
-    source: Path,
+    source: Source,
     folder: Path,
     original_name: str,
     expected_sha256: str,
@@ -217,10 +212,10 @@ def give_name(temporary: str, name: str, folder_fd: int) -> None:
     raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
 
 
-def write_verified_temp(source: Path, folder: Path, folder_fd: int, expected_sha256: str) -> str:
+def write_verified_temp(source: Source, folder: Path, folder_fd: int, expected_sha256: str) -> str:
     """Stream `source` into a temporary file in `folder`, checking it still has that hash."""
     digest = hashlib.sha256()
-    source_fd = open_input(source)
+    source_fd = open_input(source) if isinstance(source, Path) else source()
     try:
 
         def chunks() -> Iterator[bytes]:
@@ -233,7 +228,7 @@ def write_verified_temp(source: Path, folder: Path, folder_fd: int, expected_sha
         os.close(source_fd)
     if digest.hexdigest() != expected_sha256:
         os.unlink(temporary, dir_fd=folder_fd)
-        raise SourceChanged(f"{source} changed while it was being sorted")
+        raise SourceChanged("the input changed while it was being copied")
     return temporary
 
 

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import io
 import threading
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -70,6 +71,77 @@ _UPRIGHT = {
 }
 
 
+# What sortbox says of a file it will not sort, by what the file is: one list, reviewed as
+# one, so each reason names the choice in a person's words (issue 34). Tried in order on the
+# first bytes; the first that fits is said.
+_NOT_SORTED: tuple[tuple[Callable[[bytes, str], bool], str], ...] = (
+    (
+        lambda head, name: head[:4] in (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00")
+        or name.endswith((".ico", ".cur")),
+        "an icon (.ico): sortbox sorts photos and scans, not icons",
+    ),
+    (
+        lambda head, name: head.startswith(b"%PDF"),
+        "a PDF document: sortbox sorts pictures; save its pages as pictures to sort them",
+    ),
+    (
+        lambda head, name: head.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")),
+        "a PostScript or EPS file: sortbox does not run the program such a file is",
+    ),
+    (
+        lambda head, name: b"<svg" in head[:1024] or name.endswith((".svg", ".svgz")),
+        "a vector drawing (.svg): sortbox sorts photos and scans",
+    ),
+    (
+        lambda head, name: head[4:8] == b"ftyp"
+        and head[8:12] in (b"isom", b"iso2", b"mp41", b"mp42", b"qt  ", b"M4V ", b"avc1", b"3gp4"),
+        "a video: sortbox sorts pictures",
+    ),
+    (
+        lambda head, name: head.startswith((b"PK\x03\x04", b"\x1f\x8b", b"7z\xbc\xaf", b"Rar!")),
+        "an archive (zip, gz, 7z or rar): unpack it into the inbox to sort what it holds",
+    ),
+    (
+        lambda head, name: head[128:132] == b"DICM",
+        "a medical (DICOM) image: sortbox sorts photos and scans",
+    ),
+    (
+        lambda head, name: _is_text(head),
+        "a text file, not a picture",
+    ),
+)
+NOT_A_PICTURE = "not a picture sortbox can read (a damaged file, or a format it does not know)"
+
+
+# How decoders say a file ends before the picture does (Pillow, libjpeg, zlib, libheif)
+_CUT_SHORT = ("truncated", "premature end", "broken data stream", "unexpected end")
+
+
+def looks_cut_short(problem: str) -> bool:
+    """The reason says the file ends early: a writer may still be at it."""
+    lowered = problem.lower()
+    return any(words in lowered for words in _CUT_SHORT)
+
+
+def not_sorted_reason(data: bytes, name: str = "") -> str:
+    """Why a file Pillow could not take as a picture is not sorted, in plain words."""
+    head, lowered = data[:4096], name.lower()
+    for fits, reason in _NOT_SORTED:
+        if fits(head, lowered):
+            return reason
+    return NOT_A_PICTURE
+
+
+def _is_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3  # only a character cut at the end of the sample
+    return True
+
+
 def is_raw(name: str) -> bool:
     return name.lower().endswith(RAW_SUFFIXES)
 
@@ -113,7 +185,7 @@ def decode_rgb(data: bytes, min_side: int, max_pixels: int, name: str = "") -> I
     except BadImage:
         raise
     except UnidentifiedImageError:
-        raise BadImage("not an image, or a format sortbox does not read") from None
+        raise BadImage(not_sorted_reason(data, name)) from None
     except Image.DecompressionBombError as exc:
         raise BadImage(f"too many pixels ({exc})") from None
     except Exception as exc:

@@ -140,7 +140,11 @@ def sort_on_ray(
         remove_crash_leftovers(settings.library)  # e.g. of a driver killed mid-copy
     journal = None if dry_run else Journal(settings.journal)
     library = Library(
-        settings.library, DoneIndex.load(settings.journal, settings.library), journal, False
+        settings.library,
+        DoneIndex.load(settings.journal, settings.library),
+        journal,
+        False,
+        inbox=settings.inbox,
     )
     outcome = Backfill()
     todo = []

@@ -48,6 +48,7 @@ from sortbox.daemon.intake import (
     identity_of,
     inside,
     is_ignored,
+    refreshed,
     walk_files,
 )
 from sortbox.daemon.journal import Event, Journal, ModelLoaded, Placement
@@ -56,6 +57,7 @@ from sortbox.daemon.metrics import Metrics, write_textfile
 from sortbox.daemon.notify import Notifier, StateFile, state_file_of
 from sortbox.daemon.pipeline import (
     Classified,
+    JournalLoss,
     Library,
     Placed,
     classify_batch,
@@ -74,6 +76,7 @@ log = structlog.get_logger(__name__)
 _STOP = None  # end-of-work marker on the arrivals queue
 _MODEL_CHECK_INTERVAL_S = 1.0
 _INBOX_CHECK_INTERVAL_S = 1.0
+_JOURNAL_CHECK_INTERVAL_S = 1.0  # the placer, when idle, looks at its journal this often
 _DRAIN_TIMEOUT_S = 5.0
 _OVERFLOW_RESCAN_DELAY_S = 1.0
 # A file some program keeps open this long is named in the log (once): it waits, not silently
@@ -84,6 +87,18 @@ _LIVE_SETTINGS = {"target_precision", "audit_rate"}  # what SIGHUP applies witho
 STALL_LIMIT_S = 120.0
 PAUSE_FIRST_S, PAUSE_MAX_S = 1.0, 60.0  # back-off while the library cannot be written
 MAX_ATTEMPTS = 5  # `sort`: a file that keeps changing is left alone after this many tries
+
+
+def _files_identity(folder: Path) -> tuple[tuple[int, int, int], ...]:
+    """(inode, size, mtime) of every file in a model version's folder: a model refused and then
+    fixed in place (its model.onnx copied over) is a different model to look at."""
+    try:
+        files = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        return tuple(
+            (st.st_ino, st.st_size, st.st_mtime_ns) for st in (entry.stat() for entry in files)
+        )
+    except OSError:
+        return ()
 
 
 @dataclasses.dataclass
@@ -142,9 +157,11 @@ class Service:
         self._pause: Pause | None = None
         self._last_progress = time.monotonic()
         self._unjournaled: list[Event] = []
-        self._failed_version: str | None = None
+        # the version last refused, and its files as they were: refused again only as such
+        self._refused: tuple[str, tuple[tuple[int, int, int], ...]] | None = None
         self._next_model_check = 0.0
         self._next_watchdog = 0.0
+        self._loss_published: JournalLoss | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -190,7 +207,10 @@ class Service:
             DoneIndex.load(s.journal, s.library),
             journal,
             remove_originals=self.watching and s.on_success == "delete",
+            inbox=s.inbox,
         )
+        if not self._dry_run:
+            self.library.record_unjournaled_copies()
         self._warm_up()
         self.metrics.model = self.classifier.version
 
@@ -483,7 +503,7 @@ class Service:
         if done is not None:
             if done.original_removed and self.library.remove_originals:
                 # journaled as placed, but we stopped before removing the original
-                self.library.remove_original(path)
+                self.library.remove_original(Arrival(path, root, identity), identity)
             self._finish(Arrival(path, root, identity), counted=False)
             if self._on_batch is not None:
                 self._on_batch([], 1)  # `sort`: done before, counts towards the progress bar
@@ -540,14 +560,18 @@ class Service:
             for member in arrival.members:
                 self.tracker.finished(member.path)
                 self.tracker.touched(member.path)  # its quiet period again, then it comes back
+        again = None if self.watching else refreshed(arrival)  # `sort`: as the file is now
         with self._lock:
             if not self.watching:
                 self._attempts[arrival.path] += 1
-                if self._attempts[arrival.path] >= MAX_ATTEMPTS and self._pause is None:
+                if again is None:
+                    log.warning("gone_or_outside_not_sorted", path=str(arrival.path))
+                    self.unfinished.append(arrival.path)
+                elif self._attempts[arrival.path] >= MAX_ATTEMPTS and self._pause is None:
                     log.warning("kept_changing_not_sorted", path=str(arrival.path))
                     self.unfinished.append(arrival.path)
                 else:
-                    self._again.append(arrival)
+                    self._again.append(again)
             self._outstanding -= 1
 
     def _handle_alone(self, companion: Arrival) -> None:
@@ -600,8 +624,23 @@ class Service:
         self._classified.put(classified)
 
     def _placer_loop(self) -> None:
-        while (classified := self._classified.get()) is not None:
+        while True:
+            try:
+                classified = self._classified.get(timeout=_JOURNAL_CHECK_INTERVAL_S)
+            except queue.Empty:
+                self._look_at_journal()  # idle: a journal deleted now is said now
+                continue
+            if classified is None:
+                return
             self._place(classified)
+
+    def _look_at_journal(self) -> None:
+        try:
+            self.library.look_at_journal()
+        except OSError as exc:  # a full disk: said, and tried again at the next look
+            log.error("journal_write_failed", error=str(exc))
+        if self.library.journal_loss is not self._loss_published:
+            self._publish_state()
 
     def _place(self, classified: Classified) -> None:
         started = time.monotonic()
@@ -621,6 +660,8 @@ class Service:
         self._last_progress = time.monotonic()
         if self._unjournaled:
             self._journal_later()
+        if self.library.journal_loss is not self._loss_published:
+            self._publish_state()  # `status` says at once that the journal lost lines
         self.metrics.observe_batch(placed.events, time.monotonic() - started)
         for event in placed.events:
             log.info(
@@ -685,15 +726,17 @@ class Service:
 
     def _publish_state(self) -> None:
         self.notifier.status(self.status_line())
+        loss = self._loss_published = self.library.journal_loss
         if self._state is not None:
             pause = self._pause
-            self._state.write(
-                {
-                    "state": f"paused: {pause.reason}" if pause else "sorting",
-                    "model": self.classifier.version,
-                    "updated": time.time(),
-                }
-            )
+            state = {
+                "state": f"paused: {pause.reason}" if pause else "sorting",
+                "model": self.classifier.version,
+                "updated": time.time(),
+            }
+            if loss is not None:
+                state["journal_lost"] = dataclasses.asdict(loss)
+            self._state.write(state)
 
     # -- model switching and health ----------------------------------------------------------
 
@@ -703,8 +746,11 @@ class Service:
             return
         self._next_model_check = now + _MODEL_CHECK_INTERVAL_S
         version = current_version(self.settings.models_dir)
-        if version is None or version in (self.classifier.version, self._failed_version):
+        if version is None or version == self.classifier.version:
             return
+        files = _files_identity(self.settings.models_dir / version)
+        if self._refused == (version, files):
+            return  # refused as it is now; fixed in place (or SIGHUP), it is looked at again
         try:
             new = load_classifier(
                 self.settings.models_dir / version,
@@ -714,7 +760,7 @@ class Service:
             )
         except Exception as exc:
             # whatever shape the breakage takes, the model we have keeps working
-            self._failed_version = version
+            self._refused = (version, files)
             log.error("model_refused", version=version, error=f"{type(exc).__name__}: {exc}")
             return
         self._switch_to(new, f"switched from {self.classifier.version}")
@@ -745,6 +791,7 @@ class Service:
         """SIGHUP: take the decision settings from config.toml again. Everything else (folders,
         threads, watching) is wired at start-up and needs a restart; the log says which."""
         self._reload_requested = False
+        self._refused = None  # "reload re-checks the model": a refused one is tried again
         if self._reload_settings is None:
             return
         try:

@@ -12,6 +12,7 @@ from sortbox.daemon.intake import identity_of, walk_files
 from sortbox.daemon.journal import (
     Duplicate,
     Event,
+    Recovered,
     Rejected,
     Review,
     Sorted,
@@ -23,7 +24,13 @@ from sortbox.daemon.manifest import Manifest, ModelError, current_version, read_
 from sortbox.daemon.notify import read_state, state_file_of
 from sortbox.daemon.settings import Settings
 
-COUNTED = {"sorted": Sorted, "review": Review, "rejected": Rejected, "duplicate": Duplicate}
+COUNTED = {
+    "sorted": Sorted,
+    "review": Review,
+    "rejected": Rejected,
+    "duplicate": Duplicate,
+    "recovered": Recovered,
+}
 MIN_FILES_FOR_DRIFT = 20
 
 
@@ -149,6 +156,20 @@ def render(status: dict[str, Any]) -> str:
     lines.append(f"inbox waiting:  {status['inbox_waiting']} files")
     daemon = status["daemon"]
     lines.append(f"daemon:         {daemon['state'] if daemon else 'not running'}")
+    loss = (daemon or {}).get("journal_lost")
+    if loss:
+        what = {"replaced": "deleted or moved away", "truncated": "emptied"}.get(loss["what"])
+        lines.append(
+            f"WARNING:        the journal was {what} while sortbox ran; "
+            f"{loss['recovered']} copies it knew of were recorded again as 'recovered' "
+            "(not labels for training). Don't delete, move or empty the journal"
+        )
+    recovered = status["last_day"].get("recovered", 0)
+    if recovered:
+        lines.append(
+            f"recovered:      {recovered} library copies had no journal line in the last day "
+            "and were recorded from the library (`sortbox undo` can put them back)"
+        )
     return "\n".join(lines)
 
 

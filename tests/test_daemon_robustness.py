@@ -54,8 +54,8 @@ def test_every_kind_of_bad_input_is_rejected_with_a_reason(tmp_path: Path) -> No
         expected_reasons = {
             "empty.jpg": "empty file",
             "truncated.jpg": "cannot decode",
-            "notes.jpg": "not an image",
-            "drawing.svg": "not an image",
+            "notes.jpg": "a text file, not a picture",
+            "drawing.svg": "a vector drawing (.svg)",
             "huge.png": "too many pixels",
             "pipe.jpg": "not a regular file",
             "escape.jpg": "symbolic link",

@@ -106,7 +106,12 @@ def test_prepare_is_scaled_as_the_manifest_says() -> None:
     [
         (b"", "empty file"),
         (encode(Image.new("RGB", (64, 64), "red"), "PNG")[:80], "cannot decode"),
-        (b"%PDF-1.4 hello", "not an image"),
+        (b"%PDF-1.4 hello", "a PDF document: sortbox sorts pictures"),
+        (b"\x00\x00\x01\x00\x01\x00\x10\x10" + bytes(64), r"an icon \(\.ico\)"),
+        (b"PK\x03\x04" + bytes(60), "an archive"),
+        (b"\x00\x00\x00\x18ftypmp42" + bytes(60), "a video"),
+        (b"hello, a shopping list\n", "a text file"),
+        (bytes(range(256)) * 4, "not a picture sortbox can read"),
     ],
 )
 def test_bad_bytes_raise_a_readable_reason(data: bytes, reason: str) -> None:

@@ -26,8 +26,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 from sortbox.daemon.atomic import replacing
-from sortbox.daemon.journal import Review, Sorted, Undone, read_journal
-from sortbox.daemon.manifest import RESERVED_FOLDERS, check_class_name
+from sortbox.daemon.journal import Recovered, Review, Sorted, Undone, read_journal
+from sortbox.daemon.manifest import RESERVED_FOLDERS, REVIEW_FOLDER, check_class_name
 from sortbox.daemon.preprocess import RAW_SUFFIXES, BadImage, decode_rgb
 from sortbox.daemon.settings import Settings
 
@@ -221,6 +221,11 @@ def _daemon_placements(settings: Settings) -> dict[str, tuple[str, str]]:
     for event in read_journal(settings.journal):
         if isinstance(event, Sorted | Review) and event.sha256 and event.dest:
             placed[event.sha256] = (event.event, event.dest.split("/", 1)[0])
+        elif isinstance(event, Recovered) and event.sha256 and event.dest:
+            # a copy whose decision line was lost: it was placed there by the daemon, not by
+            # a person, so it counts as an untouched auto-sorted (or review) picture
+            folder = event.dest.split("/", 1)[0]
+            placed[event.sha256] = ("review" if folder == REVIEW_FOLDER else "sorted", folder)
         elif isinstance(event, Undone) and event.sha256:
             placed.pop(event.sha256, None)
     return placed
