@@ -18,7 +18,13 @@ from pathlib import Path
 import structlog
 from sortbox.daemon.manifest import ModelError
 from sortbox.daemon.notify import AnotherDaemon
-from sortbox.daemon.settings import ConfigError, Settings, UsageError, load_settings
+from sortbox.daemon.settings import (
+    ConfigError,
+    Settings,
+    UsageError,
+    config_is_implicit,
+    load_settings,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_PUBLISHED = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a tool SIGPIPE ended
@@ -52,6 +58,13 @@ def _main(argv: list[str] | None) -> int:
         if args.handler is completion_command:  # needs no config
             return completion_command(parser, args)
         settings = load_settings(args.config)
+        if config_is_implicit(args.config):
+            print(
+                f"sortbox: no config file at {Path('config.toml').absolute()} (nor "
+                "$SORTBOX_CONFIG): using the documented defaults, every folder in this one; "
+                "`sortbox init` writes a config file to change them",
+                file=sys.stderr,
+            )
         configure_logging(settings.log_level)
         return int(args.handler(settings, args) or EXIT_OK)
     except (ConfigError, UsageError) as exc:
@@ -245,6 +258,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if current_version(settings.models_dir) is None:
         print("sortbox: no model yet; creating the default model first", file=sys.stderr)
         init_command(settings, args)
+    check_folders(settings, inbox=True)
     service = Service(
         settings, Notifier.from_environment(), reload_settings=lambda: load_settings(args.config)
     )
@@ -259,6 +273,7 @@ def sort_command(settings: Settings, args: argparse.Namespace) -> int:
     from sortbox.daemon.service import Service
     from tqdm import tqdm
 
+    check_folders(settings, inbox=False)
     try:
         inputs = collect(args.paths, settings.library, settings.ignore)
     except ValueError as exc:
@@ -434,7 +449,56 @@ def _trainer() -> object:
 
 
 def init_command(settings: Settings, args: argparse.Namespace) -> int:
-    return _trainer().init(settings)  # type: ignore[attr-defined,no-any-return]
+    trainer = _trainer()
+    if args.handler is init_command and config_is_implicit(args.config):
+        write_default_config(Path("config.toml"))
+    make_folders(settings)
+    return trainer.init(settings)  # type: ignore[attr-defined,no-any-return]
+
+
+def write_default_config(path: Path) -> None:
+    from sortbox.daemon.settings import default_config_text
+
+    with contextlib.suppress(FileExistsError), path.open("x", encoding="utf-8") as file:
+        file.write(default_config_text())
+        print(f"wrote {path.absolute()}: the defaults, each key commented")
+
+
+def folder_problem(key: str, path: Path, create_folders: bool) -> str | None:
+    """What stops `path` from serving as the inbox or library, in words; None if nothing."""
+    if path.exists() and not path.is_dir():
+        # `run` used to crash with a FileExistsError traceback (#32)
+        return f"{key} {path} is a file, not a folder: set {key} to a folder"
+    if not path.exists() and not create_folders:
+        # a typo, or a network share not mounted yet: never an empty local folder (#32)
+        return (
+            f"{key} {path} does not exist: create it (mkdir {path}) or run `sortbox init`; or "
+            "set create_folders = true to have sortbox create it"
+        )
+    return None
+
+
+def check_folders(settings: Settings, inbox: bool) -> None:
+    folders = {"inbox": settings.inbox} if inbox else {}
+    for key, path in {**folders, "library": settings.library}.items():
+        problem = folder_problem(key, path, settings.create_folders)
+        if problem is not None:
+            raise UsageError(problem)
+
+
+def make_folders(settings: Settings) -> None:
+    """`sortbox init` sets a home up: it makes a missing inbox and library, one level deep
+    only, so that a path whose parent is missing (a typo, an unmounted share) still stops."""
+    for key, path in (("inbox", settings.inbox), ("library", settings.library)):
+        if path.exists():
+            continue
+        if not path.parent.is_dir() and not settings.create_folders:
+            raise UsageError(
+                f"{key} {path}: its folder {path.parent} does not exist (a typo, or a share "
+                "not mounted yet?); create it first, or set create_folders = true"
+            )
+        path.mkdir(parents=True)
+        print(f"created the {key}: {path}")
 
 
 def train_command(settings: Settings, args: argparse.Namespace) -> int:

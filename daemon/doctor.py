@@ -36,7 +36,9 @@ def _folders(settings: Settings) -> list[Finding]:
         ("journal folder", settings.journal.parent),
         ("models_dir", settings.models_dir),
     ):
-        if not path.exists():
+        if name == "library" and (problem := _missing_or_file(name, path, settings)):
+            found.append(problem)
+        elif not path.exists():
             found.append(
                 Finding("warn", f"{name} {path} does not exist yet (sortbox run creates it)")
             )
@@ -54,8 +56,8 @@ def _folders(settings: Settings) -> list[Finding]:
 def _inbox(settings: Settings) -> Finding:
     """The daemon only reads the inbox, unless it is to delete the originals."""
     inbox = settings.inbox
-    if not inbox.exists():
-        return Finding("warn", f"inbox {inbox} does not exist yet (sortbox run creates it)")
+    if problem := _missing_or_file("inbox", inbox, settings):
+        return problem
     if not os.access(inbox, os.R_OK | os.X_OK):
         return Finding("fail", f"inbox {inbox} is not readable by this user: fix its owner or mode")
     if os.access(inbox, os.W_OK):
@@ -67,6 +69,23 @@ def _inbox(settings: Settings) -> Finding:
             "original (each is still sorted once)",
         )
     return Finding("ok", f"inbox {inbox} exists and is readable (sortbox only reads it)")
+
+
+def _missing_or_file(name: str, path: Path, settings: Settings) -> Finding | None:
+    """The inbox and the library must be folders that exist: a file there made `run` crash
+    and doctor blame the file's mode; a missing one was made silently, parents and all, on a
+    typo or under a share not mounted yet (#32)."""
+    if path.exists() and not path.is_dir():
+        return Finding("fail", f"{name} {path} is a file, not a folder: set {name} to a folder")
+    if path.exists():
+        return None
+    if settings.create_folders:
+        return Finding("warn", f"{name} {path} does not exist yet (create_folders: run creates it)")
+    return Finding(
+        "fail",
+        f"{name} {path} does not exist: create it (mkdir {path}) or run `sortbox init`; or set "
+        "create_folders = true",
+    )
 
 
 def _existing(path: Path) -> Path:

@@ -6,6 +6,7 @@ whether `sortbox` is started from a shell, from systemd or from a test.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -99,10 +100,16 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    inbox: Path
-    library: Path
-    journal: Path
-    models_dir: Path
+    # Defaults, as config.toml and the README list them: sortbox runs without a config file
+    # (#32), relative to the folder it was started in.
+    inbox: Path = Path("inbox")
+    library: Path = Path("library")
+    journal: Path = Path("journal.jsonl")
+    models_dir: Path = Path("models")
+    # A missing inbox or library stops start-up unless this is on (`sortbox init` makes them
+    # too): a mistyped path, or a network share not mounted yet, must not become an empty
+    # local folder that sortbox watches for ever (#32).
+    create_folders: bool = False
     dataset: Path | None = None
     cache_dir: Path | None = None
 
@@ -156,7 +163,10 @@ class Settings(BaseSettings):
     def _folders_do_not_nest(self) -> Settings:
         inbox, library = self.inbox.absolute(), self.library.absolute()
         if inbox == library or inbox.is_relative_to(library) or library.is_relative_to(inbox):
-            raise ValueError("inbox and library must not contain one another")
+            raise ValueError(
+                f"the inbox ({self.inbox}) and the library ({self.library}) must not contain "
+                "one another: sortbox would sort its own copies again"
+            )
         return self
 
     @property
@@ -199,32 +209,127 @@ class UsageError(Exception):
     """A command asked for something that cannot be done as asked (exit code 2)."""
 
 
+ENV_PREFIX = "SORTBOX_"
+CONFIG_VARIABLE = "SORTBOX_CONFIG"
+
+
 def default_config_path() -> Path:
-    return Path(os.environ.get("SORTBOX_CONFIG", "config.toml"))
+    return Path(os.environ.get(CONFIG_VARIABLE, "config.toml"))
+
+
+def config_is_implicit(config_path: Path | None) -> bool:
+    """True when nobody named a config file (no --config, no $SORTBOX_CONFIG) and there is
+    none in the current folder: then the defaults apply (#32). A named file that is missing
+    is a mistake, and stays an error."""
+    return (
+        config_path is None
+        and CONFIG_VARIABLE not in os.environ
+        and not Path("config.toml").exists()
+    )
 
 
 def load_settings(config_path: Path | None = None) -> Settings:
     path = (config_path or default_config_path()).absolute()
+    values: dict[str, Any] = {}
     try:
         with path.open("rb") as fh:
-            values: dict[str, Any] = tomllib.load(fh)
+            values = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        if not config_is_implicit(config_path):
+            raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    _refuse_unknown_variables()
     try:
         settings = Settings(**values)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc)}") from None
+        raise ConfigError(_describe(exc, path)) from None
     return _resolve_paths(settings, path.parent)
 
 
-def _describe(exc: ValidationError) -> str:
+def known_variables() -> set[str]:
+    names = {CONFIG_VARIABLE}
+    names |= {f"{ENV_PREFIX}{key}".upper() for key in Settings.model_fields}
+    names |= {f"{ENV_PREFIX}TRAIN__{key}".upper() for key in TrainSettings.model_fields}
+    return names
+
+
+def _refuse_unknown_variables() -> None:
+    """A misspelt SORTBOX_BATCHSIZE=4 was silently ignored (#32): refused, as unknown keys
+    in the file are."""
+    unknown = sorted(
+        name
+        for name in os.environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known_variables()
+    )
+    if unknown:
+        raise ConfigError(
+            f"environment variable {', '.join(unknown)}: unknown setting (the variables are "
+            f"SORTBOX_<KEY> for a key of config.toml, SORTBOX_TRAIN__<KEY> for one of [train])"
+        )
+
+
+# pydantic's wording where it names Python types, in a reader's words
+PLAIN_MESSAGES = {
+    "path_type": "must be a path, in quotes",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be text, in quotes",
+    "list_type": "must be a list, in [ ]",
+}
+
+
+def default_config_text() -> str:
+    """A config file for `sortbox init` to write where there is none: the folders set, every
+    other key commented out with its default, from the code, so the two never differ."""
+    lines = [
+        "# sortbox configuration, written by `sortbox init`. Relative paths are relative to",
+        "# this file's folder. A key commented out has the default shown; the README's",
+        '# "Configuration" table says what each one does.',
+    ]
+    for key, field in Settings.model_fields.items():
+        if key == "train":
+            continue
+        value = field.get_default(call_default_factory=True)
+        text = "" if value is None else json.dumps(str(value) if isinstance(value, Path) else value)
+        if key in ("inbox", "library", "journal", "models_dir", "create_folders"):
+            lines.append(f"{key} = {text}")
+        else:
+            lines.append(f"# {key} = {text}" if text else f"# {key} = (not set)")
+    return "\n".join(lines) + "\n"
+
+
+def _variable_for(location: tuple[Any, ...]) -> str | None:
+    """The environment variable that set the value at `location`, if one did."""
+    wanted = ENV_PREFIX + "__".join(str(part) for part in location).upper()
+    return next((name for name in os.environ if name.upper() == wanted), None)
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    """One clause per problem, naming where the value came from: the file and its key, or the
+    environment variable (#32); pydantic's "Value error, " prefix is jargon to a reader."""
     problems = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-        problems.append(f"{key}: {message}")
+        location = tuple(error["loc"])
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] in PLAIN_MESSAGES:
+            message = PLAIN_MESSAGES[error["type"]]
+        elif error["type"] == "value_error":
+            message = str(error.get("ctx", {}).get("error", error["msg"]))
+        else:
+            message = error["msg"]
+        variable = _variable_for(location) if location else None
+        if variable is not None:
+            problems.append(f"environment variable {variable}={os.environ[variable]}: {message}")
+        elif location:
+            problems.append(f"{path}: {'.'.join(str(p) for p in location)}: {message}")
+        else:
+            problems.append(f"{path}: {message}")
     return "; ".join(problems)
 
 

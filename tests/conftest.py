@@ -245,6 +245,8 @@ def make_home(root: Path, **overrides: object) -> Home:
     config = root / "config.toml"
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
     (root / "inbox").mkdir(exist_ok=True)
+    # as `sortbox init` does: a missing library is an error unless create_folders (#32)
+    (root / str(settings["library"])).mkdir(parents=True, exist_ok=True)
     return Home(root, config, str(settings["journal"]))
 
 

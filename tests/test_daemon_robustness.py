@@ -431,7 +431,7 @@ def test_sort_dry_run_touches_nothing_then_sort_does_it(home: Home, tmp_path: Pa
             'inbox = "i"\nlibrary = "l"\njournal = "j"\nmodels_dir = "m"\nbatch_size = 0\n',
             "batch_size",
         ),
-        ('inbox = "i"\nlibrary = "l"\njournal = "j"\n', "models_dir: Field required"),
+        ('inbox = "i"\nlibrary = "l"\njournal = "j"\nmodels_dir = 3\n', "models_dir: must be"),
         ('inbox = "i"\nlibrary = "i/lib"\njournal = "j"\nmodels_dir = "m"\n', "must not contain"),
         ("inbox = \n", "not valid TOML"),
     ],
@@ -447,7 +447,7 @@ def test_config_errors_exit_2_naming_the_key(tmp_path: Path, config: str, messag
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
     home = make_home(tmp_path)
     result = sortbox("run", config=home.config, env={"SORTBOX_BATCH_SIZE": "-1"})
-    assert result.returncode == 2 and "batch_size" in result.stderr
+    assert result.returncode == 2 and "environment variable SORTBOX_BATCH_SIZE=-1" in result.stderr
 
 
 def test_unusable_model_is_refused_with_a_clear_message(home: Home) -> None:

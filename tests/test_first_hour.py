@@ -25,7 +25,11 @@ def cli(
         capture_output=True,
         text=True,
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        # the user's own SORTBOX_* variables would change what is tested
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("SORTBOX_")},
+            **(env or {}),
+        },
         timeout=timeout,
     )
 
@@ -207,3 +211,104 @@ def test_install_units_warns_of_folders_under_tmp(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     warned = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
     assert any(f"inbox is {inbox}" in w and "PrivateTmp=yes" in w for w in warned), warned
+
+
+# -- finding 1: no config file, no problem ------------------------------------------------------
+
+
+def test_without_a_config_file_the_documented_defaults_apply_and_it_says_so(
+    tmp_path: Path,
+) -> None:
+    status = cli("status", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert status.stderr.count(f"no config file at {tmp_path / 'config.toml'}") == 1
+    assert "documented defaults" in status.stderr
+    (tmp_path / "config.toml").write_text("")  # an empty file: every key has its default
+    empty = cli("status", cwd=tmp_path)
+    assert empty.returncode == 0 and "Field required" not in empty.stderr, empty.stderr
+    assert "no config file" not in empty.stderr
+    named = cli("status", "--config", "elsewhere.toml", cwd=tmp_path)
+    assert named.returncode == 2 and "config file not found" in named.stderr
+
+
+def test_init_in_an_empty_folder_writes_a_config_and_makes_the_folders(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="sortbox init needs the train extra")
+    result = cli("init", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    config = (tmp_path / "config.toml").read_text()
+    assert 'inbox = "inbox"' in config and "# batch_size = 8" in config
+    assert (tmp_path / "inbox").is_dir() and (tmp_path / "library").is_dir()
+    status = cli("status", cwd=tmp_path)
+    assert status.returncode == 0 and "no config file" not in status.stderr
+    assert "default" in status.stdout or "v" in status.stdout
+
+
+# -- finding 11: environment variables --------------------------------------------------------
+
+
+def test_a_bad_environment_variable_is_named_as_such(home: Home) -> None:
+    result = cli("status", cwd=home.root, env={"SORTBOX_BATCH_SIZE": "abc"})
+    assert result.returncode == 2
+    assert "environment variable SORTBOX_BATCH_SIZE=abc: must be a whole number" in result.stderr
+    assert "config.toml" not in result.stderr, result.stderr
+
+
+def test_a_misspelt_environment_variable_is_refused(home: Home) -> None:
+    result = cli("status", cwd=home.root, env={"SORTBOX_BATCHSIZE": "4"})
+    assert result.returncode == 2 and "SORTBOX_BATCHSIZE: unknown setting" in result.stderr
+    assert cli("status", cwd=home.root, env={"SORTBOX_BATCH_SIZE": "4"}).returncode == 0
+
+
+# -- findings 12 and 13: the inbox and the library are folders that exist ---------------------
+
+
+def test_a_mistyped_inbox_stops_start_up_and_is_never_created(home: Home) -> None:
+    missing = home.root / "nonexistent" / "deep" / "inbox"
+    config = home.config.read_text().replace('inbox = "inbox"', f'inbox = "{missing}"')
+    home.config.write_text(config)
+    run = cli("run", cwd=home.root, timeout=60)
+    assert run.returncode == 2 and f"inbox {missing} does not exist" in run.stderr, run.stderr
+    assert "create_folders = true" in run.stderr
+    assert not (home.root / "nonexistent").exists()
+    doctor = cli("doctor", cwd=home.root)
+    assert doctor.returncode == 1 and f"FAIL inbox {missing} does not exist" in doctor.stdout
+
+    with home.config.open("a") as config:
+        config.write("create_folders = true\n")
+    allowed = cli("doctor", cwd=home.root)
+    assert allowed.returncode == 0 and "WARN inbox" in allowed.stdout, allowed.stdout
+
+
+def test_a_missing_library_stops_sort(home: Home) -> None:
+    home.library.rmdir()
+    write_picture(home.inbox / "red.jpg", "red")
+    result = cli("sort", "inbox", cwd=home.root)
+    assert result.returncode == 2 and f"library {home.library} does not exist" in result.stderr
+    assert not home.library.exists()
+
+
+def test_an_inbox_that_is_a_file_is_a_clear_error(home: Home) -> None:
+    home.inbox.rmdir()
+    home.inbox.write_text("not a folder")
+    doctor = cli("doctor", cwd=home.root)
+    assert doctor.returncode == 1
+    assert f"FAIL inbox {home.inbox} is a file, not a folder" in doctor.stdout, doctor.stdout
+    assert "readable" not in doctor.stdout
+    run = cli("run", cwd=home.root, timeout=60)
+    assert run.returncode == 2 and "is a file, not a folder" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+# -- finding 14: plain words --------------------------------------------------------------------
+
+
+def test_configuration_problems_are_in_plain_words(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('inbox = "photos"\nlibrary = "photos/sorted"\n')
+    result = cli("status", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Value error" not in result.stderr and "(top level)" not in result.stderr
+    assert "must not contain one another" in result.stderr
+    (tmp_path / "config.toml").write_text("models_dir = 3\n")
+    typed = cli("status", cwd=tmp_path)
+    assert "models_dir: must be a path, in quotes" in typed.stderr, typed.stderr
+    assert "class" not in typed.stderr
