@@ -198,7 +198,25 @@ def build_parser() -> argparse.ArgumentParser:
         'print a shell completion script: eval "$(sortbox completion bash)"',
     )
     completion.add_argument("shell", choices=["bash", "zsh"])
+
+    web = command("web", web_command, "review pictures in a browser: a page on this machine")
+    web.add_argument("--listen", help="address to bind (default: [web] listen, 127.0.0.1)")
+    web.add_argument("--port", type=int, help="port (default: [web] port, 8765)")
     return parser
+
+
+def web_command(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        from sortbox.daemon.web import NotLoopback, serve
+    except ImportError as exc:
+        raise UsageError(
+            f"the web page needs its extra ({exc.name} is missing): pip install -e '.[web]'"
+        ) from None
+    listen = args.listen or settings.web.listen
+    try:
+        return serve(settings, args.config, listen, args.port or settings.web.port)
+    except NotLoopback as exc:
+        raise UsageError(str(exc)) from None
 
 
 def installed_version() -> str:

@@ -35,6 +35,7 @@ from sortbox.daemon.journal import (
     Recovered,
     Rejected,
     Review,
+    Reviewed,
     Sorted,
     Undone,
     parse_lines,
@@ -165,6 +166,11 @@ class DoneIndex:
                         self._recovered.add(digest)
                     else:
                         self._recovered.discard(digest)
+            elif isinstance(event, Reviewed):
+                # filed in the page: the content is now where it was filed
+                digest = _digest(event.sha256)
+                if digest and event.dest and self._dest_of(digest) == event.src:
+                    self._content[digest] = self._pack_dest(digest, event.dest)
             elif isinstance(event, Undone):
                 digest = _digest(event.sha256)
                 if digest and event.dest and self._dest_of(digest) == event.dest:

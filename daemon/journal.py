@@ -105,6 +105,16 @@ class Recovered(_Explained):
     original_removed: bool = True
 
 
+class Reviewed(_FileEvent):
+    """A person filed a picture from one library folder into another in sortbox's own page
+    (`src` and `dest` are both in the library, `root`). A move in a file manager is the same
+    label, seen by where the file is; this line also lets undo put it back."""
+
+    event: Literal["reviewed"] = "reviewed"
+    label: str
+    by: str = "web"  # where it was done
+
+
 class ModelLoaded(_Event):
     event: Literal["model"] = "model"
     model: str
@@ -135,6 +145,7 @@ Event = Annotated[
     | Duplicate
     | Rejected
     | Recovered
+    | Reviewed
     | Undone
     | ModelLoaded
     | TrainingRun

@@ -48,6 +48,22 @@ def _auto_threads(value: Any) -> Any:
 AutoThreads = Annotated[int, BeforeValidator(_auto_threads)]
 
 
+class WebSettings(BaseModel):
+    """`sortbox web`, the review page: a separate process; the daemon keeps no network."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # loopback only by default; any other address needs `password` (and, beyond a home LAN,
+    # TLS from a reverse proxy in front)
+    listen: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    # asked on the login page when the page is opened from another machine
+    password: str | None = None
+    # names this page may be reached under besides localhost (a reverse proxy's name); any
+    # other Host header is refused (DNS rebinding)
+    allowed_hosts: list[str] = Field(default_factory=list)
+
+
 class TrainSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -145,8 +161,13 @@ class Settings(BaseSettings):
     # real precision stays measured even where nobody looks at the sorted folders. Filing a spot
     # check into a class folder labels it for the trainer and counts in `sortbox status`.
     audit_rate: float = Field(0.02, ge=0.0, le=1.0)
+    # At most this share of pictures of the known classes may be sent to needs_review as
+    # "unlike any class" (issue #33): the trainer sets the unknown threshold there, on the
+    # calibration pictures. Takes effect at the next `sortbox train`.
+    unknown_review_rate: float = Field(0.05, ge=0.0, lt=1.0)
 
     train: TrainSettings = Field(default_factory=TrainSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -250,7 +271,8 @@ def load_settings(config_path: Path | None = None) -> Settings:
 def known_variables() -> set[str]:
     names = {CONFIG_VARIABLE}
     names |= {f"{ENV_PREFIX}{key}".upper() for key in Settings.model_fields}
-    names |= {f"{ENV_PREFIX}TRAIN__{key}".upper() for key in TrainSettings.model_fields}
+    for section, model in (("TRAIN", TrainSettings), ("WEB", WebSettings)):  # [train], [web]
+        names |= {f"{ENV_PREFIX}{section}__{key}".upper() for key in model.model_fields}
     return names
 
 
@@ -265,7 +287,8 @@ def _refuse_unknown_variables() -> None:
     if unknown:
         raise ConfigError(
             f"environment variable {', '.join(unknown)}: unknown setting (the variables are "
-            f"SORTBOX_<KEY> for a key of config.toml, SORTBOX_TRAIN__<KEY> for one of [train])"
+            "SORTBOX_<KEY> for a key of config.toml, SORTBOX_TRAIN__<KEY> for one of [train], "
+            "SORTBOX_WEB__<KEY> for one of [web])"
         )
 
 
