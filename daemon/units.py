@@ -16,7 +16,12 @@ from sortbox.daemon.manifest import current_version
 from sortbox.daemon.settings import Settings
 
 TEMPLATES = resources.files("sortbox.systemd")
-UNITS = ("sortbox.service", "sortbox-train.service", "sortbox-train.timer")
+UNITS = (
+    "sortbox.service",
+    "sortbox-train.service",
+    "sortbox-train.timer",
+    "sortbox-web.service",
+)
 
 
 def sortbox_executable() -> Path:
@@ -48,6 +53,10 @@ def render_units(
         "@MOUNTS@": " ".join(_quote(p) for p in daemon_paths),
         "@READ_WRITE@": " ".join([*(_quote(p) for p in daemon_paths), journal]),
         "@TRAIN_READ_WRITE@": " ".join([*(_quote(p) for p in train_paths), journal]),
+        "@WEB_READ_WRITE@": " ".join(
+            [*(_quote(p) for p in _unique([settings.library, *train_paths])), journal]
+        ),
+        "@PORT@": str(settings.web.port),
         # paths under /home must stay visible; read-only except the ReadWritePaths above
         "@PROTECT_HOME@": "read-only" if under_home else "yes",
         "@IDENTITY@": "" if user_mode else "User=sortbox\nGroup=sortbox",

@@ -140,11 +140,20 @@ def test_install_units_writes_real_paths(units: Path, home: Home) -> None:
     train = (units / "sortbox-train.service").read_text()
     assert "train --config" in train and "Nice=19" in train and "MemoryMax=" in train
     assert "Persistent=true" in (units / "sortbox-train.timer").read_text()
+    web = (units / "sortbox-web.service").read_text()
+    # the page listens, on loopback only; the daemon keeps no network at all
+    assert "web --config" in web and "IPAddressAllow=localhost" in web
+    assert "IPAddressDeny=any" in web and "PrivateNetwork=yes" not in web
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
 def test_units_verify_and_exposure_is_low(units: Path) -> None:
-    for name in ("sortbox.service", "sortbox-train.service", "sortbox-train.timer"):
+    for name in (
+        "sortbox.service",
+        "sortbox-train.service",
+        "sortbox-train.timer",
+        "sortbox-web.service",
+    ):
         result = subprocess.run(
             [SYSTEMD_ANALYZE, "verify", str(units / name)], capture_output=True, text=True
         )
@@ -155,7 +164,7 @@ def test_units_verify_and_exposure_is_low(units: Path) -> None:
             if line.strip() and "sortbox" in line and "user" not in line.lower()
         ]
         assert not problems, problems
-    for name in ("sortbox.service", "sortbox-train.service"):
+    for name in ("sortbox.service", "sortbox-train.service", "sortbox-web.service"):
         result = subprocess.run(
             [SYSTEMD_ANALYZE, "security", "--offline=true", str(units / name)],
             capture_output=True,
