@@ -241,8 +241,11 @@ class Web:
         return cards
 
     def fingerprint(self, picture: Picture) -> int | None:
-        thumb = self.thumbnail(picture.folder, picture.hash12, THUMB_SIZES[0])
-        if thumb is None:
+        """The difference hash of the picture's thumbnail, if it has been made: the page never
+        waits for decoding (a 10,000-picture queue opens at once); the browser asks for the
+        thumbnails right after, and the next look collapses what they show alike."""
+        thumb = self.thumbs / f"{picture.hash12}-{THUMB_SIZES[0]}.webp"
+        if not thumb.is_file():
             return None
         with Image.open(thumb) as image:
             small = image.convert("L").resize((9, 8))

@@ -381,3 +381,60 @@ def screenshot(tab: object, name: str) -> None:
         tab.screenshot(path=str(SCREENSHOTS / f"{name}.png"))  # type: ignore[attr-defined]
     else:
         tab.screenshot(path=f"/tmp/sortbox-web-{name}.png")  # type: ignore[attr-defined]
+
+
+def test_near_duplicates_collapse_into_one_card_that_files_them_all(reviewing: Page) -> None:
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    review = reviewing.home.library / "needs_review"
+    picture = reviewing.queue()[0]
+    (original,) = review.glob(f"*.{picture}.*")
+    buffer = io.BytesIO()
+    with Image.open(original) as image:
+        image.save(buffer, "JPEG", quality=60)  # the same photo, saved again by an editor
+    again = hashlib.sha256(buffer.getvalue()).hexdigest()[:12]
+    (review / f"edited.{again}.jpg").write_bytes(buffer.getvalue())
+    for hash12 in (picture, again):  # what the browser does right after the page
+        assert reviewing.request("GET", f"/thumb/needs_review/{hash12}")[0] == 200
+    status, page = reviewing.request("GET", "/review")
+    members = re.findall(r'data-members="([0-9a-f ]+)"', page)
+    together = [m.split() for m in members if picture in m.split()]
+    assert together and set(together[0]) == {picture, again}, members
+    assert "+1 similar" in page
+    body = {"pictures": together[0], "from": "needs_review", "to": "blue"}
+    status, answer = reviewing.request("POST", "/api/file", body)
+    assert status == 200 and len(json.loads(answer)["filed"]) == 2, answer
+    assert {p.name for p in (reviewing.home.library / "blue").glob("*")} >= {
+        original.name,
+        f"edited.{again}.jpg",
+    }
+
+
+def test_the_api_explains_reports_and_places_nothing(reviewing: Page, tmp_path: Path) -> None:
+    photo = real_photos(1)[0]
+    lines_before, files_before = len(reviewing.home.events()), reviewing.home.library_files()
+    status, answer = reviewing.request(
+        "POST",
+        "/api/explain",
+        photo.read_bytes(),
+        {"Content-Type": "image/jpeg", "X-Filename": "a/../x.jpg"},
+    )
+    assert status == 200, answer
+    explained = json.loads(answer)
+    cli = sortbox("explain", "--json", str(photo), config=reviewing.home.config)
+    expected = json.loads(cli.stdout.splitlines()[0])
+    assert explained["decision"] == expected["decision"] and explained["top3"] == expected["top3"]
+    assert explained["file"] == "x.jpg"
+    status, metrics = reviewing.request("GET", "/metrics")
+    assert status == 200 and "sortbox_review_backlog" in metrics
+    assert re.search(
+        r'sortbox_journal_files_total\{event="review",folder="needs_review"\} \d+', metrics
+    )
+    status, body = reviewing.request("GET", "/api/status")
+    assert status == 200 and json.loads(body)["model"]["version"] == "v1"
+    # nothing journaled or placed through the API
+    assert len(reviewing.home.events()) == lines_before
+    assert reviewing.home.library_files() == files_before
