@@ -11,9 +11,11 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from sortbox.daemon.manifest import ModelError
@@ -25,6 +27,9 @@ from sortbox.daemon.settings import (
     config_is_implicit,
     load_settings,
 )
+
+if TYPE_CHECKING:
+    from sortbox.daemon.journal import Placement
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_PUBLISHED = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a tool SIGPIPE ended
@@ -65,7 +70,12 @@ def _main(argv: list[str] | None) -> int:
                 "`sortbox init` writes a config file to change them",
                 file=sys.stderr,
             )
-        configure_logging(settings.log_level)
+        configure_logging(
+            settings.log_level,
+            # `sort` prints each file's line itself, with the progress bar
+            file_lines=args.handler is not sort_command,
+            dry_run=getattr(args, "dry_run", False),
+        )
         return int(args.handler(settings, args) or EXIT_OK)
     except (ConfigError, UsageError) as exc:
         print(f"sortbox: {exc}", file=sys.stderr)
@@ -228,22 +238,33 @@ def installed_version() -> str:
         return "(not installed)"
 
 
-def configure_logging(level: str) -> None:
-    """Readable lines on a terminal; JSON lines otherwise (journald)."""
+def configure_logging(level: str, file_lines: bool = True, dry_run: bool = False) -> None:
+    """Readable lines on a terminal, in local time, one per file; JSON lines otherwise
+    (journald), unchanged (#32)."""
+    from sortbox.daemon.console import BarFriendlyLogger, TerminalRenderer
+
     on_terminal = sys.stderr.isatty()
-    renderer = (
-        structlog.dev.ConsoleRenderer() if on_terminal else structlog.processors.JSONRenderer()
-    )
-    processors: list[structlog.typing.Processor] = [
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    if not on_terminal:
-        processors.append(structlog.processors.format_exc_info)
+    processors: list[structlog.typing.Processor] = [structlog.processors.add_log_level]
+    if on_terminal:
+        processors += [
+            structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
+            structlog.processors.format_exc_info,
+            TerminalRenderer(file_lines, dry_run),
+        ]
+    else:
+        processors += [
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ]
     structlog.configure(
-        processors=[*processors, renderer],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=(
+            (lambda *_: BarFriendlyLogger(sys.stderr))
+            if on_terminal
+            else structlog.PrintLoggerFactory(file=sys.stderr)
+        ),
         cache_logger_on_first_use=True,
     )
 
@@ -287,7 +308,6 @@ def sort_command(settings: Settings, args: argparse.Namespace) -> int:
     """The daemon's own pipeline over the given files, once, with a progress bar."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from sortbox.daemon.intake import collect
-    from sortbox.daemon.journal import Placement
     from sortbox.daemon.service import Service
     from tqdm import tqdm
 
@@ -299,15 +319,22 @@ def sort_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return ray_sort(settings, args, inputs)
     events: list[Placement] = []
+    summary = PeriodicSummary(len(inputs), enabled=not sys.stderr.isatty())
     with tqdm(total=len(inputs), unit="img", disable=not sys.stderr.isatty()) as bar:
 
         def on_batch(placed: list[Placement], finished: int) -> None:
             events.extend(placed)
+            thresholds = service.classifier.manifest.thresholds
+            for event in placed:  # above the bar, which stays at the bottom (#32)
+                tqdm.write(line_of(event, thresholds, args.dry_run), file=sys.stdout)
             bar.update(finished)
+            summary.update(finished, events)
 
         service = Service(settings, inputs=inputs, dry_run=args.dry_run, on_batch=on_batch)
         failed = service.run()
-    report_sorted(events, args.dry_run)
+    unsorted = len(service.unfinished) + len(service.failed)
+    # a file the journal has, unchanged, is passed over without an event (#32: say so)
+    print_summary(events, args.dry_run, len(inputs) - len(events) - unsorted)
     for path in service.unfinished:
         print(f"not sorted (it kept changing while read): {path}", file=sys.stderr)
     for path in service.failed:
@@ -353,20 +380,63 @@ def ray_sort(settings: Settings, args: argparse.Namespace, inputs: list) -> int:
 
 def report_sorted(events: list, dry_run: bool) -> None:
     for event in events:
-        where = event.dest or "(not copied)"
-        detail = (
-            f"{event.label} {event.confidence:.2f}"
-            if event.confidence is not None
-            else event.reason
-        )
-        prefix = "would be " if dry_run else ""
-        print(f"{prefix}{event.event:9} {event.src} -> {where}  [{detail}]")
-    counts = {
-        name: sum(e.event == name for e in events)
-        for name in ("sorted", "review", "duplicate", "rejected")
-    }
-    summary = ", ".join(f"{n} {name}" for name, n in counts.items())
-    print(f"{'dry run: ' if dry_run else ''}{len(events)} files: {summary}", file=sys.stderr)
+        print(line_of(event, {}, dry_run))
+    print_summary(events, dry_run, 0)
+
+
+def line_of(event: Placement, thresholds: dict[str, float], dry_run: bool) -> str:
+    from sortbox.daemon.console import outcome_line
+
+    return outcome_line(
+        event.event,
+        event.src,
+        event.label,
+        event.confidence,
+        event.reason,
+        thresholds.get(event.label) if event.label else None,
+        dry_run,
+    )
+
+
+def counts_of(events: list, dry_run: bool = False) -> str:
+    from sortbox.daemon.console import plural
+
+    counts = {name: sum(e.event == name for e in events) for name in FILE_OUTCOMES}
+    would = ("would be ", "would go ", "would be ") if dry_run else ("", "", "")
+    return (
+        f"{counts['sorted']} {would[0]}sorted, {counts['review']} {would[1]}to review, "
+        f"{plural(counts['duplicate'], 'duplicate')}, {counts['rejected']} {would[2]}rejected"
+    )
+
+
+def print_summary(events: list, dry_run: bool, already: int) -> None:
+    from sortbox.daemon.console import plural
+
+    line = f"{plural(len(events), 'file')}: {counts_of(events, dry_run)}"
+    if already > 0 and not events:
+        line = f"0 files to sort: {plural(already, 'file')} already sorted (journal), skipped"
+    elif already > 0:
+        line += f"; {plural(already, 'file')} already sorted (journal), skipped"
+    print(f"dry run, nothing was changed: {line}" if dry_run else line, file=sys.stderr)
+
+
+FILE_OUTCOMES = ("sorted", "review", "duplicate", "rejected")
+
+
+class PeriodicSummary:
+    """Where stderr is no terminal (a log file, cron), no bar: a line every `every_s`
+    seconds says how far it got (#32)."""
+
+    def __init__(self, total: int, enabled: bool, every_s: float = 10.0) -> None:
+        self.total, self.enabled, self.every_s = total, enabled, every_s
+        self.finished = 0
+        self._next = time.monotonic() + every_s
+
+    def update(self, finished: int, events: list) -> None:
+        self.finished += finished
+        if self.enabled and time.monotonic() >= self._next:
+            self._next = time.monotonic() + self.every_s
+            print(f"sort: {self.finished}/{self.total} files, {counts_of(events)}", file=sys.stderr)
 
 
 def undo_command(settings: Settings, args: argparse.Namespace) -> int:

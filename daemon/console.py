@@ -6,6 +6,11 @@ here, so every command says "1 file", "3 files" and "12.5 MB" the same way (#32)
 
 from __future__ import annotations
 
+import re
+from typing import IO, Any
+
+import structlog
+
 
 def plural(count: int, noun: str, many: str | None = None) -> str:
     """`plural(1, "file")` is "1 file"; `plural(3, "file")` is "3 files"."""
@@ -23,3 +28,139 @@ def megabytes(size: float) -> str:
                 else f"{value:.1f} {unit}"
             )
     return plural(int(size), "byte")
+
+
+# -- one readable line per file ------------------------------------------------------------
+
+FILE_EVENTS = ("sorted", "review", "duplicate", "rejected")
+# the service's own start and stop lines, which `sort` on a terminal says in its summary
+DAEMON_ONLY = ("index_loaded", "stopped")
+SPOT_CHECK = "spot check"  # decide.SPOT_CHECK, the journal's word (not imported: no numpy here)
+
+
+def outcome_line(
+    event: str,
+    src: str,
+    label: str | None = None,
+    confidence: float | None = None,
+    reason: str | None = None,
+    threshold: float | None = None,
+    dry_run: bool = False,
+) -> str:
+    """One file's outcome for a person: `shirt.jpg → clothing (0.83)`, `hat.jpg →
+    needs_review: 0.52 < 0.60 for objects`, `notes.txt → rejected: not a picture`. A dry run
+    says "would" on every line (#32)."""
+    guess = f"{label} ({confidence:.2f})" if label and confidence is not None else ""
+    if event == "sorted":
+        where = f"would be sorted into {guess}" if dry_run else guess
+        if reason:  # a RAW file or sidecar, placed with its picture
+            where += f", {reason}"
+    elif event == "review":
+        where = (
+            "would go to " if dry_run else ""
+        ) + f"needs_review: {_why_review(reason, label, confidence, threshold)}"
+    elif event == "duplicate":
+        where = (
+            "would be skipped, " if dry_run else ""
+        ) + f"duplicate: {reason or 'already in the library'}"
+    else:
+        where = ("would be rejected" if dry_run else "rejected") + f": {plain_reason(reason)}"
+    return f"{src} → {where}"
+
+
+def _why_review(
+    reason: str | None, label: str | None, confidence: float | None, threshold: float | None
+) -> str:
+    if reason == SPOT_CHECK:
+        return f"spot check, {label} ({confidence:.2f}) was sure enough to sort"
+    if reason:
+        return f"{reason}; nearest class {label} ({confidence:.2f})"
+    if confidence is None:
+        return "the model was not sure"
+    if threshold is not None and threshold > 1.0:
+        return f"too little calibration evidence to sort {label} ({confidence:.2f})"
+    if threshold is not None:
+        return f"{confidence:.2f} < {threshold:.2f} for {label}"
+    return f"{label} {confidence:.2f} is below its threshold"
+
+
+# the decoders' messages (Pillow's and ours) as a person reads them; the journal keeps the
+# originals (#32)
+PLAIN_PROBLEMS = (
+    (
+        re.compile(r"image file is truncated.*|Truncated File Read"),
+        "the file is cut short (an incomplete copy?)",
+    ),
+    (re.compile(r"cannot identify image file.*"), "not a picture sortbox can read"),
+    (
+        re.compile(r"cannot decode: (?:OSError|ValueError|SyntaxError|UnidentifiedImageError): "),
+        "cannot decode: ",
+    ),
+)
+
+
+def plain_reason(reason: str | None) -> str:
+    if not reason:
+        return "unknown problem"
+    for pattern, words in PLAIN_PROBLEMS:
+        reason = pattern.sub(words, reason)
+    # sizes in bytes as MB: "629145600 bytes, the limit is 536870912" (#32)
+    reason = re.sub(r"\b(\d{4,}) bytes", lambda m: megabytes(int(m[1])), reason)
+    return re.sub(r"(the limit is )(\d{4,})\b", lambda m: m[1] + megabytes(int(m[2])), reason)
+
+
+# -- the log on a terminal ---------------------------------------------------------------------
+
+
+class TerminalRenderer:
+    """structlog's last processor for a person at a terminal: local time, one line per file
+    (each outcome once), no empty fields. journald gets the JSON lines unchanged."""
+
+    def __init__(self, file_lines: bool = True, dry_run: bool = False) -> None:
+        self.file_lines = file_lines  # False: the command prints each file itself (`sort`)
+        self.dry_run = dry_run
+
+    def __call__(self, logger: object, method: str, event_dict: dict[str, Any]) -> str:
+        event = str(event_dict.pop("event", ""))
+        when = event_dict.pop("timestamp", "")
+        level = event_dict.pop("level", method)
+        trace = event_dict.pop("exception", None)
+        if event in FILE_EVENTS and "src" in event_dict:
+            if not self.file_lines:
+                raise structlog.DropEvent
+            text = outcome_line(
+                event,
+                event_dict["src"],
+                event_dict.get("label"),
+                event_dict.get("confidence"),
+                event_dict.get("reason"),
+                dry_run=self.dry_run,
+            )
+        elif event == "rejected" and "path" in event_dict:
+            raise structlog.DropEvent  # the same outcome is logged with its file line
+        elif event in DAEMON_ONLY and not self.file_lines:
+            raise structlog.DropEvent  # the command sums up itself, in its own words
+        elif event == "model_switched" and event_dict.get("old") == event_dict.get("new"):
+            text = f"model {event_dict.get('new')} reloaded, unchanged"
+        else:
+            fields = " ".join(f"{k}={v}" for k, v in event_dict.items() if v is not None)
+            text = f"{event.replace('_', ' ')}{': ' if fields else ''}{fields}"
+        if level in ("warning", "error", "critical"):
+            text = f"{level}: {text}"
+        line = f"{when} {text}" if when else text
+        return f"{line}\n{trace}" if trace else line
+
+
+class BarFriendlyLogger:
+    """Writes log lines above a progress bar (tqdm.write), so the bar stays at the bottom of
+    the terminal instead of being buried under them (#32)."""
+
+    def __init__(self, file: IO[str]) -> None:
+        self._file = file
+
+    def msg(self, message: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(message, file=self._file)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg

@@ -88,7 +88,7 @@ def test_unreadable_file_is_rejected_and_the_daemon_carries_on() -> None:
     try:
         home = make_home(root)
         publish_rgb_model(home.models, "v1")
-        for folder in (root, home.inbox, home.models):
+        for folder in (root, home.inbox, home.library, home.models):
             folder.chmod(0o777)
         daemon = Daemon(home, as_user=as_user).start()
         try:
@@ -247,6 +247,7 @@ def test_delete_mode_with_an_inbox_it_may_not_write_keeps_originals_and_carries_
         publish_rgb_model(home.models, "v1")
         root.chmod(0o777)
         home.models.chmod(0o777)
+        home.library.chmod(0o777)  # made by make_home, as `sortbox init` makes it
         for n, colour in enumerate(("red", "green", "blue")):
             write_picture(home.inbox / f"scan{n}.jpg", colour, n)
         home.inbox.chmod(0o555)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -312,3 +314,142 @@ def test_configuration_problems_are_in_plain_words(tmp_path: Path) -> None:
     typed = cli("status", cwd=tmp_path)
     assert "models_dir: must be a path, in quotes" in typed.stderr, typed.stderr
     assert "class" not in typed.stderr
+
+
+# -- findings 2, 3 and 4: what a person sees at a terminal ----------------------------------
+
+
+class Terminal:
+    """A command whose stdout and stderr are a real pseudo-terminal, as in a shell."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        master, child = pty.openpty()
+        # 40 rows of 120 columns, as a terminal window has (a new pty has none)
+        fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.master = master
+        self.process = subprocess.Popen(
+            [str(SORTBOX), *args],
+            stdin=child,
+            stdout=child,
+            stderr=child,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            close_fds=True,
+        )
+        os.close(child)
+        self.output = ""
+
+    def read_until(self, predicate: Callable[[str], bool], timeout: float = 60) -> str:
+        import select
+
+        deadline = time.monotonic() + timeout
+        while not predicate(self.output) and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # EIO: the command ended and closed the terminal
+                    break
+                if not chunk:
+                    break
+                self.output += chunk.decode(errors="replace").replace("\r\n", "\n")
+        return self.output
+
+    def finish(self, timeout: float = 60) -> str:
+        self.read_until(lambda _: self.process.poll() is not None, timeout)
+        self.read_until(lambda _: False, 1)  # what is left in the terminal
+        self.process.wait(timeout=timeout)
+        os.close(self.master)
+        return self.output
+
+
+def file_lines(output: str) -> list[str]:
+    """The lines about one file each (the progress bar redraws with \\r, and is not one)."""
+    lines = [line.split("\r")[-1] for line in output.splitlines()]
+    return [line for line in lines if " → " in line]
+
+
+def some_pictures(home: Home) -> None:
+    for n, colour in enumerate(["red", "green", "blue", "grey"]):
+        write_picture(home.inbox / f"{colour}.jpg", colour, seed=n)
+    (home.inbox / "notes.txt").write_text("a shopping list, not a picture")
+
+
+def test_sort_dry_run_at_a_terminal_says_would_once_per_file(home: Home) -> None:
+    some_pictures(home)
+    output = Terminal(["sort", "inbox", "--dry-run"], home.root).finish()
+    lines = file_lines(output)
+    assert sorted(line.split(" → ")[0] for line in lines) == [
+        "blue.jpg",
+        "green.jpg",
+        "grey.jpg",
+        "notes.txt",
+        "red.jpg",
+    ], output
+    assert all("would" in line for line in lines), output
+    assert "red.jpg → would be sorted into red (" in output
+    assert "grey.jpg → would go to needs_review: " in output and " < 0.60 for " in output
+    assert "notes.txt → would be rejected: a text file, not a picture" in output
+    assert "None" not in output and '"event"' not in output and "stopped" not in output
+    assert "dry run, nothing was changed: 5 files: 3 would be sorted" in output
+    assert "100%" in output  # the progress bar, at the bottom
+
+
+def test_sort_says_what_it_skipped_as_already_sorted(home: Home) -> None:
+    some_pictures(home)
+    first = cli("sort", "inbox", cwd=home.root)
+    assert "5 files: 3 sorted, 1 to review, 0 duplicates, 1 rejected" in first.stderr
+    again = cli("sort", "inbox", cwd=home.root)
+    assert again.returncode == 0
+    assert "0 files to sort: 5 files already sorted (journal), skipped" in again.stderr
+    one = cli("sort", "inbox/red.jpg", cwd=home.root)
+    assert "1 file already sorted (journal), skipped" in one.stderr, one.stderr
+    write_picture(home.inbox / "new.jpg", "blue", seed=42)
+    mixed = cli("sort", "inbox", cwd=home.root)
+    assert "1 file: 1 sorted, 0 to review, 0 duplicates, 0 rejected; 5 files already" in (
+        mixed.stderr
+    )
+
+
+def test_the_daemon_at_a_terminal_writes_one_readable_line_per_file(home: Home) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    zone = "Asia/Kolkata"  # UTC+05:30: local time cannot pass for UTC
+    terminal = Terminal(["run"], home.root, env={"TZ": zone})
+    try:
+        terminal.read_until(lambda out: " started: " in out)
+        write_picture(home.inbox / "red.jpg", "red", seed=1)
+        (home.inbox / "notes.txt").write_text("not a picture")
+        now = datetime.now(ZoneInfo(zone))
+        output = terminal.read_until(lambda out: "notes.txt → " in out and "red.jpg → " in out)
+    finally:
+        terminal.process.terminate()
+    output = terminal.finish()
+    lines = file_lines(output)
+    assert len(lines) == 2, output  # each outcome once: the rejected file too
+    assert any(line.endswith("red.jpg → red (1.00)") for line in lines), lines
+    assert any(line.endswith("notes.txt → rejected: a text file, not a picture") for line in lines)
+    stamp = lines[0].split(" ")[0]
+    assert stamp[:2] in {f"{now:%H}", f"{(now.hour + 1) % 24:02}"}, (stamp, now)
+    assert "None" not in output and "reason=" not in output and '"event"' not in output
+
+
+def test_sizes_and_decoder_problems_are_in_plain_words(home: Home) -> None:
+    with (home.inbox / "huge.jpg").open("wb") as sparse:
+        sparse.truncate(600 * 1024 * 1024)  # 600 MB of nothing, never read
+    picture = home.inbox / "cut.jpg"
+    write_picture(picture, "red", seed=3)
+    picture.write_bytes(picture.read_bytes()[:400])  # a copy that stopped early
+    result = cli("sort", "inbox", cwd=home.root)
+    lines = dict(line.split(" → ", 1) for line in result.stdout.splitlines())
+    assert lines["huge.jpg"].startswith("rejected: too large: 600 MB, the limit is 512 MB"), lines
+    assert "bytes" not in lines["huge.jpg"]
+    assert (
+        lines["cut.jpg"] == "rejected: cannot decode: the file is cut short (an incomplete copy?)"
+    )
