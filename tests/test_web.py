@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -376,11 +377,12 @@ def test_reviewing_from_the_keyboard_beside_the_running_daemon(tmp_path: Path) -
 
 
 def screenshot(tab: object, name: str) -> None:
-    if SCREENSHOTS is not None:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        tab.screenshot(path=str(SCREENSHOTS / f"{name}.png"))  # type: ignore[attr-defined]
-    else:
-        tab.screenshot(path=f"/tmp/sortbox-web-{name}.png")  # type: ignore[attr-defined]
+    """Each page as a person sees it (not compared pixel for pixel): into SCREENSHOT_DIR when
+    set (the README's pictures: SCREENSHOT_DIR=docs/screenshots), else into /tmp."""
+    folder = SCREENSHOTS or Path(tempfile.gettempdir()) / "sortbox-web-screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = str(folder / f"{name}.jpg")
+    tab.screenshot(path=path, type="jpeg", quality=70)  # type: ignore[attr-defined]
 
 
 def test_near_duplicates_collapse_into_one_card_that_files_them_all(reviewing: Page) -> None:
