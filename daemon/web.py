@@ -341,7 +341,7 @@ class Web:
                     "created": manifest.created,
                     "kind": manifest.kind,
                     "classes": len(manifest.classes),
-                    "accuracy": _accuracy_of(folder),
+                    "accuracy": _number(manifest.metrics.get("accuracy")),
                     "report": report.read_text(encoding="utf-8") if report.is_file() else None,
                     "confusion": (folder / "confusion.png").is_file(),
                 }
@@ -685,16 +685,8 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _accuracy_of(folder: Path) -> float | None:
-    try:
-        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    for key in ("test_accuracy", "accuracy"):
-        value = report.get(key) if isinstance(report, dict) else None
-        if isinstance(value, int | float):
-            return float(value)
-    return None
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _corrections(events: list[Event], library: Path) -> list[tuple[str, str, int]]:
