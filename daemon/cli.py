@@ -63,7 +63,7 @@ def _main(argv: list[str] | None) -> int:
         if args.handler is completion_command:  # needs no config
             return completion_command(parser, args)
         settings = load_settings(args.config)
-        if config_is_implicit(args.config):
+        if config_is_implicit(args.config) and args.handler is not init_command:  # it writes one
             print(
                 f"sortbox: no config file at {Path('config.toml').absolute()} (nor "
                 "$SORTBOX_CONFIG): using the documented defaults, every folder in this one; "
@@ -537,6 +537,9 @@ def _trainer() -> object:
 
 
 def init_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.handler is init_command:  # `run` has said so already
+        # loading PyTorch and exporting the model takes seconds: say so before (#32)
+        print("creating the default model (about 10 seconds)...", file=sys.stderr, flush=True)
     trainer = _trainer()
     if args.handler is init_command and config_is_implicit(args.config):
         write_default_config(Path("config.toml"))
@@ -547,8 +550,9 @@ def init_command(settings: Settings, args: argparse.Namespace) -> int:
 def write_default_config(path: Path) -> None:
     from sortbox.daemon.settings import default_config_text
 
+    text = default_config_text()
     with contextlib.suppress(FileExistsError), path.open("x", encoding="utf-8") as file:
-        file.write(default_config_text())
+        file.write(text)
         print(f"wrote {path.absolute()}: the defaults, each key commented")
 
 

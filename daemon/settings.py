@@ -315,9 +315,9 @@ def default_config_text() -> str:
         '# "Configuration" table says what each one does.',
     ]
     for key, field in Settings.model_fields.items():
-        if key == "train":
-            continue
         value = field.get_default(call_default_factory=True)
+        if isinstance(value, BaseModel):  # a [section] such as [train]: all its defaults
+            continue
         text = "" if value is None else json.dumps(str(value) if isinstance(value, Path) else value)
         if key in ("inbox", "library", "journal", "models_dir", "create_folders"):
             lines.append(f"{key} = {text}")

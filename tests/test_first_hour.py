@@ -237,6 +237,7 @@ def test_init_in_an_empty_folder_writes_a_config_and_makes_the_folders(tmp_path:
     pytest.importorskip("torch", reason="sortbox init needs the train extra")
     result = cli("init", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("creating the default model"), result.stderr  # finding 18
     config = (tmp_path / "config.toml").read_text()
     assert 'inbox = "inbox"' in config and "# batch_size = 8" in config
     assert (tmp_path / "inbox").is_dir() and (tmp_path / "library").is_dir()
