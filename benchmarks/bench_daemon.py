@@ -463,7 +463,7 @@ def prepare_home(workdir: Path, model: Path | None) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(
         'inbox = "inbox"\nlibrary = "library"\njournal = "journal.jsonl"\nmodels_dir = "models"\n'
-        "audit_rate = 0.0\n"
+        "audit_rate = 0.0\ncreate_folders = true\n"
     )
     if model is not None and not (home / "models" / model.name).exists():
         shutil.copytree(model, home / "models" / model.name)

@@ -43,6 +43,7 @@ def make_home(root: Path, models: Path | None) -> Path:
     config = root / "config.toml"
     config.write_text(
         'inbox = "inbox"\nlibrary = "library"\njournal = "journal.jsonl"\nmodels_dir = "models"\n'
+        "create_folders = true\n"
     )
     if models is not None:
         shutil.copytree(models, root / "models", symlinks=True)

@@ -146,6 +146,7 @@ def prepare(home: Path, dataset: Path, backbone: str, budget: float) -> None:
     (home / "config.toml").write_text(
         'inbox = "inbox"\nlibrary = "library"\njournal = "journal.jsonl"\n'
         f'models_dir = "models"\ndataset = "dataset"\ntarget_precision = {TARGET}\n'
+        "create_folders = true\n"
         f'[train]\nbackbone = "{backbone}"\nbudget_minutes = {budget}\n'
     )
 
