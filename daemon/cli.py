@@ -294,7 +294,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     from sortbox.daemon.notify import Notifier
     from sortbox.daemon.service import Service
 
-    if current_version(settings.models_dir) is None:
+    first_run = current_version(settings.models_dir) is None
+    # before the seconds init takes: a folder that is a file stops it either way
+    check_folders(settings, inbox=True, missing_ok=first_run)
+    if first_run:
         print("sortbox: no model yet; creating the default model first", file=sys.stderr)
         init_command(settings, args)
     check_folders(settings, inbox=True)
@@ -570,10 +573,10 @@ def folder_problem(key: str, path: Path, create_folders: bool) -> str | None:
     return None
 
 
-def check_folders(settings: Settings, inbox: bool) -> None:
+def check_folders(settings: Settings, inbox: bool, missing_ok: bool = False) -> None:
     folders = {"inbox": settings.inbox} if inbox else {}
     for key, path in {**folders, "library": settings.library}.items():
-        problem = folder_problem(key, path, settings.create_folders)
+        problem = folder_problem(key, path, settings.create_folders or missing_ok)
         if problem is not None:
             raise UsageError(problem)
 

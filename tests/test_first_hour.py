@@ -302,6 +302,17 @@ def test_an_inbox_that_is_a_file_is_a_clear_error(home: Home) -> None:
     assert "Traceback" not in run.stderr
 
 
+def test_a_first_run_with_an_inbox_that_is_a_file_stops_before_making_a_model(
+    tmp_path: Path,
+) -> None:
+    home = make_home(tmp_path)
+    home.inbox.rmdir()
+    home.inbox.write_text("not a folder")
+    run = cli("run", cwd=home.root, timeout=60)
+    assert run.returncode == 2 and "is a file, not a folder" in run.stderr, run.stderr
+    assert "creating the default model" not in run.stderr and not home.models.exists()
+
+
 # -- finding 14: plain words --------------------------------------------------------------------
 
 
