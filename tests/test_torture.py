@@ -299,7 +299,7 @@ def test_a_class_folder_replaced_by_a_link_or_a_file_is_never_written_through(
     library, and the other classes go on without a pause."""
     outside = tmp_path / "outside"
     outside.mkdir()
-    home.library.mkdir()
+    home.library.mkdir(exist_ok=True)
     os.symlink(outside, home.library / "red")
     (home.library / "green").write_text("a file where the folder was")
     daemon.start()

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -277,4 +278,44 @@ def test_rsync_into_the_inbox_is_sorted_once_in_its_final_form(home: Home, tmp_p
     finally:
         assert daemon.stop() == 0
     check_invariants(home, photos)
-    assert not [e for e in home.events() if e["src"].rsplit("/", 1)[-1].startswith(".")]
+    assert not [e for e in home.file_events() if e["src"].rsplit("/", 1)[-1].startswith(".")]
+
+
+def test_sort_never_reads_through_a_folder_swapped_for_a_link_after_admission(
+    tmp_path: Path,
+) -> None:
+    """A, for `sortbox sort` of a folder: the same gate holds its only decoder."""
+    (tmp_path / "home").mkdir()
+    home = make_home(tmp_path / "home", decode_workers=1)
+    home.library.mkdir(exist_ok=True)
+    publish_rgb_model(home.models, "v1")
+    daemon, gate = gated_daemon(home)  # for its environment only: sort runs, not the daemon
+    folder = tmp_path / "card"
+    (folder / "swap").mkdir(parents=True)
+    (folder / "gate.jpg").write_bytes(jpeg_bytes("blue", 1))
+    (folder / "swap" / "x.jpg").write_bytes(jpeg_bytes("green", 2))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.jpg").write_bytes(jpeg_bytes("red", 3))
+    sorting = subprocess.Popen(
+        [sys.executable, "-m", "sortbox.daemon.cli", "sort", str(folder), "--config",
+         str(home.config)],
+        env={**os.environ, **daemon.extra_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: "swap/x.jpg" in admitted(gate), 30, "swap/x.jpg admitted")
+        wait_until(lambda: (gate / "reached").exists(), 30, "the decoder held")
+        os.rename(folder / "swap", tmp_path / "moved-away")
+        os.symlink(outside, folder / "swap")
+        (gate / "open").touch()
+        _, errors = sorting.communicate(timeout=60)
+    finally:
+        (gate / "open").touch()
+        if sorting.poll() is None:
+            sorting.kill()
+    assert sorting.returncode == 1, errors  # it says what it left unsorted
+    assert b"swap/x.jpg" in errors
+    outside_content = sha256(jpeg_bytes("red", 3))
+    assert all(e.get("sha256") != outside_content for e in home.events())
+    assert outside_content not in {sha256(p) for p in home.library_files()}
+    assert (tmp_path / "moved-away" / "x.jpg").read_bytes() == jpeg_bytes("green", 2)
