@@ -73,12 +73,10 @@ class _Explained(_FileEvent):
 class Sorted(_Classified):
     event: Literal["sorted"] = "sorted"
     unknown: float | None = None  # how unlike any class (issue #33), where the model says
-    unknown: float | None = None  # how unlike any class (issue #33), where the model says
 
 
 class Review(_Classified):
     event: Literal["review"] = "review"
-    unknown: float | None = None  # how unlike any class (issue #33), where the model says
     unknown: float | None = None  # how unlike any class (issue #33), where the model says
 
 
