@@ -31,13 +31,23 @@ class Classifier:
     def version(self) -> str:
         return self.manifest.version
 
+    @property
+    def has_unknown(self) -> bool:
+        """The model scores how unlike every class a picture is, and the manifest says where
+        that sends it to review (issue #33)."""
+        return self.manifest.unknown_threshold is not None
+
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """N x 3 x crop x crop float32 -> N x classes float32."""
+        """N x 3 x crop x crop float32 -> one row per picture: a logit per class, then, for a
+        model with the unknown check, its unknown score (N x classes + 1). `decide` reads the
+        row as it comes; so every caller (daemon, `sort`, Ray, `explain`) gets the check."""
         name = self.manifest.input_name
-        outputs = [
-            self.session.run(None, {name: batch[start : start + self.run_size]})[0]
-            for start in range(0, len(batch), self.run_size)
-        ]
+        wanted = 2 if self.has_unknown else 1
+        outputs = []
+        for start in range(0, len(batch), self.run_size):
+            answer = self.session.run(None, {name: batch[start : start + self.run_size]})
+            rows = answer[0] if wanted == 1 else np.column_stack([answer[0], answer[1]])
+            outputs.append(rows)
         return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
@@ -99,7 +109,14 @@ def _check_signature(session: ort.InferenceSession, manifest: Manifest, path: Pa
     if len(shape) != 4 or list(shape[1:]) != [3, crop, crop]:
         raise ModelError(f"{path}: input shape {shape} does not match [N, 3, {crop}, {crop}]")
     outputs = session.get_outputs()
-    if len(outputs) != 1 or outputs[0].shape[-1] != len(manifest.classes):
+    if not outputs or len(outputs) > 2 or outputs[0].shape[-1] != len(manifest.classes):
         raise ModelError(
             f"{path}: output does not have one score per class ({len(manifest.classes)})"
+        )
+    if manifest.unknown_threshold is not None and (
+        len(outputs) != 2 or len(outputs[1].shape) != 1
+    ):
+        raise ModelError(
+            f"{path}: the manifest has an unknown threshold but the model has no second "
+            "output with one unknown score per picture"
         )

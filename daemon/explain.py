@@ -58,6 +58,8 @@ def explain_one(
         "confidence": round(decision.confidence, 6),
         "threshold": decision.threshold,
         "spot_check": decision.spot_check,
+        "unknown": decision.unknown,
+        "unknown_threshold": decision.unknown_threshold,
         "top3": [{"class": name, "probability": p} for name, p in decision.top3],
     }
 
@@ -67,6 +69,11 @@ def render(answer: dict[str, Any]) -> str:
     if "top3" in answer:
         top = "  ".join(f"{t['class']} {t['probability']:.2f}" for t in answer["top3"])
         lines.append(f"  top 3: {top}   (model {answer['model']})")
+    if answer.get("unknown") is not None:
+        lines.append(
+            f"  unlike any class: score {answer['unknown']:.3g} "
+            f"(review above {answer['unknown_threshold']:.3g})"
+        )
     if "library_has" in answer:
         lines.append(f"  the library already holds this picture: {answer['library_has']}")
     return "\n".join(lines)

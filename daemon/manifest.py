@@ -96,6 +96,11 @@ class Manifest(BaseModel):
     calibration: CalibrationPoints | None = None
     target_precision: float | None = Field(None, gt=0.0, le=1.0)
     int8: Int8Model | None = None
+    # The unknown check (issue #33): the model's second output scores how unlike every class a
+    # picture is; above this it goes to review. None: no check (a model without the output,
+    # as every model before it, decides as it always did).
+    unknown_threshold: float | None = None
+    unknown_review_rate: float | None = Field(None, ge=0.0, lt=1.0)  # what it was set for
 
     @field_validator("version")
     @classmethod
@@ -127,7 +132,9 @@ def retarget(manifest: Manifest, target_precision: float) -> Manifest:
     current one."""
     if manifest.calibration is None:
         return manifest
-    derived = derive_thresholds(manifest.calibration, manifest.classes, target_precision)
+    derived = derive_thresholds(
+        manifest.calibration, manifest.classes, target_precision, manifest.unknown_threshold
+    )
     return manifest.model_copy(
         update={
             "thresholds": derived.per_class,

@@ -1,4 +1,5 @@
-"""Confidence calibration on the calibration split: one temperature, then a threshold per class.
+"""Confidence calibration on the calibration split: one temperature, the unknown threshold
+(where the model scores how unlike every class a picture is), then the class threshold.
 
 Temperature scaling (Guo et al., 2017) fixes over-confidence without changing any prediction.
 Thresholds come from daemon/thresholds.py, which the daemon also runs at load time on the
@@ -14,6 +15,7 @@ from typing import TypeVar
 import numpy as np
 from sortbox.daemon.decide import softmax
 from sortbox.daemon.thresholds import CalibrationPoints, derive_thresholds
+from sortbox.trainer.unknown import unknown_threshold
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -81,22 +83,32 @@ class Calibration:
     points: CalibrationPoints  # the calibration predictions, for the manifest
     expected_auto_share: float  # share of calibration pictures that would be auto-sorted
     expected_auto_precision: float
+    unknown_threshold: float | None = None  # above it: "unlike any class", to review
 
 
 def calibrate(
-    logits: np.ndarray, labels: np.ndarray, classes: list[str], target: float
+    logits: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    target: float,
+    unknown: np.ndarray | None = None,
+    unknown_review_rate: float = 0.0,
 ) -> Calibration:
+    """`unknown`: the calibration pictures' unknown scores, where the model has them; at most
+    `unknown_review_rate` of such known pictures are to be sent to review by the check."""
     temperature = fit_temperature(logits, labels)
     probabilities = softmax(logits, temperature)
     predicted = probabilities.argmax(axis=1)
+    check = None if unknown is None else unknown_threshold(unknown, unknown_review_rate)
     points = CalibrationPoints(
         predicted=predicted.tolist(),
         confidence=[round(float(c), 6) for c in probabilities.max(axis=1)],
         correct=(predicted == labels).tolist(),
+        unknown=None if unknown is None else [round(float(u), 6) for u in unknown],
     )
-    derived = derive_thresholds(points, classes, target)
+    derived = derive_thresholds(points, classes, target, check)
     return Calibration(
-        temperature, derived.per_class, points, derived.auto_share, derived.auto_precision
+        temperature, derived.per_class, points, derived.auto_share, derived.auto_precision, check
     )
 
 

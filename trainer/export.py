@@ -19,7 +19,14 @@ class ExportMismatch(Exception):
     pass
 
 
-def export_onnx(model: torch.nn.Module, crop: int, path: Path, output: str = "logits") -> Path:
+LOGITS, UNKNOWN = "logits", "unknown"  # the outputs' names; a model may have only the first
+
+
+def export_onnx(
+    model: torch.nn.Module, crop: int, path: Path, output: str | tuple[str, ...] = LOGITS
+) -> Path:
+    """`output`: the name of each output the model returns, in order."""
+    outputs = (output,) if isinstance(output, str) else output
     model.eval()  # before export: dropout off, BatchNorm on running statistics
     sample = torch.zeros(1, 3, crop, crop)
     with replacing(path) as temporary:
@@ -32,8 +39,8 @@ def export_onnx(model: torch.nn.Module, crop: int, path: Path, output: str = "lo
                 (sample,),
                 temporary,
                 input_names=["input"],
-                output_names=[output],
-                dynamic_axes={"input": {0: "N"}, output: {0: "N"}},
+                output_names=list(outputs),
+                dynamic_axes={"input": {0: "N"}, **{name: {0: "N"} for name in outputs}},
                 dynamo=False,
                 opset_version=17,
             )
@@ -60,13 +67,21 @@ def drop_absent_optional_inputs(model: onnx.ModelProto) -> None:
 def check_parity(
     model: torch.nn.Module, onnx_path: Path, inputs: np.ndarray, temperature: float
 ) -> float:
-    """Largest difference between PyTorch's and ONNX Runtime's probabilities; raises if it is
-    above PARITY_TOLERANCE."""
+    """Largest difference between PyTorch's and ONNX Runtime's probabilities (and relative
+    difference of the unknown score, where the model has one); raises if it is above
+    PARITY_TOLERANCE."""
     model.eval()
     with torch.no_grad():
-        expected = softmax(model(torch.from_numpy(inputs)).numpy(), temperature)
-    (logits,) = open_session(onnx_path, 2).run(None, {"input": inputs})
-    difference = float(np.abs(softmax(logits, temperature) - expected).max())
+        expected = model(torch.from_numpy(inputs))
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    got = open_session(onnx_path, 2).run(None, {"input": inputs})
+    difference = float(
+        np.abs(softmax(got[0], temperature) - softmax(expected[0].numpy(), temperature)).max()
+    )
+    for ours, theirs in zip(got[1:], expected[1:], strict=True):
+        theirs = theirs.numpy()
+        relative = np.abs(ours - theirs) / np.maximum(np.abs(theirs), 1.0)
+        difference = max(difference, float(relative.max()))
     if not difference <= PARITY_TOLERANCE:
         raise ExportMismatch(
             f"ONNX Runtime and PyTorch disagree by {difference:.2e} in probability "

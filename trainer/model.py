@@ -192,6 +192,38 @@ class Blended(nn.Module):
         return blend(tuned, fast, self.fast_weight)
 
 
+class WithUnknown(nn.Module):
+    """A model and its unknown score in one graph: x -> (logits, unknown) (issue #33).
+
+    The score reads the fast model's pooled features (ImageNet's own tail), which the trainer
+    has cached for every training picture, so fitting it costs no pass over the pictures. The
+    fast model computes them anyway; a blend shares them; a fine-tuned model alone pays one
+    more tail for them. All share the frozen part, which is never trained."""
+
+    def __init__(
+        self, model: EfficientNetLite | Blended, fast: EfficientNetLite, score: nn.Module
+    ) -> None:
+        super().__init__()
+        tuned = model.tuned if isinstance(model, Blended) else model
+        if tuned.split != fast.split or tuned.backbone != fast.backbone:
+            raise ValueError("the unknown score needs the model's own backbone, split alike")
+        self.model, self.fast, self.score = model, fast, score
+        self.backbone = model.backbone
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.fast.frozen(x)
+        features = self.fast.tail(maps)
+        fast_logits = self.fast.classifier(features)
+        if self.model is self.fast:
+            logits = fast_logits
+        elif isinstance(self.model, Blended):
+            tuned = self.model.tuned.classifier(self.model.tuned.tail(maps))
+            logits = blend(tuned, fast_logits, self.model.fast_weight)
+        else:
+            logits = self.model.classifier(self.model.tail(maps))
+        return logits, self.score(features)
+
+
 class Frozen(nn.Module):
     """The frozen part alone, for export to ONNX Runtime."""
 

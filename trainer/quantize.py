@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     QuantFormat,
@@ -38,6 +39,11 @@ class _Pictures(CalibrationDataReader):
         return None if picture is None else {self._input_name: picture[np.newaxis]}
 
 
+# The unknown score's nodes (model.WithUnknown's `score`) stay in float: it is a distance in a
+# whitened space whose range no 8-bit scale fits, and its threshold was set on float scores.
+KEEP_FLOAT_PREFIX = "/score/"
+
+
 def quantise(float_model: Path, calibration: Iterator[np.ndarray], target: Path) -> Path:
     """Write the INT8 (QDQ, per-channel) version of `float_model` to `target`. `calibration`:
     batches of model inputs (the daemon's preprocessing) to measure activation ranges on."""
@@ -47,6 +53,11 @@ def quantise(float_model: Path, calibration: Iterator[np.ndarray], target: Path)
     logging.getLogger().setLevel(logging.ERROR)  # its progress goes to the root logger
     try:
         quant_pre_process(str(float_model), str(prepared))
+        keep_float = [
+            node.name
+            for node in onnx.load(prepared).graph.node
+            if node.name.startswith(KEEP_FLOAT_PREFIX)
+        ]
         quantize_static(
             str(prepared),
             str(target),
@@ -55,6 +66,7 @@ def quantise(float_model: Path, calibration: Iterator[np.ndarray], target: Path)
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=keep_float,
         )
     finally:
         logging.getLogger().setLevel(quiet)

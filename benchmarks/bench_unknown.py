@@ -1,0 +1,178 @@
+"""Which "unknown" score keeps pictures of no known class out of the class folders?
+
+    python benchmarks/bench_unknown.py clothing-dataset-small [--partitions 6] [--known 6]
+
+Held-out classes: for each partition, `--known` of the ten classes are the library's classes
+and the rest are pictures of none of them. The fast model (sortbox's logistic head on the
+frozen Lite0 features, through the trainer's feature cache) is fitted on train/ of the known
+classes, calibrated on validation/ (temperature, the class threshold for the target, and the
+unknown threshold that sends `--rate` of the known calibration pictures to review), and
+measured on test/ of the known classes and on every picture of the held-out ones. Prints per
+score: AUROC (known test against unknown), the share of unknown pictures auto-sorted, and the
+coverage of known test pictures with and without the unknown check. Then photos of nothing
+like the dataset (scikit-image's samples, the test extra): how many the check flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from sortbox.daemon.decide import softmax
+from sortbox.trainer.calibrate import calibrate
+from sortbox.trainer.train import fit_head
+from sortbox.trainer.unknown import knn_score, mahalanobis_fit, mahalanobis_score
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _cds_features import dataset_features
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN, VALIDATION, TEST = 0, 1, 2
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """P(an unknown picture scores higher than a known one), ties half."""
+    scores = np.concatenate([known, unknown])
+    ranks = scores.argsort().argsort() + 1.0
+    u = ranks[len(known) :].sum() - len(unknown) * (len(unknown) + 1) / 2
+    return float(u / (len(known) * len(unknown)))
+
+
+SKIMAGE_PHOTOS = (
+    "astronaut", "brick", "camera", "chelsea", "coffee", "coins", "colorwheel", "grass",
+    "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page",
+    "retina", "rocket", "text",
+)  # fmt: skip
+
+
+def far_out_features(cache_dir: Path) -> np.ndarray:
+    """Pooled features of scikit-image's sample photos: pictures of nothing in the dataset."""
+    import hashlib
+    import os
+    import tempfile
+
+    from PIL import Image
+    from skimage import data
+    from sortbox.trainer.data import Example
+    from sortbox.trainer.features import FeatureCache
+    from sortbox.trainer.model import imagenet_network
+
+    folder = Path(tempfile.mkdtemp())
+    examples = []
+    for name in SKIMAGE_PHOTOS:
+        path = folder / f"{name}.jpg"
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        examples.append(Example(path, digest, "none", "dataset"))
+    cache = FeatureCache(
+        cache_dir, imagenet_network("lite0"), os.cpu_count() or 1, torch.device("cpu")
+    )
+    return cache.features(examples)[:, 0]
+
+
+def far_out(features, labels, splits, names, cache_dir: Path, rate: float) -> None:
+    """Photos of nothing like the dataset against a library of 3 classes of 25 photos (as a
+    user's first library) and of all 10 classes: how many the check flags."""
+    far = far_out_features(cache_dir)
+    print(f"\nfar out: {len(far)} scikit-image photos (a cat, a rocket, coins, text ...)")
+    for title, chosen, per_class in (("3 classes x 25 photos", ("hat", "pants", "shoes"), 25),
+                                     ("10 classes, all of train/", tuple(names), None)):  # fmt: skip
+        classes = [names.index(n) for n in chosen]
+        pick = lambda c, role: np.flatnonzero((labels == c) & (splits == role))  # noqa: E731
+        train = np.concatenate([pick(c, TRAIN)[:per_class] for c in classes])
+        cal = np.concatenate([pick(c, VALIDATION) for c in classes])
+        y = np.array([classes.index(int(c)) for c in labels[train]])
+        bank, bank_labels = features[train].reshape(-1, features.shape[2]), np.repeat(y, 2)
+        for label, weight in (("64 PCs", 0.0), ("shipped: 64 PCs + rest", None)):
+            kwargs = {} if weight is None else {"residual_weight": weight}
+            fitted = mahalanobis_fit(bank, bank_labels, len(classes), **kwargs)
+            limit = np.quantile(mahalanobis_score(fitted, features[cal][:, 0]), 1 - rate)
+            flagged = int((mahalanobis_score(fitted, far) > limit).sum())
+            print(f"  {title:26} {label:24} flags {flagged} of {len(far)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--known", type=int, default=6)
+    parser.add_argument("--rate", type=float, default=0.05)
+    parser.add_argument("--target", type=float, default=0.97)
+    parser.add_argument("--cache", type=Path, default=REPO / ".bench" / "cache")
+    args = parser.parse_args()
+    features, labels, splits, names = dataset_features(args.dataset, args.cache)
+    plain = features[:, 0]
+    rng = np.random.default_rng(0)
+    rows: dict[str, list[tuple[float, float, float, float]]] = {}
+    for partition in range(args.partitions):
+        known_classes = np.sort(rng.choice(len(names), args.known, replace=False))
+        is_known = np.isin(labels, known_classes)
+        remap = {int(c): n for n, c in enumerate(known_classes)}
+        y = np.array([remap.get(int(c), -1) for c in labels])
+        train, cal = is_known & (splits == TRAIN), is_known & (splits == VALIDATION)
+        test, unknown = is_known & (splits == TEST), ~is_known & (splits != TRAIN)
+        head = fit_head(
+            torch.from_numpy(features[train]),
+            torch.from_numpy(y[train]),
+            torch.from_numpy(plain[cal]),
+            torch.from_numpy(y[cal]),
+            args.known,
+            False,
+        )
+        with torch.no_grad():
+            logits = head(torch.from_numpy(plain)).numpy().astype(np.float64)
+        known_names = [names[c] for c in known_classes]
+        calibration = calibrate(logits[cal], y[cal], known_names, args.target)
+        threshold = next(iter(calibration.thresholds.values()))
+        probabilities = softmax(logits, calibration.temperature)
+        confident = probabilities.max(axis=1) >= threshold
+        bank = features[train].reshape(-1, features.shape[2])
+        bank_labels = np.repeat(y[train], features.shape[1])
+        full = mahalanobis_fit(bank, bank_labels, args.known, components=None, residual_weight=0)
+        pca = mahalanobis_fit(bank, bank_labels, args.known, residual_weight=0)
+        shipped = mahalanobis_fit(bank, bank_labels, args.known)
+        scores = {
+            "max softmax (none)": -probabilities.max(axis=1),
+            "max logit": -logits.max(axis=1),
+            "energy": -np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) - logits.max(1),
+            "mahalanobis 1280-d": mahalanobis_score(full, plain),
+            "mahalanobis 64 PCs": mahalanobis_score(pca, plain),
+            "shipped: 64 PCs + rest": mahalanobis_score(shipped, plain),
+            "knn k=1": knn_score(bank, plain, 1),
+            "knn k=5": knn_score(bank, plain, 5),
+            "knn k=20": knn_score(bank, plain, 20),
+        }
+        for name, score in scores.items():
+            limit = np.quantile(score[cal], 1 - args.rate)
+            familiar = score <= limit
+            rows.setdefault(name, []).append(
+                (
+                    auroc(score[test], score[unknown]),
+                    float((confident & familiar)[unknown].mean()),
+                    float(confident[unknown].mean()),
+                    float((confident & familiar)[test].mean()),
+                    float(confident[test].mean()),
+                )
+            )
+        print(f"partition {partition}: known {known_names}", file=sys.stderr)
+    print(
+        f"{args.partitions} partitions, {args.known} known classes, unknown threshold at "
+        f"{args.rate:.0%} of known calibration pictures, class threshold for {args.target}"
+    )
+    print(
+        f"{'score':24} {'AUROC':>6} {'unknown auto-sorted':>20} {'(no check)':>11} "
+        f"{'known coverage':>15} {'(no check)':>11} {'cost':>6}"
+    )
+    for name, values in rows.items():
+        a, u, u0, k, k0 = np.mean(values, axis=0)
+        print(
+            f"{name:24} {a:6.3f} {u:20.1%} {u0:11.1%} {k:15.1%} {k0:11.1%} {100 * (k0 - k):5.1f}p"
+        )
+    far_out(features, labels, splits, names, args.cache, args.rate)
+
+
+if __name__ == "__main__":
+    main()
