@@ -440,3 +440,48 @@ def test_the_api_explains_reports_and_places_nothing(reviewing: Page, tmp_path: 
     # nothing journaled or placed through the API
     assert len(reviewing.home.events()) == lines_before
     assert reviewing.home.library_files() == files_before
+
+
+def test_filing_beside_a_running_daemon_and_sort_never_doubles_or_loses(reviewing: Page) -> None:
+    """While pictures are filed from the page, `sortbox sort` meets the same photos again (and
+    new ones) and the daemon watches the inbox: every content stays in the library once."""
+    home = reviewing.home
+    daemon = Daemon(home).start()
+    again = home.root / "again"
+    again.mkdir()
+    photos = real_photos(34)
+    for photo in photos:  # the 24 already sorted, and 10 new
+        shutil.copy(photo, again / photo.name)
+    waiting = reviewing.queue()
+    sorting = subprocess.Popen(
+        [sys.executable, "-m", "sortbox.daemon.cli", "sort", str(again), "--config",
+         str(home.config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        for n, picture in enumerate(waiting):
+            target = ("red", "green", "blue")[n % 3]
+            body = {"pictures": [picture], "from": "needs_review", "to": target}
+            status, answer = reviewing.request("POST", "/api/file", body)
+            assert status == 200, answer
+        _, errors = sorting.communicate(timeout=120)
+        assert sorting.returncode == 0, errors
+        for photo in photos[-3:]:  # and the daemon, beside it all
+            shutil.copy(photo, home.inbox / f"late-{photo.name}")
+        wait_until(
+            lambda: sum(e["src"].startswith("late-") for e in home.file_events()) == 3,
+            30,
+            "the daemon's three",
+        )
+    finally:
+        if sorting.poll() is None:
+            sorting.kill()
+        assert daemon.stop() == 0
+    import hashlib
+
+    contents = [hashlib.sha256(p.read_bytes()).hexdigest() for p in home.library_files()]
+    assert len(contents) == len(set(contents)), "a picture was placed twice"
+    wanted = {hashlib.sha256(p.read_bytes()).hexdigest() for p in photos}
+    assert wanted == set(contents), "a picture is missing"
+    still = {p.name.split(".")[-2] for p in (home.library / "needs_review").iterdir()}
+    assert not still & set(waiting), "a filed picture is back in review"
