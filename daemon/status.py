@@ -6,6 +6,7 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
+from sortbox.daemon.console import plural
 from sortbox.daemon.feedback import precision_report
 from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import identity_of, walk_files
@@ -130,7 +131,7 @@ def render(status: dict[str, Any]) -> str:
         c = status[key]
         lines.append(
             f"{title + ':':15} {c['sorted']} sorted, {c['review']} to review, "
-            f"{c['rejected']} rejected, {c['duplicate']} duplicates"
+            f"{c['rejected']} rejected, {plural(c['duplicate'], 'duplicate')}"
         )
     rate = status["review_rate"]
     if rate["observed"] is None:
@@ -153,7 +154,7 @@ def render(status: dict[str, Any]) -> str:
         lines.append(
             f"last training:  {training['ts']}: {training['outcome']} ({training['reason']})"
         )
-    lines.append(f"inbox waiting:  {status['inbox_waiting']} files")
+    lines.append(f"inbox waiting:  {plural(status['inbox_waiting'], 'file')}")
     daemon = status["daemon"]
     lines.append(f"daemon:         {daemon['state'] if daemon else 'not running'}")
     loss = (daemon or {}).get("journal_lost")

@@ -465,3 +465,10 @@ def test_sizes_and_decoder_problems_are_in_plain_words(home: Home) -> None:
     assert (
         lines["cut.jpg"] == "rejected: cannot decode: the file is cut short (an incomplete copy?)"
     )
+
+
+def test_status_counts_in_words(home: Home) -> None:
+    write_picture(home.inbox / "waiting.jpg", "red", seed=5)
+    status = cli("status", cwd=home.root)
+    assert "inbox waiting:  1 file\n" in status.stdout, status.stdout
+    assert "1 files" not in status.stdout
