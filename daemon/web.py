@@ -315,6 +315,7 @@ class Web:
                 if hour in per_hour:
                     per_hour[hour][event.event] += 1
         status = gather_status(self.settings)
+        latency = _latency([e for e in events if isinstance(e, Sorted | Review)], now)
         decisions = Decisions.of(events)
         backlog = review_queue(self.settings.library, decisions, seed=_today())
         return {
@@ -324,6 +325,7 @@ class Web:
             "backlog": len(backlog),
             "backlog_hours": backlog_age(backlog),
             "corrections": _corrections(events, self.settings.library),
+            "latency": latency,
             "versions": self.versions(),
             "training": self.training_state(),
         }
@@ -683,6 +685,25 @@ def _read_no_follow(path: Path) -> bytes:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _latency(events: list[Sorted | Review], now: datetime) -> dict[str, float] | None:
+    """Seconds from a file's last write to its decision, over the last day's new files (a
+    file written more than an hour before it was decided was there before the daemon ran)."""
+    since = now - timedelta(days=1)
+    waits = sorted(
+        seconds
+        for e in events
+        if e.ts >= since and e.mtime_ns is not None
+        if 0 <= (seconds := e.ts.timestamp() - e.mtime_ns / 1e9) < 3600
+    )
+    if not waits:
+        return None
+    return {
+        "files": len(waits),
+        "p50": waits[len(waits) // 2],
+        "p95": waits[min(len(waits) - 1, int(len(waits) * 0.95))],
+    }
 
 
 def _number(value: object) -> float | None:

@@ -485,3 +485,48 @@ def test_filing_beside_a_running_daemon_and_sort_never_doubles_or_loses(reviewin
     assert wanted == set(contents), "a picture is missing"
     still = {p.name.split(".")[-2] for p in (home.library / "needs_review").iterdir()}
     assert not still & set(waiting), "a filed picture is back in review"
+
+
+def test_audit_lists_a_class_least_confident_first_and_a_move_out_is_a_measured_mistake(
+    reviewing: Page,
+) -> None:
+    status, page = reviewing.request("GET", "/audit?class=red")
+    assert status == 200
+    shown = re.findall(r'data-hash="([0-9a-f]{12})"', page)
+    auto = {
+        e["sha256"][:12]: e["confidence"]
+        for e in reviewing.home.events("sorted")
+        if e["dest"].startswith("red/")
+    }
+    assert shown and set(shown) == set(auto), (shown, auto)
+    assert [auto[h] for h in shown] == sorted(auto[h] for h in shown)
+    body = {"pictures": [shown[0]], "from": "red", "to": "blue"}
+    assert reviewing.request("POST", "/api/file", body)[0] == 200
+    measured = json.loads(reviewing.request("GET", "/api/status")[1])["precision"]
+    assert measured["per_class"]["red"]["corrections"] == 1, measured
+
+
+def test_the_models_page_rolls_back_and_the_train_button_runs_the_trainer(
+    reviewing: Page,
+) -> None:
+    publish_rgb_model(reviewing.home.models, "v2")
+    status, page = reviewing.request("GET", "/models")
+    assert status == 200 and "v2" in page and 'data-version="v1"' in page
+    assert reviewing.request("POST", "/api/models/rollback", {"version": "nosuch"})[0] == 404
+    status, answer = reviewing.request("POST", "/api/models/rollback", {"version": "v1"})
+    assert status == 200 and json.loads(answer) == {"current": "v1"}
+    assert os.readlink(reviewing.home.models / "current") == "v1"
+    status, answer = reviewing.request("POST", "/api/train", {})
+    assert status == 200 and json.loads(answer)["running"], answer
+    assert reviewing.request("POST", "/api/train", {})[0] == 409  # one at a time
+    state = wait_until(
+        lambda: (
+            (s := json.loads(reviewing.request("GET", "/api/train")[1]))["running"] is False and s
+        ),
+        300,
+        "the training run to end",
+    )
+    # the same code as the CLI: nothing is labelled yet, and it says so
+    cli = sortbox("train", config=reviewing.home.config, timeout=300)
+    assert state["exit_status"] == cli.returncode, (state, cli.stderr)
+    assert state["output"].strip(), state
