@@ -472,3 +472,36 @@ def test_status_counts_in_words(home: Home) -> None:
     status = cli("status", cwd=home.root)
     assert "inbox waiting:  1 file\n" in status.stdout, status.stdout
     assert "1 files" not in status.stdout
+
+
+def test_the_readme_lists_every_setting_with_the_default_the_code_uses() -> None:
+    """Finding 1: the defaults a user reads are the defaults sortbox uses."""
+    import re
+    import tomllib
+
+    from pydantic import BaseModel
+    from sortbox.daemon.settings import Settings
+
+    rows = dict(
+        re.findall(r"^\| `([a-z0-9_.]+)` \| (.+?) \| ", (REPO / "README.md").read_text(), re.M)
+    )
+    expected = {}
+    for key, field in Settings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            for sub, inner in section.model_fields.items():
+                expected[f"{key}.{sub}"] = inner
+        else:
+            expected[key] = field
+    assert sorted(set(expected) - set(rows)) == [], "settings the README does not list"
+    for key, field in expected.items():
+        shown = rows[key]
+        default = field.get_default(call_default_factory=False)
+        if shown == "none":
+            assert default is None, key
+        elif shown.startswith("`") and shown.endswith("`") and field.default_factory is None:
+            try:
+                value = tomllib.loads(f"x = {shown.strip('`')}")["x"]
+            except tomllib.TOMLDecodeError:  # a description: `<models_dir>/.cache`
+                continue
+            assert value == (str(default) if isinstance(default, Path) else default), key
