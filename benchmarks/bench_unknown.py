@@ -114,7 +114,7 @@ def main() -> None:
         y = np.array([remap.get(int(c), -1) for c in labels])
         train, cal = is_known & (splits == TRAIN), is_known & (splits == VALIDATION)
         test, unknown = is_known & (splits == TEST), ~is_known & (splits != TRAIN)
-        head = fit_head(
+        head, _ = fit_head(
             torch.from_numpy(features[train]),
             torch.from_numpy(y[train]),
             torch.from_numpy(plain[cal]),

@@ -182,8 +182,10 @@ def report_markdown(report: dict[str, Any], classes: list[str], evaluation: Eval
         f"{auto['share_interval'][1]:.1%}) at **{auto['precision']:.1%}** precision "
         f"({auto['precision_interval'][0]:.1%}–{auto['precision_interval'][1]:.1%}, "
         f"{auto['right']} of {auto['auto_sorted']} right); the rest go to needs_review",
-        f"- on the calibration pictures the thresholds were chosen on: "
-        f"{cal['expected_auto_share']:.1%} at {cal['expected_auto_precision']:.1%}",
+        f"- the promise: auto-sorted pictures are right {report.get('promise', '?')}, "
+        f"shown on {cal.get('promise_from_pictures', '?')} out-of-sample predictions, "
+        f"{cal['expected_auto_share']:.1%} of which pass at {cal['expected_auto_precision']:.1%}",
+        *unknown_lines(report.get("unknown_check")),
         "",
         "| class | precision | recall | F1 | support | threshold |",
         "|---|---|---|---|---|---|",
@@ -226,3 +228,15 @@ def report_markdown(report: dict[str, Any], classes: list[str], evaluation: Eval
         for w in report["wrong"]
     ] or ["- none"]
     return "\n".join(lines) + "\n"
+
+
+def unknown_lines(check: dict[str, Any] | None) -> list[str]:
+    """The unknown check (issue #33) in report.md."""
+    if not check or check.get("threshold") is None:
+        return ["- no unknown check: too few calibration pictures to place it"] if check else []
+    return [
+        f"- unknown check (pictures unlike any class go to review above score "
+        f"{check['threshold']:.3g}, set for {check['review_rate_setting']:.0%} of known "
+        f"pictures): {check['test_pictures_sent_to_review']:.1%} of the test pictures go by "
+        f"it; it costs {100 * check['coverage_cost']:.1f} points of auto-sorted"
+    ]

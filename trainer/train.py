@@ -42,7 +42,7 @@ from sortbox.daemon.manifest import (
 )
 from sortbox.daemon.preprocess import Preprocessing
 from sortbox.daemon.settings import Settings
-from sortbox.daemon.thresholds import CONFIDENCE_RISK, wilson_interval
+from sortbox.daemon.thresholds import promise_words, wilson_interval
 from sortbox.trainer.calibrate import (
     blend,
     calibrate,
@@ -75,7 +75,12 @@ from sortbox.trainer.model import (
 )
 from sortbox.trainer.publish import REJECTED_DIR, new_version, publish
 from sortbox.trainer.quantize import CALIBRATION_PICTURES, MIN_AGREEMENT, agreement_with, quantise
-from sortbox.trainer.unknown import UnknownScore, mahalanobis_fit
+from sortbox.trainer.unknown import (
+    Mahalanobis,
+    UnknownScore,
+    mahalanobis_fit,
+    mahalanobis_score,
+)
 from tqdm import tqdm
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_PUBLISHED = 0, 1, 3
@@ -142,7 +147,7 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
         role: torch.from_numpy(cache.features(data.role(role), f"features ({role})" * progress))
         for role in ("train", "calibration", "test")
     }
-    network.classifier = fit_head(
+    train_head, l2 = fit_head(
         features["train"],
         torch.from_numpy(labels["train"]),
         features["calibration"][:, 0],
@@ -150,15 +155,20 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
         len(classes),
         progress,
     )
-    fast_seconds = time.monotonic() - clock
     # The unknown score (issue #33): how unlike the training pictures' features a picture's
     # are, shipped inside every model this run publishes (trainer/unknown.py).
-    views = features["train"].shape[1]
-    scorer = UnknownScore(
-        mahalanobis_fit(
-            features["train"].flatten(0, 1).numpy(), labels["train"].repeat(views), len(classes)
-        )
+    scorer = UnknownScore(fit_unknown(features["train"], labels["train"], len(classes)))
+    # The fast model learns from the calibration pictures too; its thresholds come from
+    # out-of-sample predictions of every train and calibration picture (cross-fitting),
+    # about six times the evidence of the calibration pictures alone (issue #33).
+    crossed = cross_fit(features, labels, len(classes), l2, cfg.seed)
+    network.classifier = head_on(
+        torch.cat([features["train"], features["calibration"]]),
+        torch.from_numpy(np.concatenate([labels["train"], labels["calibration"]])),
+        len(classes),
+        l2,
     )
+    fast_seconds = time.monotonic() - clock
     with torch.no_grad():
         fast_logits = {
             role: network.classifier(features[role][:, 0]).numpy()
@@ -179,7 +189,8 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
                 labels,
                 force,
                 fast_seconds,
-                {},
+                {"cross_fitted_folds": CROSS_FIT_FOLDS},
+                cross_fitted=crossed,
             )
         )
     if cfg.finetune_epochs == 0:
@@ -188,11 +199,13 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
     # 3. The deep model: fine-tune the last stages, from the fast model's head, or from the
     #    current fine-tuned model with a short schedule when it knows the same classes.
     started = time.monotonic()
-    fast_network = start = network  # kept as it is: the blend (step 4) uses it
+    fast_network = network  # kept as it is: the blend (step 4) uses it
+    # from the head that never saw the calibration pictures, which judge the epochs
+    start = copy.deepcopy(network)
+    start.classifier = train_head
     warm = warm_start(settings, current, data)
     epochs = cfg.finetune_epochs
     if warm is not None:
-        start = copy.deepcopy(network)
         start.load_state_dict(warm)
         epochs = max(2, cfg.finetune_epochs // WARM_FRACTION)
     tuned = finetune(
@@ -238,6 +251,8 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
 
     # 4. The blend: the fine-tuned model's logits mixed with the fast model's, when that
     #    calibrates better on the calibration pictures by enough to pay for a second tail.
+    #    The fast model learnt from those pictures: its out-of-sample logits stand in for it.
+    fast_logits = {**fast_logits, "calibration": crossed.logits[len(labels["train"]) :]}
     weight = (
         choose_blend(tuned_logits["calibration"], fast_logits["calibration"], labels["calibration"])
         if cfg.blend
@@ -330,7 +345,70 @@ def fit_head(
     ]
     with torch.no_grad():
         losses = [F.cross_entropy(h(calibration_features), calibration_labels) for h in heads]
-    return heads[int(np.argmin(losses))]
+    best = int(np.argmin(losses))
+    return heads[best], HEAD_L2[best]
+
+
+def head_on(
+    features: torch.Tensor, labels: torch.Tensor, classes: int, l2: float
+) -> torch.nn.Linear:
+    """`fit_head`'s regression for one L2 strength (every view a sample, classes balanced)."""
+    views = features.shape[1]
+    return logistic_regression(
+        features.reshape(-1, features.shape[2]),
+        labels.repeat_interleave(views),
+        classes,
+        l2,
+        balanced_weights(labels, classes),
+    )
+
+
+def fit_unknown(features: torch.Tensor, labels: np.ndarray, classes: int) -> Mahalanobis:
+    """The unknown score's statistics from N x views x FEATURES (every view a row)."""
+    views = features.shape[1]
+    return mahalanobis_fit(features.flatten(0, 1).numpy(), labels.repeat(views), classes)
+
+
+CROSS_FIT_FOLDS = 4
+
+
+@dataclass(frozen=True)
+class CrossFitted:
+    """Out-of-sample predictions for every train and calibration picture (train first): each
+    from a head (and an unknown score) fitted on the other folds."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    unknown: np.ndarray
+
+
+def cross_fit(
+    features: dict[str, torch.Tensor],
+    labels: dict[str, np.ndarray],
+    classes: int,
+    l2: float,
+    seed: int,
+    folds: int = CROSS_FIT_FOLDS,
+) -> CrossFitted:
+    """Folds over the train and calibration pictures together (benchmarks/bench_promise.py
+    measures what it gives). The unknown score of each fold is fitted on its train pictures
+    only, as the shipped one is."""
+    pool = torch.cat([features["train"], features["calibration"]])
+    pool_labels = np.concatenate([labels["train"], labels["calibration"]])
+    is_train = np.arange(len(pool_labels)) < len(labels["train"])
+    fold = np.random.default_rng(seed).permutation(len(pool_labels)) % folds
+    logits = np.zeros((len(pool_labels), classes), dtype=np.float32)
+    unknown = np.zeros(len(pool_labels))
+    for k in range(folds):
+        inside, outside = fold != k, fold == k
+        if not outside.any():
+            continue
+        head = head_on(pool[inside], torch.from_numpy(pool_labels[inside]), classes, l2)
+        fitted = fit_unknown(pool[inside & is_train], pool_labels[inside & is_train], classes)
+        with torch.no_grad():
+            logits[outside] = head(pool[outside][:, 0]).numpy()
+        unknown[outside] = mahalanobis_score(fitted, pool[outside][:, 0].numpy())
+    return CrossFitted(logits, pool_labels, unknown)
 
 
 def logistic_regression(
@@ -372,10 +450,13 @@ def ship(
     seconds: float,
     facts: dict[str, Any],
     must_beat: float | None = None,
+    cross_fitted: CrossFitted | None = None,
 ) -> Shipped:
     """Calibrate on the calibration pictures, measure on the test pictures, export, check
     parity, gate against the current model, then publish or keep as a rejected candidate.
-    `unknown`: the unknown scores of the calibration and test pictures, by role."""
+    `unknown`: the unknown scores of the calibration and test pictures, by role.
+    `cross_fitted`: out-of-sample predictions to calibrate on instead of the calibration
+    pictures' (for a model that learnt from them), unless INT8 ships: its outputs are."""
     cfg = settings.train
     classes = data.classes
     current = current_manifest(settings)
@@ -395,12 +476,15 @@ def ship(
             # what the daemon will run: calibrate and measure that, not the float model
             logits = int8.logits
 
+        evidence = (logits["calibration"], labels["calibration"], unknown["calibration"])
+        if cross_fitted is not None and not (int8 is not None and int8.accepted):
+            evidence = (cross_fitted.logits, cross_fitted.labels, cross_fitted.unknown)
         calibration = calibrate(
-            logits["calibration"],
-            labels["calibration"],
+            evidence[0],
+            evidence[1],
             classes,
             settings.target_precision,
-            unknown["calibration"],
+            evidence[2],
             settings.unknown_review_rate,
         )
         probabilities = softmax(logits["test"], calibration.temperature)
@@ -454,6 +538,7 @@ def ship(
                 "temperature": calibration.temperature,
                 "thresholds": calibration.thresholds,
                 "target_precision": settings.target_precision,
+                "promise_from_pictures": len(evidence[1]),
                 "expected_auto_share": calibration.expected_auto_share,
                 "expected_auto_precision": calibration.expected_auto_precision,
                 "ece_before": expected_calibration_error(
@@ -572,11 +657,6 @@ def int8_version(
         f"{outcome.agreement:.1%} of the calibration pictures (needs {MIN_AGREEMENT:.0%})"
     )
     return outcome
-
-
-def promise_words(target: float) -> str:
-    """The precision promise as what it is (daemon/thresholds.py)."""
-    return f"at least {target:.0%} with {1 - CONFIDENCE_RISK:.0%} confidence"
 
 
 def auto_sorted(
