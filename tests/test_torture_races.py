@@ -29,10 +29,10 @@ GATE = textwrap.dedent(
     # until the test opens the gate, and notes every file admitted to the queue.
     import os, time
     from pathlib import Path
-    from sortbox.daemon import service
+    from sortbox.daemon import intakes, service
 
     gate = Path(os.environ["GATE_DIR"])
-    real_read, real_admit = service.read_group, service.Service._admit
+    real_read, real_admit = service.read_group, intakes._Admission.admit
 
     def read_group(arrival, *args):
         if arrival.path.name == "gate.jpg":
@@ -47,7 +47,7 @@ GATE = textwrap.dedent(
             admitted.write(arrival.relative + "\\n")
 
     service.read_group = read_group
-    service.Service._admit = admit
+    intakes._Admission.admit = admit
     """
 )
 

@@ -1,0 +1,102 @@
+"""The model the service classifies with, and how it changes while the service runs.
+
+Loaded at start-up; switched when `models_dir/current` names another version (looked at once
+a second, and at once on SIGHUP); its thresholds re-derived when `target_precision` changes.
+A version that fails to load is refused and the model in use keeps working; it is looked at
+again when its files change (fixed in place) or on SIGHUP, never refused for ever.
+Only the main loop uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from sortbox.daemon.classify import Classifier, load_classifier, load_current
+from sortbox.daemon.journal import ModelLoaded
+from sortbox.daemon.manifest import current_version, retarget
+from sortbox.daemon.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+CHECK_INTERVAL_S = 1.0
+
+
+def files_identity(folder: Path) -> tuple[tuple[int, int, int], ...]:
+    """(inode, size, mtime) of every file in a model version's folder: a model refused and then
+    fixed in place (its model.onnx copied over) is a different model to look at."""
+    try:
+        files = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        return tuple(
+            (st.st_ino, st.st_size, st.st_mtime_ns) for st in (entry.stat() for entry in files)
+        )
+    except OSError:
+        return ()
+
+
+class ModelSlot:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._next_check = 0.0
+        # the version last refused, and its files as they were: refused again only as such
+        self._refused: tuple[str, tuple[tuple[int, int, int], ...]] | None = None
+        s = settings
+        self.classifier: Classifier = load_current(
+            s.models_dir, s.inference_threads, s.inference_run_size, s.target_precision
+        )
+
+    @property
+    def version(self) -> str:
+        return self.classifier.version
+
+    def look_now(self) -> None:
+        """SIGHUP: look at `current` at the next chance, and try a refused version again."""
+        self._next_check = 0.0
+        self._refused = None
+
+    def look(self) -> ModelLoaded | None:
+        """Switch to the version `current` names if it is new and loads; the journal line to
+        write when it switched."""
+        now = self._clock()
+        if now < self._next_check:
+            return None
+        self._next_check = now + CHECK_INTERVAL_S
+        version = current_version(self.settings.models_dir)
+        if version is None or version == self.classifier.version:
+            return None
+        files = files_identity(self.settings.models_dir / version)
+        if self._refused == (version, files):
+            return None  # refused as it is now; fixed in place (or SIGHUP), it is looked at again
+        try:
+            new = load_classifier(
+                self.settings.models_dir / version,
+                self.settings.inference_threads,
+                self.settings.inference_run_size,
+                self.settings.target_precision,
+            )
+        except Exception as exc:
+            # whatever shape the breakage takes, the model we have keeps working
+            self._refused = (version, files)
+            log.error("model_refused", version=version, error=f"{type(exc).__name__}: {exc}")
+            return None
+        return self._switch_to(new, f"switched from {self.classifier.version}")
+
+    def retarget(self, settings: Settings) -> ModelLoaded:
+        """New decision settings (SIGHUP): the same model, thresholds for the new target."""
+        self.settings = settings
+        manifest = retarget(self.classifier.manifest, settings.target_precision)
+        return self._switch_to(
+            dataclasses.replace(self.classifier, manifest=manifest),
+            f"thresholds re-derived for target precision {settings.target_precision}",
+        )
+
+    def _switch_to(self, new: Classifier, reason: str) -> ModelLoaded:
+        old = self.classifier.version
+        self.classifier = new
+        log.info("model_switched", old=old, new=new.version, reason=reason)
+        return ModelLoaded(model=new.version, reason=reason)
