@@ -1,10 +1,15 @@
-"""Real-world precision, measured from what users do with the library.
+"""Real-world precision, measured from what people do with the library.
 
-The folder is the label. A picture the daemon auto-sorted that the user later moved into
-another class folder is a measured mistake; one still where it was put counts as right. A spot
-check (a confident decision sent to review on purpose, `audit_rate`) that the user files into a
-class folder is right if that is the class the model chose, wrong otherwise. Pictures deleted,
-renamed beyond recognition or not yet reviewed are not counted either way.
+The folder is the label, and only what a person judged counts (#32: untouched files are not
+"right" before anyone looked at them):
+- an auto-sorted picture a person moved into another class folder is a measured mistake;
+- one a person confirmed where it was (audit in the web page, `reviewed` with the same folder)
+  is measured right;
+- a spot check (a confident decision sent to review on purpose, `audit_rate`) that a person
+  files into a class folder is right if that is the class the model chose, wrong otherwise:
+  spot checks are a random sample, so they keep the measure unbiased.
+Auto-sorted pictures nobody touched are counted (`auto_sorted`) but not judged. Pictures
+deleted, renamed beyond recognition or not yet reviewed are not counted either way.
 
 Files are recognised by the 12-hex content hash in their library name, which moving a file
 in a file manager keeps: no hashing of the library is needed.
@@ -21,7 +26,7 @@ from typing import Any
 import numpy as np
 from sortbox.daemon.decide import SPOT_CHECK
 from sortbox.daemon.group import COMPANION_OF
-from sortbox.daemon.journal import Event, Review, Sorted, Undone
+from sortbox.daemon.journal import Event, Review, Reviewed, Sorted, Undone
 from sortbox.daemon.manifest import RESERVED_FOLDERS, Manifest
 from sortbox.daemon.place import LIBRARY_NAME
 from sortbox.daemon.thresholds import derive_thresholds, wilson_interval
@@ -48,29 +53,33 @@ def folders_by_hash(library: Path) -> dict[str, set[str]]:
 @dataclass
 class Tally:
     auto_sorted: int = 0  # auto-sorted and still to be found in the library
-    corrections: int = 0  # ... of which the user moved to another class
-    spot_checks: int = 0  # spot checks the user filed into a class folder
+    corrections: int = 0  # ... of which a person moved to another class
+    confirmed: int = 0  # ... of which a person confirmed where they are
+    spot_checks: int = 0  # spot checks a person filed into a class folder
     spot_checks_right: int = 0
 
     def add(self, other: Tally) -> None:
         self.auto_sorted += other.auto_sorted
         self.corrections += other.corrections
+        self.confirmed += other.confirmed
         self.spot_checks += other.spot_checks
         self.spot_checks_right += other.spot_checks_right
 
     @property
     def judged(self) -> int:
-        return self.auto_sorted + self.spot_checks
+        return self.corrections + self.confirmed + self.spot_checks
 
     @property
     def right(self) -> int:
-        return self.auto_sorted - self.corrections + self.spot_checks_right
+        return self.confirmed + self.spot_checks_right
 
     def report(self, promised: float | None) -> dict[str, Any]:
         low, high = wilson_interval(self.right, self.judged)
         return {
             "auto_sorted": self.auto_sorted,
             "corrections": self.corrections,
+            "confirmed": self.confirmed,
+            "judged": self.judged,
             "spot_checks_reviewed": self.spot_checks,
             "spot_checks_right": self.spot_checks_right,
             "precision": self.right / self.judged if self.judged else None,
@@ -88,12 +97,16 @@ class Measured:
 def measure(events: Iterable[Event], where: dict[str, set[str]], since: datetime) -> Measured:
     """Tally the decisions made since `since` against where their files are now. Pure."""
     latest: dict[str, Sorted | Review] = {}
+    confirmed: set[str] = set()  # contents a person confirmed where the daemon put them
     for event in events:
         if isinstance(event, Sorted | Review) and event.sha256 and event.dest:
             if not (event.reason or "").startswith(COMPANION_OF):  # a RAW file or sidecar
                 latest[event.sha256] = event  # that went with its picture is no second vote
+                confirmed.discard(event.sha256)
         elif isinstance(event, Undone) and event.sha256:
             latest.pop(event.sha256, None)
+        elif isinstance(event, Reviewed) and event.sha256 and event.src == event.dest:
+            confirmed.add(event.sha256)
     measured = Measured()
     for sha256, event in latest.items():
         if event.ts < since:
@@ -103,7 +116,12 @@ def measure(events: Iterable[Event], where: dict[str, set[str]], since: datetime
             continue  # deleted, renamed, or (a spot check) not reviewed yet: no evidence
         if isinstance(event, Sorted):
             put = event.dest.split("/", 1)[0]  # type: ignore[union-attr]
-            outcome = Tally(auto_sorted=1, corrections=int(put not in classes_now))
+            moved = put not in classes_now
+            outcome = Tally(
+                auto_sorted=1,
+                corrections=int(moved),
+                confirmed=int(not moved and sha256 in confirmed),
+            )
         elif event.reason == SPOT_CHECK:
             outcome = Tally(spot_checks=1, spot_checks_right=int(event.label in classes_now))
         else:
@@ -114,11 +132,12 @@ def measure(events: Iterable[Event], where: dict[str, set[str]], since: datetime
 
 
 def promised_precision(manifest: Manifest, target: float) -> tuple[float | None, dict[str, float]]:
-    """What the model's calibration said auto-sorted pictures would reach: overall and per class
-    (the target itself where the model carries no calibration predictions)."""
+    """What the model's calibration said auto-sorted pictures would reach: overall and per class.
+    A model without calibration predictions (the default model's hand-set thresholds) promised
+    nothing, and nothing is shown as its promise (#32)."""
     points = manifest.calibration
     if points is None:
-        return target, {}
+        return None, {}
     derived = derive_thresholds(points, manifest.classes, target)
     predicted = np.asarray(points.predicted, dtype=int)
     correct = np.asarray(points.correct, dtype=bool)

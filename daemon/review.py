@@ -210,6 +210,33 @@ def file_picture(
     return event
 
 
+def confirm_picture(
+    library: Path, journal: Path, hash12: str, folder: str, allowed: list[str], where: str = "web"
+) -> Reviewed:
+    """A person looked at an auto-sorted picture in an audit and found it right where it is:
+    journaled as `reviewed` with the same folder before and after. It counts as judged right
+    in the measured precision (feedback.py); the file is not touched."""
+    if folder not in allowed:
+        raise FilingError(f"no class folder {folder!r}", 404)
+    with locked(library):
+        name = listing(library, folder).get(hash12)
+        if name is None:
+            raise FilingError("this picture is not there any more (filed or moved elsewhere)", 409)
+        event = Reviewed(
+            src=f"{folder}/{name}",
+            root=str(library),
+            sha256=_sha256_of(library / folder / name, hash12),
+            size=None,
+            dest=f"{folder}/{name}",
+            label=folder,
+            reason=f"confirmed as {folder} in the {where} page",
+            by=where,
+        )
+        with Journal(journal) as record:
+            record.append([event])
+    return event
+
+
 def _sha256_of(path: Path, hash12: str) -> str | None:
     try:
         digest = sha256_of(path)

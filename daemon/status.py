@@ -51,7 +51,17 @@ def gather_status(settings: Settings, now: datetime | None = None) -> dict[str, 
     )
     status["last_training"] = _last_training(events)
     status["inbox_waiting"] = _waiting(settings, events)
+    status["review_backlog"] = _backlog(settings, events, now)
     return status
+
+
+def _backlog(settings: Settings, events: list[Event], now: datetime) -> dict[str, Any]:
+    """Pictures waiting in needs_review, and how long the oldest has waited."""
+    from sortbox.daemon.review import Decisions, backlog_age, review_queue
+
+    waiting = review_queue(settings.library, Decisions.of(events), seed="status")
+    hours = backlog_age(waiting, now)
+    return {"files": len(waiting), "oldest_hours": round(hours, 1) if hours is not None else None}
 
 
 def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest | None]:
@@ -155,6 +165,12 @@ def render(status: dict[str, Any]) -> str:
             f"last training:  {training['ts']}: {training['outcome']} ({training['reason']})"
         )
     lines.append(f"inbox waiting:  {plural(status['inbox_waiting'], 'file')}")
+    backlog = status["review_backlog"]
+    age = f", the oldest for {backlog['oldest_hours']:.0f} h" if backlog["oldest_hours"] else ""
+    lines.append(
+        f"to review:      {plural(backlog['files'], 'picture')} in needs_review{age}"
+        + (" (`sortbox web` to review them)" if backlog["files"] else "")
+    )
     daemon = status["daemon"]
     lines.append(f"daemon:         {daemon['state'] if daemon else 'not running'}")
     loss = (daemon or {}).get("journal_lost")
@@ -176,9 +192,16 @@ def render(status: dict[str, Any]) -> str:
 
 def _render_precision(report: dict[str, Any]) -> list[str]:
     overall = report["overall"]
-    title = f"precision ({report['days']} days, measured from your moves and spot checks):"
+    title = (
+        f"precision ({report['days']} days, measured only over pictures a person judged: "
+        "moved, confirmed in an audit, or filed spot checks):"
+    )
     if overall["precision"] is None:
-        return [f"{title} nothing judged yet"]
+        untouched = overall["auto_sorted"]
+        return [
+            f"{title} nothing judged yet"
+            + (f" ({untouched} auto-sorted, none looked at)" if untouched else "")
+        ]
 
     def row(name: str, tally: dict[str, Any]) -> str:
         measured = (
@@ -189,16 +212,22 @@ def _render_precision(report: dict[str, Any]) -> list[str]:
         promised = f"{tally['promised']:.1%}" if tally["promised"] is not None else "-"
         return (
             f"  {name:14} {tally['auto_sorted']:6} {tally['corrections']:6} "
-            f"{tally['spot_checks_reviewed']:6} {measured:>24} {promised:>9}"
+            f"{tally['confirmed']:6} {tally['spot_checks_reviewed']:6} {tally['judged']:6} "
+            f"{measured:>24} {promised:>9}"
         )
 
     lines = [
         title,
-        f"  {'class':14} {'auto':>6} {'moved':>6} {'spot':>6} {'measured [95% CI]':>24} "
-        f"{'promised':>9}",
+        f"  {'class':14} {'auto':>6} {'moved':>6} {'conf.':>6} {'spot':>6} {'judged':>6} "
+        f"{'measured [95% CI]':>24} {'promised':>9}",
         *(row(name, tally) for name, tally in report["per_class"].items()),
         row("all", overall),
     ]
+    if overall["promised"] is None:
+        lines.append(
+            "  (this model's thresholds were set by hand: it promises no precision; "
+            "`sortbox train` makes one that does)"
+        )
     if overall["below_promise"]:
         lines.append(
             "WARNING:        auto-sorted pictures are measurably less often right than the model "

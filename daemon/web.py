@@ -60,6 +60,7 @@ from sortbox.daemon.review import (
     audit_queue,
     backlog_age,
     class_folders,
+    confirm_picture,
     file_picture,
     listing,
     review_queue,
@@ -295,6 +296,23 @@ class Web:
                 refused.append({"picture": hash12, "error": str(exc), "status": exc.status})
         status = 200 if filed or not refused else refused[0]["status"]
         return JSONResponse({"filed": filed, "refused": refused}, status)
+
+    def confirm(self, body: dict[str, Any]) -> Response:
+        hashes = body.get("pictures")
+        if not isinstance(hashes, list) or not all(_is_hash12(h) for h in hashes):
+            return JSONResponse({"error": "name pictures by their 12-hex content hash"}, 400)
+        folder, allowed = str(body.get("folder", "")), self.classes()
+        confirmed, refused = [], []
+        for hash12 in hashes:
+            try:
+                confirm_picture(
+                    self.settings.library, self.settings.journal, hash12, folder, allowed
+                )
+                confirmed.append(hash12)
+            except FilingError as exc:
+                refused.append({"picture": hash12, "error": str(exc), "status": exc.status})
+        status = 200 if confirmed or not refused else refused[0]["status"]
+        return JSONResponse({"confirmed": confirmed, "refused": refused}, status)
 
     def dashboard(self) -> Response:
         return self.render("dashboard.html", title="sortbox", **self.dashboard_figures())
@@ -562,6 +580,9 @@ def build_app(settings: Settings, config: Path | None, listen: str) -> Starlette
     async def file_api(request: Request) -> Response:
         return await run_in_threadpool(web.file, await _json(request))
 
+    async def confirm_api(request: Request) -> Response:
+        return await run_in_threadpool(web.confirm, await _json(request))
+
     async def rollback_api(request: Request) -> Response:
         return web.rollback(str((await _json(request)).get("version", "")))
 
@@ -623,6 +644,7 @@ def build_app(settings: Settings, config: Path | None, listen: str) -> Starlette
         route("/thumb/{folder}/{hash12}", thumb),
         route("/models/{version}/confusion.png", confusion),
         route("/api/file", file_api, ["POST"]),
+        route("/api/confirm", confirm_api, ["POST"]),
         route("/api/models/rollback", rollback_api, ["POST"]),
         route("/api/train", train_api, ["GET", "POST"]),
         route("/api/explain", explain_api, ["POST"]),
@@ -726,4 +748,3 @@ def _corrections(events: list[Event], library: Path) -> list[tuple[str, str, int
             for folder in now:
                 moved[(put, folder)] += 1
     return sorted(((a, b, n) for (a, b), n in moved.items()), key=lambda row: -row[2])
-

@@ -530,3 +530,23 @@ def test_the_models_page_rolls_back_and_the_train_button_runs_the_trainer(
     cli = sortbox("train", config=reviewing.home.config, timeout=300)
     assert state["exit_status"] == cli.returncode, (state, cli.stderr)
     assert state["output"].strip(), state
+
+
+def test_a_confirmation_in_an_audit_counts_as_judged_right(reviewing: Page) -> None:
+    """Untouched auto-sorted pictures are not measured (#32); one a person confirmed is."""
+    before = json.loads(reviewing.request("GET", "/api/status")[1])["precision"]["overall"]
+    assert before["judged"] == 0 and before["precision"] is None
+    status, page = reviewing.request("GET", "/audit?class=red")
+    shown = re.findall(r'data-hash="([0-9a-f]{12})"', page)
+    assert len(shown) >= 2
+    body = {"pictures": shown[:1], "folder": "red"}
+    assert reviewing.request("POST", "/api/confirm", body, csrf=False)[0] == 403
+    status, answer = reviewing.request("POST", "/api/confirm", body)
+    assert status == 200 and json.loads(answer)["confirmed"] == shown[:1], answer
+    moved = {"pictures": shown[1:2], "from": "red", "to": "green"}
+    assert reviewing.request("POST", "/api/file", moved)[0] == 200
+    after = json.loads(reviewing.request("GET", "/api/status")[1])["precision"]["overall"]
+    assert (after["judged"], after["confirmed"], after["corrections"]) == (2, 1, 1)
+    assert after["precision"] == 0.5
+    text = sortbox("status", config=reviewing.home.config).stdout
+    assert "measured only over pictures a person judged" in text

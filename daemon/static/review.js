@@ -70,6 +70,19 @@ if (queue) {
     focus(current);
   }
 
+  async function confirm() {  // audit: right where it is; counts as judged right
+    const all = cards();
+    if (!all.length) return;
+    const chosen = selected().length ? selected() : [all[current]];
+    const members = chosen.flatMap((card) => card.dataset.members.split(" "));
+    const { answer } = await post("/api/confirm", { pictures: members, folder });
+    for (const card of chosen) card.remove();
+    const done = (answer.confirmed || []).length;
+    say((answer.refused || []).length ? answer.refused.map((r) => r.error).join("; ")
+      : `Confirmed ${done} as ${folder}.`);
+    focus(current);
+  }
+
   async function undo() {
     const last = history.pop();
     if (!last) { say("Nothing to undo."); return; }
@@ -100,6 +113,8 @@ if (queue) {
       if (card) { card.classList.toggle("selected"); anchor = current; }
     } else if (key === "r" && folder !== "needs_review") {
       fileAs("needs_review");
+    } else if (key === "c" && folder !== "needs_review") {
+      confirm();
     } else {
       return;
     }
