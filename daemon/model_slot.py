@@ -86,14 +86,25 @@ class ModelSlot:
             return None
         return self._switch_to(new, f"switched from {self.classifier.version}")
 
-    def retarget(self, settings: Settings) -> ModelLoaded:
-        """New decision settings (SIGHUP): the same model, thresholds for the new target."""
+    def retarget(self, settings: Settings) -> ModelLoaded | None:
+        """New decision settings (SIGHUP): the same model, thresholds for the new target; None
+        when the model cannot (hand-set thresholds, as the default model's), said plainly."""
         self.settings = settings
+        if self.classifier.manifest.calibration is None:
+            log.warning(
+                "thresholds_fixed",
+                model=self.classifier.version,
+                target_precision=settings.target_precision,
+                hint="this model's thresholds were set by hand (the default model's are): "
+                "target_precision applies to models made by `sortbox train`, which carry the "
+                "calibration it needs; until then its thresholds stay as they are",
+            )
+            return None
         manifest = retarget(self.classifier.manifest, settings.target_precision)
-        return self._switch_to(
-            dataclasses.replace(self.classifier, manifest=manifest),
-            f"thresholds re-derived for target precision {settings.target_precision}",
-        )
+        reason = f"thresholds re-derived for target precision {settings.target_precision}"
+        self.classifier = dataclasses.replace(self.classifier, manifest=manifest)
+        log.info("thresholds_changed", model=self.classifier.version, reason=reason)
+        return ModelLoaded(model=self.classifier.version, reason=reason)
 
     def _switch_to(self, new: Classifier, reason: str) -> ModelLoaded:
         old = self.classifier.version

@@ -361,7 +361,9 @@ class Service:
         if "target_precision" in changed:
             target = fresh.target_precision
             self.settings = self.settings.model_copy(update={"target_precision": target})
-            self.placer.journal_later(self.slot.retarget(self.settings))
+            retargeted = self.slot.retarget(self.settings)
+            if retargeted is not None:
+                self.placer.journal_later(retargeted)
 
     def _heartbeat(self) -> None:
         now = time.monotonic()

@@ -505,3 +505,25 @@ def test_the_readme_lists_every_setting_with_the_default_the_code_uses() -> None
             except tomllib.TOMLDecodeError:  # a description: `<models_dir>/.cache`
                 continue
             assert value == (str(default) if isinstance(default, Path) else default), key
+
+
+def test_a_new_target_precision_on_a_model_with_hand_set_thresholds_is_said_plainly(
+    tmp_path: Path,
+) -> None:
+    """Finding 9: the reload used to say "thresholds re-derived for target precision 0.9" while
+    the default model's hand-set thresholds stayed as they were."""
+    import signal
+
+    from conftest import Daemon, wait_until
+
+    home = make_home(tmp_path)
+    publish_rgb_model(home.models, "v1")  # hand-set thresholds, no calibration predictions
+    daemon = Daemon(home).start()
+    try:
+        home.config.write_text(home.config.read_text() + "target_precision = 0.9\n")
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "thresholds_fixed" in daemon.log_text(), 20, "the plain answer")
+        assert "target_precision applies to models made by `sortbox train`" in daemon.log_text()
+    finally:
+        assert daemon.stop() == 0
+    assert not [e for e in home.events("model") if "re-derived" in e["reason"]]
