@@ -38,59 +38,97 @@ Timestamp = Annotated[
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # the docstring under each field is its description, in docs/reference/journal-events.md
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
 
     v: int = SCHEMA_VERSION
+    """Schema version."""
     ts: Timestamp = Field(default_factory=utc_now)
+    """When it was written: UTC, RFC 3339, e.g. `2026-11-22T12:46:37.843Z`."""
     event: str  # each event type narrows this to its own literal name
+    """What happened: one of the event names below."""
 
 
 class _FileEvent(_Event):
-    src: str  # relative to `root`
-    root: str  # the inbox, or the folder given to `sortbox sort`
+    src: str
+    """The input's path, relative to `root`."""
+    root: str
+    """The inbox, or the folder given to `sortbox sort` (the library, for `reviewed`)."""
     sha256: str | None
+    """The content's SHA-256 (null if it could not be read)."""
     size: int | None
+    """The input's size when it was read (with `mtime_ns` and `inode`: its identity)."""
     mtime_ns: int | None = None
+    """The input's mtime when it was read, in nanoseconds."""
     inode: int | None = None
-    dest: str | None = None  # relative to the library
+    """The input's inode when it was read."""
+    dest: str | None = None
+    """Where the copy is, relative to the library (null if nothing was copied)."""
     label: str | None = None
+    """The model's best guess (also for a picture sent to review)."""
     confidence: float | None = None
+    """The calibrated probability of `label`."""
     top3: list[tuple[str, float]] | None = None
+    """The three likeliest classes with their probabilities."""
     model: str | None = None
+    """The model version that decided."""
     reason: str | None = None
+    """Why, where there is a why: rejected, duplicate, undone, sent to review (`spot check`,
+    `0.52 < 0.60 for shirt`, `unlike any class (...)`), `with <picture>` for a RAW file or
+    sidecar that went with its picture."""
     original_removed: bool = False
+    """The inbox original was (or is due to be) removed: `on_success = "delete"`."""
 
 
 class _Classified(_FileEvent):
     label: str
+    """The model's best guess (also for a picture sent to review)."""
     confidence: float
+    """The calibrated probability of `label`."""
 
 
 class _Explained(_FileEvent):
     reason: str
+    """Why, in plain words."""
 
 
 class Sorted(_Classified):
+    """A picture sure enough for its class, copied into `library/<label>/`."""
+
     event: Literal["sorted"] = "sorted"
-    unknown: float | None = None  # how unlike any class (issue #33), where the model says
+    unknown: float | None = None
+    """How unlike every known class the picture is (issue #33), where the model says."""
 
 
 class Review(_Classified):
+    """A picture copied into `needs_review/`: not sure enough, unlike any class, or a spot
+    check."""
+
     event: Literal["review"] = "review"
-    unknown: float | None = None  # how unlike any class (issue #33), where the model says
+    unknown: float | None = None
+    """How unlike every known class the picture is (issue #33), where the model says."""
 
 
 class Duplicate(_Explained):
+    """Content the library already holds (at `dest`): nothing copied."""
+
     event: Literal["duplicate"] = "duplicate"
 
 
 class Rejected(_Explained):
+    """Not a picture sortbox sorts, or one it cannot read; kept in `rejected/` when it could
+    be read, and `reason` says why."""
+
     event: Literal["rejected"] = "rejected"
 
 
 class Undone(_Explained):
+    """`sortbox undo` reversed a placement: the copy removed, the original put back where it
+    had been removed."""
+
     event: Literal["undone"] = "undone"
-    restored: bool = False  # the original was put back (on_success = "delete")
+    restored: bool = False
+    """The original was put back (it had been removed or moved away)."""
 
 
 class Recovered(_Explained):
@@ -103,29 +141,43 @@ class Recovered(_Explained):
 
     event: Literal["recovered"] = "recovered"
     original_removed: bool = True
+    """Always true: whether the original still exists is not known, so undo restores it."""
 
 
 class Reviewed(_FileEvent):
     """A person filed a picture from one library folder into another in sortbox's own page
-    (`src` and `dest` are both in the library, `root`). A move in a file manager is the same
-    label, seen by where the file is; this line also lets undo put it back."""
+    (`src` and `dest` are both in the library, `root`), or confirmed it where it is (`src`
+    equals `dest`). A move in a file manager is the same label, seen by where the file is;
+    this line also lets undo put it back."""
 
     event: Literal["reviewed"] = "reviewed"
     label: str
-    by: str = "web"  # where it was done
+    """The folder it was filed into (or confirmed in)."""
+    by: str = "web"
+    """Where it was done."""
 
 
 class ModelLoaded(_Event):
+    """The daemon started, switched to another model version, or re-derived its thresholds."""
+
     event: Literal["model"] = "model"
     model: str
+    """The model version now in use."""
     reason: str
+    """What happened, in words."""
 
 
 class TrainingRun(_Event):
+    """One `sortbox train` run and how it ended."""
+
     event: Literal["train"] = "train"
     outcome: Literal["published", "rejected", "skipped", "paused", "failed"]
+    """`published`, `rejected` by the gate, `skipped` (nothing new), `paused` (out of
+    budget, resumes next run) or `failed`."""
     model: str | None = None
+    """The candidate's version, where one was made."""
     reason: str
+    """Why, in words."""
 
 
 class Imported(_Event):
@@ -135,7 +187,9 @@ class Imported(_Event):
 
     event: Literal["imported"] = "imported"
     archive: str
-    roots: dict[str, str]  # old absolute folder -> new absolute folder
+    """The archive imported."""
+    roots: dict[str, str]
+    """Old absolute folder -> new absolute folder."""
 
 
 Placement = Sorted | Review | Duplicate | Rejected

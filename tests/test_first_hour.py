@@ -474,7 +474,7 @@ def test_status_counts_in_words(home: Home) -> None:
     assert "1 files" not in status.stdout
 
 
-def test_the_readme_lists_every_setting_with_the_default_the_code_uses() -> None:
+def test_the_manual_lists_every_setting_with_the_default_the_code_uses() -> None:
     """Finding 1: the defaults a user reads are the defaults sortbox uses."""
     import re
     import tomllib
@@ -483,7 +483,11 @@ def test_the_readme_lists_every_setting_with_the_default_the_code_uses() -> None
     from sortbox.daemon.settings import Settings
 
     rows = dict(
-        re.findall(r"^\| `([a-z0-9_.]+)` \| (.+?) \| ", (REPO / "README.md").read_text(), re.M)
+        re.findall(
+            r"^\| `([a-z0-9_.]+)` \| (.+?) \| ",
+            (REPO / "docs" / "configuration.md").read_text(),
+            re.M,
+        )
     )
     expected = {}
     for key, field in Settings.model_fields.items():
@@ -493,7 +497,7 @@ def test_the_readme_lists_every_setting_with_the_default_the_code_uses() -> None
                 expected[f"{key}.{sub}"] = inner
         else:
             expected[key] = field
-    assert sorted(set(expected) - set(rows)) == [], "settings the README does not list"
+    assert sorted(set(expected) - set(rows)) == [], "settings the manual does not list"
     for key, field in expected.items():
         shown = rows[key]
         default = field.get_default(call_default_factory=False)
