@@ -10,15 +10,19 @@ Only the main loop uses it.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import structlog
+from PIL import Image
 from sortbox.daemon.classify import Classifier, load_classifier, load_current
 from sortbox.daemon.journal import ModelLoaded
 from sortbox.daemon.manifest import current_version, retarget
+from sortbox.daemon.preprocess import prepare
 from sortbox.daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -53,6 +57,19 @@ class ModelSlot:
     @property
     def version(self) -> str:
         return self.classifier.version
+
+    def warm_up(self) -> None:
+        """Pay before READY what the first picture would: Pillow's plugin imports on the first
+        decode (about 60 ms) and ONNX Runtime's first allocations. Only a saving: a failure
+        here is met again, and handled, on the first real batch."""
+        spec = self.classifier.manifest.preprocessing
+        sample = io.BytesIO()
+        try:
+            Image.new("RGB", (spec.crop, spec.crop)).save(sample, "JPEG")
+            pixels = prepare(sample.getvalue(), spec, self.settings.max_pixels, "warm-up.jpg")
+            self.classifier.logits(pixels[np.newaxis])
+        except Exception:
+            log.warning("warm_up_failed", exc_info=True)
 
     def look_now(self) -> None:
         """SIGHUP: look at `current` at the next chance, and try a refused version again."""

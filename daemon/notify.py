@@ -12,6 +12,8 @@ import fcntl
 import json
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 
 from sortbox.daemon.place import STATE_FOLDER
@@ -134,3 +136,31 @@ def read_state(path: Path) -> dict[str, object] | None:
     except PermissionError:
         pass  # alive, run by another user (the sortbox system user)
     return dict(state)
+
+
+class Reporter:
+    """What the service says about itself, to systemd (STATUS=) and to `sortbox status` (the
+    state file), said again only when it changes. The placer and the main loop both report."""
+
+    def __init__(self, notifier: Notifier, state_file: StateFile | None) -> None:
+        self.notifier = notifier
+        self.state_file = state_file
+        self._lock = threading.Lock()
+        self._said: tuple[object, ...] | None = None
+
+    def report(self, state: str, model: str, status_line: str, extra: dict[str, object]) -> None:
+        key = (state, model, json.dumps(extra, sort_keys=True, default=str))
+        with self._lock:
+            if key == self._said:
+                return
+            self._said = key
+            self.notifier.status(status_line)
+            if self.state_file is not None:
+                self.state_file.write(
+                    {"state": state, "model": model, "updated": time.time(), **extra}
+                )
+
+    def close(self) -> None:
+        if self.state_file is not None:
+            self.state_file.close({"state": "stopped"})
+        self.notifier.close()

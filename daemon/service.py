@@ -24,7 +24,6 @@ pinged while work moves or there is none.
 from __future__ import annotations
 
 import dataclasses
-import io
 import queue
 import signal
 import threading
@@ -33,9 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-import numpy as np
 import structlog
-from PIL import Image
 from sortbox.daemon.batch import next_batch
 from sortbox.daemon.classify import Classifier
 from sortbox.daemon.decode import Decoded, lower_thread_priority, read_group
@@ -46,10 +43,9 @@ from sortbox.daemon.intakes import Intake, ListIntake, OnBatch, WatchIntake
 from sortbox.daemon.journal import Journal, ModelLoaded
 from sortbox.daemon.metrics import Metrics
 from sortbox.daemon.model_slot import ModelSlot
-from sortbox.daemon.notify import Notifier, StateFile, state_file_of
+from sortbox.daemon.notify import Notifier, Reporter, StateFile, state_file_of
 from sortbox.daemon.pipeline import Classified, Library, classify_batch, remove_crash_leftovers
 from sortbox.daemon.placer import Placer
-from sortbox.daemon.preprocess import prepare
 from sortbox.daemon.settings import ConfigError, Settings
 from sortbox.daemon.workload import Workload
 
@@ -95,9 +91,6 @@ class Service:
         self._decoded: queue.Queue[Decoded] = queue.Queue(maxsize=settings.batch_size)
         self._classified: queue.Queue[Classified | None] = queue.Queue(maxsize=1)
         self._threads: list[threading.Thread] = []
-        self._state: StateFile | None = None
-        self._published: tuple[object, ...] | None = None
-        self._publishing = threading.Lock()  # the placer and the main loop both publish
         self._next_watchdog = 0.0
 
     @property
@@ -150,7 +143,8 @@ class Service:
             for folder in (s.library, s.models_dir, s.journal.parent):
                 folder.mkdir(parents=True, exist_ok=True)
         # first: a second daemon on this library stops here, before it loads or touches a thing
-        self._state = StateFile(state_file_of(s.library)) if self.watching else None
+        state_file = StateFile(state_file_of(s.library)) if self.watching else None
+        self._reporter = Reporter(self.notifier, state_file)
         self.slot = ModelSlot(s)
         removed = 0 if self._dry_run else remove_crash_leftovers(s.library)
         self.library = Library(
@@ -162,7 +156,7 @@ class Service:
         )
         if not self._dry_run:
             self.library.record_unjournaled_copies()
-        self._warm_up()
+        self.slot.warm_up()
         self.metrics.model = self.slot.version
         self.intake = self._make_intake()
         self.placer = Placer(
@@ -197,19 +191,6 @@ class Service:
         if self._inputs is None:
             return WatchIntake(*parts, self.metrics)
         return ListIntake(self._inputs, *parts, self._on_batch)
-
-    def _warm_up(self) -> None:
-        """Pay before READY what the first picture would: Pillow's plugin imports on the first
-        decode (about 60 ms) and ONNX Runtime's first allocations. Only a saving: a failure
-        here is met again, and handled, on the first real batch."""
-        spec = self.classifier.manifest.preprocessing
-        sample = io.BytesIO()
-        try:
-            Image.new("RGB", (spec.crop, spec.crop)).save(sample, "JPEG")
-            pixels = prepare(sample.getvalue(), spec, self.settings.max_pixels, "warm-up.jpg")
-            self.classifier.logits(pixels[np.newaxis])
-        except Exception:
-            log.warning("warm_up_failed", exc_info=True)
 
     def main_loop(self) -> None:
         max_wait_s = self.settings.max_wait_ms / 1000
@@ -266,9 +247,7 @@ class Service:
         placer.join(timeout=max(0.1, deadline - time.monotonic()))
         # 4. Make the journal durable and close it (and leave the index for the next start).
         self.placer.close(clean=not self._crashed and not placer.is_alive())
-        if self._state is not None:
-            self._state.close({"state": "stopped"})
-        self.notifier.close()
+        self._reporter.close()
         log.info(
             "stopped",
             exit_status=1 if self._crashed else 0,
@@ -389,31 +368,16 @@ class Service:
         return prefix + self.metrics.status_line()
 
     def _publish_state(self) -> None:
-        """The daemon's state for `status` (and systemd's STATUS=), written when it changes."""
+        """The daemon's state for `status` (and systemd's STATUS=), said when it changes."""
         pause, loss = self.workload.pause, self.library.journal_loss
-        state = (
-            f"paused: {pause.reason}"
-            if pause
-            else "sorting"
-            if self.workload.outstanding
-            else "idle"
+        busy = "sorting" if self.workload.outstanding else "idle"
+        extra = {"journal_lost": dataclasses.asdict(loss)} if loss is not None else {}
+        self._reporter.report(
+            f"paused: {pause.reason}" if pause else busy,
+            self.slot.version,
+            self.status_line(),
+            extra,
         )
-        key = (state, self.slot.version, loss)
-        with self._publishing:
-            if key == self._published:
-                return
-            self._published = key
-            self.notifier.status(self.status_line())
-            if self._state is None:
-                return
-            written: dict[str, object] = {
-                "state": state,
-                "model": self.slot.version,
-                "updated": time.time(),
-            }
-            if loss is not None:
-                written["journal_lost"] = dataclasses.asdict(loss)
-            self._state.write(written)
 
 
 def _drain(source: queue.Queue) -> list:
