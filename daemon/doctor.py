@@ -24,7 +24,8 @@ class Finding:
 
 
 def check(settings: Settings) -> list[Finding]:
-    findings = [*_folders(settings), _same_filesystem(settings), _inotify(settings)]
+    findings = [*_folders(settings), _originals(settings), _same_filesystem(settings)]
+    findings.append(_inotify(settings))
     findings += [_network(settings), _model(settings), _disk(settings), _threads(settings)]
     return findings
 
@@ -62,13 +63,58 @@ def _inbox(settings: Settings) -> Finding:
         return Finding("fail", f"inbox {inbox} is not readable by this user: fix its owner or mode")
     if os.access(inbox, os.W_OK):
         return Finding("ok", f"inbox {inbox} exists and is writable")
-    if settings.on_success == "delete":
+    if settings.on_success in ("delete", "move"):
         return Finding(
             "warn",
-            f'inbox {inbox} is read-only for this user, so on_success = "delete" keeps every '
-            "original (each is still sorted once)",
+            f'inbox {inbox} is read-only for this user, so on_success = "{settings.on_success}" '
+            "keeps every original (each is still sorted once)",
         )
     return Finding("ok", f"inbox {inbox} exists and is readable (sortbox only reads it)")
+
+
+def _originals(settings: Settings) -> Finding:
+    """What becomes of the inbox's originals, and where copies go (#32: the inbox can be kept
+    tidy)."""
+    subfolders = (
+        "; inbox subfolders are kept under the class folder (keep_subfolders)"
+        if settings.keep_subfolders
+        else ""
+    )
+    if settings.on_success == "keep":
+        return Finding(
+            "ok",
+            'on_success = "keep": originals stay in the inbox; the journal knows which are done '
+            f'("move" moves them into {settings.done_folder}){subfolders}',
+        )
+    if settings.on_success == "delete":
+        return Finding(
+            "ok",
+            'on_success = "delete": each original is deleted once its copy is durable and '
+            f"journaled; `sortbox undo` writes it back from the copy{subfolders}",
+        )
+    done = settings.inbox / settings.done_folder
+    if done.is_symlink() or (done.exists() and not done.is_dir()):
+        return Finding(
+            "fail",
+            f"done folder {done} is a link or a file: sortbox never moves originals through a "
+            "link; remove it or set done_folder",
+        )
+    if (
+        done.is_dir()
+        and settings.inbox.is_dir()
+        and os.stat(done).st_dev != os.stat(settings.inbox).st_dev
+    ):
+        return Finding(
+            "warn",
+            f"done folder {done} is another filesystem than the inbox: originals cannot be "
+            "moved there and stay in the inbox",
+        )
+    return Finding(
+        "ok",
+        f'on_success = "move": each original is moved into {done} once its copy is durable and '
+        "journaled, keeping its path there (never sorted again); `sortbox undo` moves it back"
+        + subfolders,
+    )
 
 
 def _missing_or_file(name: str, path: Path, settings: Settings) -> Finding | None:

@@ -329,10 +329,14 @@ class DoneIndex:
         for folder in library.iterdir():
             if not folder.is_dir() or folder.is_symlink() or folder.name.startswith("."):
                 continue
-            for entry in folder.iterdir():
-                match = LIBRARY_NAME.match(entry.name)
-                if match and match["hash"] not in known and entry.is_file():
-                    orphans[match["hash"]] = entry
+            # with keep_subfolders a class folder has folders of its own: every level, no links
+            for below, subfolders, files in os.walk(folder):
+                subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+                for name in files:
+                    match = LIBRARY_NAME.match(name)
+                    entry = Path(below) / name
+                    if match and match["hash"] not in known and entry.is_file():
+                        orphans[match["hash"]] = entry
         return orphans
 
 

@@ -3,6 +3,7 @@ files given to `sortbox sort`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fnmatch
@@ -103,6 +104,102 @@ def remove_beneath(root: Path, relative: str, identity: Identity) -> bool:
         return True
     finally:
         os.close(folder_fd)
+
+
+def move_beneath(
+    root: Path, relative: str, identity: Identity, target: str, numbered: bool = True
+) -> str | None:
+    """Move the input `root/relative`, if it is still the file `identity` describes, to
+    `root/target` (its folders made as needed), reaching both as `open_beneath` does: never
+    through a link. Nothing is overwritten: a target name that is taken becomes `x (2).jpg`,
+    `x (3).jpg` ... (`numbered`), or FileExistsError. Returns where the file is now, relative
+    to `root`; None if it is not that file (left alone).
+
+    A hard link to the new name, made durable, then the old name removed: a crash between the
+    two leaves both names on the one file, and moving it again finds its own link and only
+    removes the old name. Where there are no hard links (exFAT) the name is checked, then the
+    file renamed, as place.give_name does."""
+    folder_fd, name = _folder_beneath(root, relative)
+    try:
+        st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+        if Identity.of(st) != identity:
+            return None
+        wanted = PurePosixPath(target)
+        target_fd = _folder_made_beneath(root, wanted.parent)
+        try:
+            for candidate in _free_names(wanted.name, numbered):
+                try:
+                    os.link(
+                        name,
+                        candidate,
+                        src_dir_fd=folder_fd,
+                        dst_dir_fd=target_fd,
+                        follow_symlinks=False,
+                    )
+                except FileExistsError:
+                    there = os.stat(candidate, dir_fd=target_fd, follow_symlinks=False)
+                    if (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
+                        continue  # another file: the next name
+                except OSError as exc:
+                    if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                        raise
+                    try:
+                        os.stat(candidate, dir_fd=target_fd, follow_symlinks=False)
+                        continue
+                    except FileNotFoundError:
+                        os.rename(name, candidate, src_dir_fd=folder_fd, dst_dir_fd=target_fd)
+                        os.fsync(target_fd)
+                        return (wanted.parent / candidate).as_posix()
+                os.fsync(target_fd)  # the new name is durable before the old one goes
+                os.unlink(name, dir_fd=folder_fd)
+                return (wanted.parent / candidate).as_posix()
+            raise FileExistsError(errno.EEXIST, f"{target} is taken", target)
+        finally:
+            os.close(target_fd)
+    finally:
+        os.close(folder_fd)
+
+
+def _free_names(name: str, numbered: bool) -> Iterator[str]:
+    """`name`, then (if `numbered`) `stem (2).ext`, `stem (3).ext` ..., as file managers do."""
+    yield name
+    if not numbered:
+        return
+    stem, dot, extension = name.rpartition(".")
+    if not stem:
+        stem, dot, extension = name, "", ""
+    for n in range(2, 10_000):
+        yield f"{stem} ({n}){dot}{extension}"
+
+
+def _folder_made_beneath(root: Path, folder: PurePosixPath) -> int:
+    """The open folder `root/folder`, each folder on the way made if missing and entered
+    without following a link. A link or a file in the way is an error that says so."""
+    if folder.is_absolute() or ".." in folder.parts:
+        raise OutsideFolder(errno.EXDEV, f"{folder} is not a path inside {root}")
+    folder_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in folder.parts:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, dir_fd=folder_fd)
+            try:
+                below = os.open(
+                    part,
+                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    dir_fd=folder_fd,
+                )
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise NotADirectoryError(
+                        exc.errno, f"{root / folder} has a link or a file in the way"
+                    ) from None
+                raise
+            os.close(folder_fd)
+            folder_fd = below
+    except BaseException:
+        os.close(folder_fd)
+        raise
+    return folder_fd
 
 
 def _folder_beneath(root: Path, relative: str) -> tuple[int, str]:

@@ -143,6 +143,9 @@ class WatchIntake(_Admission):
         metrics: Metrics,
     ) -> None:
         super().__init__(settings, library, arrivals, workload, should_exit, on_batch=None)
+        library.arrange(settings, inbox_originals=True)
+        # where on_success = "move" puts done originals: never sorted, whatever its name
+        self._done_folder = settings.done_folder + "/"
         self.metrics = metrics
         self.mode = resolve_watch_mode(settings.watch_mode, settings.inbox)
         # Polling only sees what changed between two polls: a shorter quiet period means
@@ -305,15 +308,22 @@ class WatchIntake(_Admission):
         inbox = self.settings.inbox
         if not path.is_relative_to(inbox) or path == inbox:
             return False
-        return not is_ignored(path.relative_to(inbox).as_posix(), self.settings.ignore)
+        relative = path.relative_to(inbox).as_posix()
+        return not is_ignored(relative, self.settings.ignore) and not self._in_done_folder(relative)
+
+    def _in_done_folder(self, relative: str) -> bool:
+        return (relative + "/").startswith(self._done_folder)
 
     def _rescan(self) -> None:
         """Find what no event told us about. A file the journal already has, unchanged, is
         passed over here: an inbox kept full (on_success = "keep") is not queued again and
         again, so memory and CPU stay flat however many files it holds."""
         index = self.library.index
-        for path in walk_files(self.settings.inbox, self.settings.ignore):
-            if self.tracker.is_tracked(path):
+        inbox = self.settings.inbox
+        for path in walk_files(inbox, self.settings.ignore):
+            if self.tracker.is_tracked(path) or self._in_done_folder(
+                path.relative_to(inbox).as_posix()
+            ):
                 continue
             identity = identity_of(path)
             if identity is None:
@@ -340,6 +350,7 @@ class ListIntake(_Admission):
         on_batch: OnBatch | None,
     ) -> None:
         super().__init__(settings, library, arrivals, workload, should_exit, on_batch)
+        library.arrange(settings, inbox_originals=False)  # `sort` keeps what it is given
         self.inputs = inputs
         self.unfinished: list[Path] = []  # given up on (kept changing, gone, outside)
         self.failed_paths: list[Path] = []  # stopped by an unexpected error (logged)

@@ -2,8 +2,8 @@
 
 The daemon and `sortbox sort` run exactly these, driven by `Service`. The order of
 `place_batch` is what makes "nothing is ever lost" hold: copies are durable before their
-journal lines are written, journal lines are durable before any original is removed
-(on_success = "delete").
+journal lines are written, journal lines are durable before any original is removed or moved
+(on_success = "delete" or "move").
 
 Exactly-once holds across processes, not only threads: a batch is placed while holding an
 exclusive lock on the library (`library/.sortbox/lock`, an flock, so kill -9 releases it).
@@ -22,8 +22,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
 import numpy as np
 import structlog
@@ -32,7 +32,13 @@ from sortbox.daemon.decide import SPOT_CHECK, Decision, decide
 from sortbox.daemon.decode import Decoded, reopen_as_read
 from sortbox.daemon.group import COMPANION_OF, group_key, role_of, sidecar_name
 from sortbox.daemon.index import DoneIndex
-from sortbox.daemon.intake import Arrival, Identity, OutsideFolder, remove_beneath
+from sortbox.daemon.intake import (
+    Arrival,
+    Identity,
+    OutsideFolder,
+    move_beneath,
+    remove_beneath,
+)
 from sortbox.daemon.journal import (
     Duplicate,
     Journal,
@@ -49,11 +55,13 @@ from sortbox.daemon.place import (
     UnusableFolder,
     copy_into,
     library_name,
+    portable_folder,
     remove_leftover_temps,
     same_content,
 )
 from sortbox.daemon.preprocess import is_raw, looks_cut_short
 from sortbox.daemon.recovery import unrecorded_after_loss, unrecorded_at_start
+from sortbox.daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +70,15 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 # later, a copy slower than pair_wait_s) still goes where the picture went, for this long.
 LATE_COMPANION_S = 600.0
 RECENT_PICTURES = 1_000  # at most this many remembered (about 2 MB), oldest forgotten first
+
+
+@dataclass(frozen=True)
+class Originals:
+    """What becomes of an inbox original once its copy is durable and journaled (on_success):
+    kept, deleted, or moved to `done_folder` (inside the inbox) under its relative path."""
+
+    action: Literal["keep", "delete", "move"] = "keep"
+    done_folder: str = ".done"
 
 
 @dataclass(frozen=True)
@@ -110,7 +127,11 @@ class Library:
         journal: Journal | None,
         remove_originals: bool,
         inbox: Path,
+        *,
+        originals: Originals | None = None,
+        keep_subfolders: bool = False,
     ) -> None:
+        """`remove_originals` is on_success = "delete"; `originals` says any on_success."""
         self.root = root
         self.index = index
         self.journal = journal
@@ -118,27 +139,58 @@ class Library:
         # the journal lost lines behind our back: what, when, and how many copies were
         # recorded again (for the daemon's state, so `status` says so)
         self.journal_loss: JournalLoss | None = None
-        self.remove_originals = remove_originals and journal is not None
+        self.originals = originals or Originals("delete" if remove_originals else "keep")
+        # the journal lines say the original leaves the inbox (deleted or moved): a restart
+        # finishes what was due (intakes.py), and `undo` brings it back
+        self.remove_originals = self.originals.action != "keep" and journal is not None
+        self.keep_subfolders = keep_subfolders
         self._unsynced: set[Path] = set()  # folders with new names not yet fsynced
         self._recent: OrderedDict[tuple[Path, str], PlacedPicture] = OrderedDict()
         self._originals_kept: set[Path] = set()  # done, but the inbox would not let them go
         self._cut_short: OrderedDict[tuple[Path, Identity | None], None] = OrderedDict()
 
+    def arrange(self, settings: Settings, inbox_originals: bool) -> None:
+        """Take from the settings where copies go (keep_subfolders) and, for the watched
+        inbox (`inbox_originals`), what becomes of its originals (on_success); `sort` always
+        keeps the files it is given. The intakes call this as they are made, before anything
+        is placed: the service passes the library only `remove_originals` (issue 32)."""
+        action = settings.on_success if inbox_originals else "keep"
+        self.originals = Originals(action, settings.done_folder)
+        self.remove_originals = action != "keep" and self.journal is not None
+        self.keep_subfolders = settings.keep_subfolders
+
     def remove_original(self, arrival: Arrival, identity: Identity) -> None:
-        """Delete an inbox original whose copy is durable and journaled, if it is still that
-        file (never through a link: intake.remove_beneath). If the inbox will not let it go
-        (mounted read-only, a folder this user may not write), it stays, done, and the daemon
-        carries on: said once a run, not at every rescan."""
+        """Delete (or move into the done folder) an inbox original whose copy is durable and
+        journaled, if it is still that file, never through a link (intake.remove_beneath,
+        intake.move_beneath). If the inbox will not let it go (mounted read-only, a folder
+        this user may not write, a file where the done folder should be), it stays, done, and
+        the daemon carries on: said once a run, not at every rescan."""
         path = arrival.path
+        moving = self.originals.action == "move"
         try:
-            if not remove_beneath(arrival.root, arrival.relative, identity):
+            if moving:
+                target = PurePosixPath(self.originals.done_folder, arrival.relative).as_posix()
+                left = move_beneath(arrival.root, arrival.relative, identity, target) is None
+            else:
+                left = not remove_beneath(arrival.root, arrival.relative, identity)
+            if left:
                 log.warning("original_changed_not_removed", path=str(path))
         except (FileNotFoundError, OutsideFolder):
             pass  # gone already, or its folder is not the one it was in: nothing to remove
         except OSError as exc:
             if path not in self._originals_kept:
                 self._originals_kept.add(path)
-                log.warning("original_not_removed", path=str(path), reason=exc.strerror)
+                what = "original_not_moved" if moving else "original_not_removed"
+                log.warning(what, path=str(path), reason=exc.strerror)
+
+    def folder_for(self, folder: str, arrival: Arrival) -> str:
+        """The library folder a copy goes to: the class folder, or with keep_subfolders the
+        input's own subfolder beneath it (made portable, place.portable_folder). needs_review
+        and rejected stay flat: the review page and the trainer read them as one folder."""
+        if not self.keep_subfolders or folder in (REVIEW_FOLDER, REJECTED_FOLDER):
+            return folder
+        below = portable_folder(PurePosixPath(arrival.relative).parent.as_posix())
+        return f"{folder}/{below}" if below else folder
 
     def sync_later(self, folder: Path) -> None:
         self._unsynced.add(folder)
@@ -332,7 +384,8 @@ def classify_batch(
 
 def place_batch(classified: Classified, library: Library) -> Placed:
     """The I/O half, strictly in order: duplicates, rejections, copies, one fsync per folder,
-    then the journal (one write, one fsync), then (on_success = "delete") the originals.
+    then the journal (one write, one fsync), then (on_success = "delete" or "move") the
+    originals.
 
     A write that fails (disk full, read-only library) stops the batch: the rest stays in the
     inbox for later, and `failure` tells the caller to pause."""
@@ -441,6 +494,7 @@ def _copy(item: Decoded, folder: str, library: Library, preferred: str | None = 
         item.content,
         preferred,
         sync_folder=library.sync_later,
+        beneath=library.root,
     )
     if item.identity is not None:
         # keep the capture time photo tools sort by; best effort
@@ -455,7 +509,7 @@ def _place(item: Decoded, decision: Decision, model: str, library: Library) -> S
     if orphan is not None and same_content(orphan, item.sha256):
         # copied before a crash, journal line never written: adopt it, don't copy again
         dest = orphan.relative_to(library.root).as_posix()
-        needs_review = orphan.parent.name == REVIEW_FOLDER
+        needs_review = dest.split("/", 1)[0] == REVIEW_FOLDER
         reason = None
     else:
         dest, needs_review, reason = _copy_as_decided(item, decision, library)
@@ -476,7 +530,9 @@ def _copy_as_decided(
     item: Decoded, decision: Decision, library: Library
 ) -> tuple[str, bool, str | None]:
     """(dest, needs review, reason)."""
-    dest, problem = _copy_or_review(item, decision.folder, library)
+    dest, problem = _copy_or_review(
+        item, library.folder_for(decision.folder, item.arrival), library
+    )
     if problem:
         return dest, True, f"{problem}; placed for review"
     return dest, decision.needs_review, SPOT_CHECK if decision.spot_check else None
@@ -508,7 +564,7 @@ def _place_companions(
     with its decision. A sidecar is named after the picture it describes (group.py)."""
     placed = picture.event
     assert placed.dest is not None
-    folder = placed.dest.split("/", 1)[0]
+    folder = placed.dest.rsplit("/", 1)[0]  # with keep_subfolders, the picture's subfolder
     names_in_library = picture.names_in_library  # grows: a late sidecar finds the RAW's name
     events: list[Placement] = []
     # RAW files first: a sidecar then pairs with the RAW copy it was written for

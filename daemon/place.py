@@ -20,7 +20,7 @@ import secrets
 import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from sortbox.daemon.intake import SourceChanged, open_input
 from sortbox.daemon.manifest import fsync_dir
@@ -81,6 +81,19 @@ def _safe_stem(stem: str) -> str:
     return "_" + cleaned[1:] if cleaned.startswith(".") else cleaned
 
 
+def portable_folder(relative: str) -> str:
+    """An inbox subfolder's path (`2024 Holiday/day 1`) as a folder path inside a class folder
+    (keep_subfolders): each name made portable as file names are, never hidden, never `..`,
+    no trailing dot or space (Windows drops them). "" for none."""
+    parts = []
+    for part in PurePosixPath(relative).parts:
+        if part in ("", ".", "/"):
+            continue
+        name = _safe_stem(part.rstrip(". ") or "_")
+        parts.append(name.rstrip(". ") or "_")
+    return "/".join(parts)
+
+
 # What to copy from: a path (opened without following a link at its last step), or a function
 # that opens the input and returns its descriptor (`intake.open_admitted`: never through a link)
 Source = Path | Callable[[], int]
@@ -94,6 +107,7 @@ def copy_into(
     content: bytes | None = None,
     preferred_name: str | None = None,
     sync_folder: Callable[[Path], None] = fsync_dir,
+    beneath: Path | None = None,
 ) -> Path:
     """Copy `source` into `folder` atomically under its library name; return the final path.
 
@@ -105,9 +119,10 @@ def copy_into(
     durable once `sync_folder(folder)` has run: at once by default.
 
     Every file operation is relative to the folder as opened once (`open_folder`): a folder
-    swapped for a symlink meanwhile is not followed.
+    swapped for a symlink meanwhile is not followed. `beneath` (the library): every folder
+    from there down to `folder` is entered without following a link (keep_subfolders).
     """
-    folder_fd = open_folder(folder)
+    folder_fd = open_folder(folder, beneath)
     try:
         if content is not None:
             temporary = _write_temp(folder, folder_fd, [content])
@@ -142,24 +157,32 @@ def _candidate_names(original_name: str, sha256: str, preferred_name: str | None
     return [preferred_name, *names] if preferred_name else names
 
 
-def open_folder(folder: Path) -> int:
-    """`folder`, made if missing, opened without following a symlink at its last step. The
-    library itself may be a link its admin made; a folder in it replaced by a link or a file
-    (by a user, or an attacker who can write there) is refused: UnusableFolder."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    parent_fd = os.open(folder.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def open_folder(folder: Path, beneath: Path | None = None) -> int:
+    """`folder`, made if missing, opened without following a symlink at its last step, or at
+    any step below `beneath`. The library itself may be a link its admin made; a folder in it
+    replaced by a link or a file (by a user, or an attacker who can write there) is refused:
+    UnusableFolder."""
+    base = beneath if beneath is not None and folder.is_relative_to(beneath) else folder.parent
+    base.mkdir(parents=True, exist_ok=True)
+    parent = base
+    parent_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(folder.name, dir_fd=parent_fd)
-        return os.open(
-            folder.name,
-            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-            dir_fd=parent_fd,
-        )
-    except OSError as exc:
-        if exc.errno not in _NOT_USABLE:
-            raise
-        raise UnusableFolder(exc.errno, _what_is_wrong(folder, parent_fd)) from None
+        for name in folder.relative_to(base).parts:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, dir_fd=parent_fd)
+            try:
+                below = os.open(
+                    name,
+                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    dir_fd=parent_fd,
+                )
+            except OSError as exc:
+                if exc.errno not in _NOT_USABLE:
+                    raise
+                raise UnusableFolder(exc.errno, _what_is_wrong(parent / name, parent_fd)) from None
+            os.close(parent_fd)
+            parent_fd, parent = below, parent / name
+        return os.dup(parent_fd)
     finally:
         os.close(parent_fd)
 
@@ -273,13 +296,15 @@ def sha256_of(path: Path | str, dir_fd: int | None = None) -> str:
 
 
 def remove_leftover_temps(library: Path) -> int:
-    """Delete temporary copies a crash left behind (our own files, never inputs)."""
+    """Delete temporary copies a crash left behind (our own files, never inputs), in every
+    folder of the library (class folders have subfolders with keep_subfolders); links to
+    folders are not followed."""
     removed = 0
     if not library.is_dir():
         return 0
-    for folder in [library, *(p for p in library.iterdir() if p.is_dir() and not p.is_symlink())]:
-        for entry in folder.iterdir():
-            if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX):
-                entry.unlink(missing_ok=True)
+    for folder, _, files in os.walk(library):
+        for name in files:
+            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+                (Path(folder) / name).unlink(missing_ok=True)
                 removed += 1
     return removed

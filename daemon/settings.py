@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -129,7 +130,13 @@ class Settings(BaseSettings):
     dataset: Path | None = None
     cache_dir: Path | None = None
 
-    on_success: Literal["keep", "delete"] = "keep"
+    # what becomes of an inbox original once its copy is durable and journaled: kept, deleted,
+    # or moved into `done_folder`, a folder inside the inbox that sortbox never sorts (#32)
+    on_success: Literal["keep", "delete", "move"] = "keep"
+    done_folder: str = ".done"
+    # keep an inbox subfolder's path under the class: inbox/2024 Holiday/IMG_1.jpg ->
+    # library/clothing/2024 Holiday/IMG_1.<hash>.jpg (#32)
+    keep_subfolders: bool = False
     watch_mode: Literal["auto", "inotify", "poll"] = "auto"
     ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
     quiet_period_s: float = Field(0.25, ge=0.0)
@@ -189,6 +196,14 @@ class Settings(BaseSettings):
                 "one another: sortbox would sort its own copies again"
             )
         return self
+
+    @field_validator("done_folder")
+    @classmethod
+    def _done_folder_inside_the_inbox(cls, value: str) -> str:
+        parts = PurePosixPath(value).parts
+        if not parts or PurePosixPath(value).is_absolute() or ".." in parts:
+            raise ValueError(f'{value!r} must be a folder inside the inbox, such as ".done"')
+        return PurePosixPath(value).as_posix()
 
     @property
     def max_file_bytes(self) -> int:

@@ -1,8 +1,9 @@
 """Reverse placements recorded in the journal, newest first.
 
 A copy is removed only if it is still where the daemon put it, byte for byte; a file the
-user has moved or edited since is left alone. Where the original was removed
-(on_success = "delete"), it is put back first, never over an existing file.
+user has moved or edited since is left alone. Where the original left the inbox, it is put
+back first, never over an existing file: moved back from the done folder (on_success = "move"),
+or, where it is not there (on_success = "delete"), written again from the library copy.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sortbox.daemon.intake import identity_of
+from sortbox.daemon.intake import Identity, identity_of, move_beneath
 from sortbox.daemon.journal import (
     Duplicate,
     Journal,
@@ -84,11 +85,11 @@ def where_now(library: Path, dest: str) -> str:
     if copy.is_file():
         return f"{dest} was edited since; it is still there"
     if library.is_dir():
-        for folder in sorted(library.iterdir()):
-            if folder.name.startswith(".") or not folder.is_dir():
-                continue
-            moved = folder / copy.name
-            if moved != copy and moved.is_file():
+        # every level: with keep_subfolders a class folder has folders of its own
+        for folder, subfolders, files in os.walk(library):
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            moved = Path(folder) / copy.name
+            if copy.name in files and moved != copy and moved.is_file():
                 return f"{dest} was moved since; it is now {moved.relative_to(library)}"
     return f"{dest} is no longer in the library (deleted or renamed since)"
 
@@ -105,15 +106,36 @@ def below(base: Path, relative: str) -> Path | None:
     return base / candidate
 
 
-def undo_one(event: Undoable, library: Path, journal: Journal | None) -> UndoOutcome:
-    """`journal=None` is a dry run."""
+def undo_one(
+    event: Undoable, library: Path, journal: Journal | None, done_folder: str = ".done"
+) -> UndoOutcome:
+    """`journal=None` is a dry run. `done_folder`: where on_success = "move" put originals."""
     original = below(Path(event.root), event.src)
     copy = below(library, event.dest) if event.dest else None
     if original is None or (event.dest and copy is None):
         return UndoOutcome(event, None, "refused: the journal line names a path outside its folder")
     copy_intact = copy is not None and event.sha256 is not None and same_content(copy, event.sha256)
     restored = False
-    if event.original_removed:
+    moved = moved_original(event, done_folder) if event.original_removed else None
+    if moved is not None:
+        # on_success = "move": the very original, moved back where it came from
+        if original.exists() or original.is_symlink():
+            return UndoOutcome(
+                event, None, f"cannot restore {original}: something is already there"
+            )
+        if journal is not None:
+            try:
+                back = move_beneath(Path(event.root), moved[0], moved[1], event.src, False)
+            except FileExistsError:
+                back, why = None, "something is already there"
+            except OSError as exc:  # a link on the way (never followed), a read-only inbox
+                back, why = None, exc.strerror or str(exc)
+            else:
+                why = "it changed in the done folder"
+            if back is None:
+                return UndoOutcome(event, None, f"cannot restore {original}: {why}")
+        restored = True
+    elif event.original_removed:
         if not copy_intact:
             return UndoOutcome(
                 event, None, f"cannot restore {original}: the library copy was moved or edited"
@@ -157,6 +179,27 @@ def undo_one(event: Undoable, library: Path, journal: Journal | None) -> UndoOut
         f"{restore} {original}" if restored else "",
     ]
     return UndoOutcome(event, undone, "; ".join(p for p in parts if p))
+
+
+def moved_original(event: Undoable, done_folder: str) -> tuple[str, Identity] | None:
+    """Where on_success = "move" put this event's original, relative to its root, if it is
+    still there: the file in the done folder's copy of its folder that is the same file (size,
+    mtime and inode: a move keeps them), under its own name or a numbered one."""
+    if event.size is None or event.mtime_ns is None or event.inode is None:
+        return None
+    identity = Identity(event.size, event.mtime_ns, event.inode)
+    relative = below(Path(event.root), f"{done_folder}/{event.src}")
+    if relative is None:
+        return None
+    folder = relative.parent
+    names = [relative.name]
+    with contextlib.suppress(OSError):
+        names += sorted(entry.name for entry in os.scandir(folder) if entry.name != names[0])
+    for name in names:
+        found = identity_of(folder / name)
+        if found == identity:
+            return (folder / name).relative_to(event.root).as_posix(), identity
+    return None
 
 
 def _restore(copy: Path, original: Path, sha256: str) -> None:

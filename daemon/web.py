@@ -31,11 +31,12 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import structlog
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -507,10 +508,19 @@ def _same_origin(request: Request) -> bool:
 
 
 def build_app(settings: Settings, config: Path | None, listen: str) -> Starlette:
-    web = Web(settings, config)
-    hosts = allowed_hosts(settings, listen)
+    app = Starlette(routes=ROUTES)
+    app.state.web = Web(settings, config)
+    app.state.hosts = allowed_hosts(settings, listen)
+    return app
 
-    async def guarded(request: Request, handler: Any) -> Response:
+
+def guarded(handler: Callable[[Request, Web], Awaitable[Response]]) -> Callable[..., Any]:
+    """The checks every request passes (the token, the Host header, CSRF for changes) before
+    its handler, and the headers every answer carries."""
+
+    async def endpoint(request: Request) -> Response:
+        web: Web = request.app.state.web
+        hosts: set[str] = request.app.state.hosts
         token = request.query_params.get("token")
         if token is not None and hmac.compare_digest(token, web.token):
             # the address `sortbox web` printed: swap the token for a cookie, drop it from the URL
@@ -524,7 +534,7 @@ def build_app(settings: Settings, config: Path | None, listen: str) -> Starlette
         refused = refusal(request, web, hosts)
         if refused is not None:
             return refused
-        response = await handler(request)
+        response = await handler(request, web)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault(
@@ -533,129 +543,137 @@ def build_app(settings: Settings, config: Path | None, listen: str) -> Starlette
         )
         return response
 
-    def route(path: str, handler: Any, methods: list[str] | None = None) -> Route:
-        async def endpoint(request: Request) -> Response:
-            return await guarded(request, handler)
+    return endpoint
 
-        return Route(path, endpoint, methods=methods or ["GET"])
 
-    # the pages read files and decode pictures: in threads, so one slow page holds no other
-    async def dashboard(request: Request) -> Response:
-        return await run_in_threadpool(web.dashboard)
+# -- the handlers: the pages read files and decode pictures in threads, so that one slow page
+# holds no other --------------------------------------------------------------------------------
 
-    async def review(request: Request) -> Response:
-        return await run_in_threadpool(web.review_page, request)
 
-    async def audit(request: Request) -> Response:
-        return await run_in_threadpool(web.audit_page, request)
+async def dashboard(request: Request, web: Web) -> Response:
+    return await run_in_threadpool(web.dashboard)
 
-    async def models(request: Request) -> Response:
-        return web.render("models.html", title="Models", versions=web.versions())
 
-    async def thumb(request: Request) -> Response:
-        folder, hash12 = request.path_params["folder"], request.path_params["hash12"]
-        size = THUMB_SIZES[1] if request.query_params.get("size") == "large" else THUMB_SIZES[0]
-        if not _is_hash12(hash12) or folder not in [*web.classes(), REVIEW_FOLDER]:
-            log.warning("web_refused", why="no such picture", path=request.url.path)
-            return PlainTextResponse("no such picture", 404)
+async def review(request: Request, web: Web) -> Response:
+    return await run_in_threadpool(web.review_page, request)
+
+
+async def audit(request: Request, web: Web) -> Response:
+    return await run_in_threadpool(web.audit_page, request)
+
+
+async def models(request: Request, web: Web) -> Response:
+    return web.render("models.html", title="Models", versions=web.versions())
+
+
+async def thumb(request: Request, web: Web) -> Response:
+    folder, hash12 = request.path_params["folder"], request.path_params["hash12"]
+    size = THUMB_SIZES[1] if request.query_params.get("size") == "large" else THUMB_SIZES[0]
+    path = None
+    if _is_hash12(hash12) and folder in [*web.classes(), REVIEW_FOLDER]:
         path = await run_in_threadpool(web.thumbnail, folder, hash12, size)
-        if path is None:
-            log.warning("web_refused", why="no such picture", path=request.url.path)
-            return PlainTextResponse("no such picture", 404)
-        return Response(
-            path.read_bytes(),
-            media_type="image/webp",
-            headers={"Cache-Control": "private, max-age=31536000, immutable"},
-        )
-
-    async def confusion(request: Request) -> Response:
-        version = request.path_params["version"]
-        if version not in [v for v, _ in published_versions(settings.models_dir)]:
-            return PlainTextResponse("no such version", 404)
-        png = settings.models_dir / version / "confusion.png"
-        if not png.is_file():
-            return PlainTextResponse("no confusion matrix", 404)
-        return Response(png.read_bytes(), media_type="image/png")
-
-    async def file_api(request: Request) -> Response:
-        return await run_in_threadpool(web.file, await _json(request))
-
-    async def confirm_api(request: Request) -> Response:
-        return await run_in_threadpool(web.confirm, await _json(request))
-
-    async def rollback_api(request: Request) -> Response:
-        return web.rollback(str((await _json(request)).get("version", "")))
-
-    async def train_api(request: Request) -> Response:
-        if request.method == "POST":
-            return web.start_training()
-        return JSONResponse(web.training_state())
-
-    async def explain_api(request: Request) -> Response:
-        data = await request.body()
-        if not data:
-            return JSONResponse({"error": "send the picture's bytes as the request body"}, 400)
-        return await run_in_threadpool(
-            web.explain, data, request.headers.get("x-filename", "upload")
-        )
-
-    async def status_api(request: Request) -> Response:
-        from sortbox.daemon.status import gather_status
-
-        return JSONResponse(json.loads(json.dumps(gather_status(settings), default=str)))
-
-    async def metrics(request: Request) -> Response:
-        return web.metrics()
-
-    async def static(request: Request) -> Response:
-        name = request.path_params["name"]
-        if name not in STATIC:
-            return PlainTextResponse("not found", 404)
-        data = (Path(__file__).parent / "static" / name).read_bytes()
-        return Response(data, media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
-
-    async def login(request: Request) -> Response:
-        host = host_name(request.headers.get("host", ""))
-        if host not in hosts or not settings.web.password:
-            return PlainTextResponse("no login here: use the address `sortbox web` printed", 404)
-        if request.method == "GET":
-            return HTMLResponse(web.templates.get_template("login.html").render(title="Log in"))
-        if not _same_origin(request):
-            return PlainTextResponse("cross-site request refused", 403)
-        form = dict(
-            pair.split("=", 1) for pair in (await request.body()).decode().split("&") if "=" in pair
-        )
-        from urllib.parse import unquote_plus
-
-        given = unquote_plus(form.get("password", ""))
-        if not hmac.compare_digest(given.encode(), settings.web.password.encode()):
-            log.warning("web_refused", why="wrong password", path="/login")
-            time.sleep(1.0)  # a guesser gets one try a second
-            return PlainTextResponse("wrong password", 401)
-        response = RedirectResponse("/", 303)
-        response.set_cookie(COOKIE, web.token, httponly=True, samesite="strict", path="/")
-        return response
-
-    routes = [
-        route("/", dashboard),
-        route("/review", review),
-        route("/audit", audit),
-        route("/models", models),
-        route("/thumb/{folder}/{hash12}", thumb),
-        route("/models/{version}/confusion.png", confusion),
-        route("/api/file", file_api, ["POST"]),
-        route("/api/confirm", confirm_api, ["POST"]),
-        route("/api/models/rollback", rollback_api, ["POST"]),
-        route("/api/train", train_api, ["GET", "POST"]),
-        route("/api/explain", explain_api, ["POST"]),
-        route("/api/status", status_api),
-        route("/metrics", metrics),
-        route("/static/{name}", static),
-        Route("/login", login, methods=["GET", "POST"]),
-    ]
-    return Starlette(routes=routes)
+    if path is None:
+        log.warning("web_refused", why="no such picture", path=request.url.path)
+        return PlainTextResponse("no such picture", 404)
+    return Response(
+        path.read_bytes(),
+        media_type="image/webp",
+        headers={"Cache-Control": "private, max-age=31536000, immutable"},
+    )
 
 
+async def confusion(request: Request, web: Web) -> Response:
+    version, models_dir = request.path_params["version"], web.settings.models_dir
+    if version not in [v for v, _ in published_versions(models_dir)]:
+        return PlainTextResponse("no such version", 404)
+    png = models_dir / version / "confusion.png"
+    if not png.is_file():
+        return PlainTextResponse("no confusion matrix", 404)
+    return Response(png.read_bytes(), media_type="image/png")
+
+
+async def file_api(request: Request, web: Web) -> Response:
+    return await run_in_threadpool(web.file, await _json(request))
+
+
+async def confirm_api(request: Request, web: Web) -> Response:
+    return await run_in_threadpool(web.confirm, await _json(request))
+
+
+async def rollback_api(request: Request, web: Web) -> Response:
+    return web.rollback(str((await _json(request)).get("version", "")))
+
+
+async def train_api(request: Request, web: Web) -> Response:
+    if request.method == "POST":
+        return web.start_training()
+    return JSONResponse(web.training_state())
+
+
+async def explain_api(request: Request, web: Web) -> Response:
+    data = await request.body()
+    if not data:
+        return JSONResponse({"error": "send the picture's bytes as the request body"}, 400)
+    name = request.headers.get("x-filename", "upload")
+    return await run_in_threadpool(web.explain, data, name)
+
+
+async def status_api(request: Request, web: Web) -> Response:
+    from sortbox.daemon.status import gather_status
+
+    status = await run_in_threadpool(gather_status, web.settings)
+    return JSONResponse(json.loads(json.dumps(status, default=str)))
+
+
+async def metrics(request: Request, web: Web) -> Response:
+    return web.metrics()
+
+
+async def static(request: Request, web: Web) -> Response:
+    name = request.path_params["name"]
+    if name not in STATIC:
+        return PlainTextResponse("not found", 404)
+    data = (Path(__file__).parent / "static" / name).read_bytes()
+    return Response(data, media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
+
+
+async def login(request: Request) -> Response:
+    """The password page, for a page opened from another machine (`[web] password`)."""
+    web: Web = request.app.state.web
+    password = web.settings.web.password
+    if host_name(request.headers.get("host", "")) not in request.app.state.hosts or not password:
+        return PlainTextResponse("no login here: use the address `sortbox web` printed", 404)
+    if request.method == "GET":
+        return HTMLResponse(web.templates.get_template("login.html").render(title="Log in"))
+    if not _same_origin(request):
+        return PlainTextResponse("cross-site request refused", 403)
+    given = parse_qs((await request.body()).decode()).get("password", [""])[0]
+    if not hmac.compare_digest(given.encode(), password.encode()):
+        log.warning("web_refused", why="wrong password", path="/login")
+        time.sleep(1.0)  # a guesser gets one try a second
+        return PlainTextResponse("wrong password", 401)
+    response = RedirectResponse("/", 303)
+    response.set_cookie(COOKIE, web.token, httponly=True, samesite="strict", path="/")
+    return response
+
+
+ROUTES = [
+    Route("/", guarded(dashboard)),
+    Route("/review", guarded(review)),
+    Route("/audit", guarded(audit)),
+    Route("/models", guarded(models)),
+    Route("/thumb/{folder}/{hash12}", guarded(thumb)),
+    Route("/models/{version}/confusion.png", guarded(confusion)),
+    Route("/api/file", guarded(file_api), methods=["POST"]),
+    Route("/api/confirm", guarded(confirm_api), methods=["POST"]),
+    Route("/api/models/rollback", guarded(rollback_api), methods=["POST"]),
+    Route("/api/train", guarded(train_api), methods=["GET", "POST"]),
+    Route("/api/explain", guarded(explain_api), methods=["POST"]),
+    Route("/api/status", guarded(status_api)),
+    Route("/metrics", guarded(metrics)),
+    Route("/static/{name}", guarded(static)),
+    Route("/login", login, methods=["GET", "POST"]),
+]
 STATIC = {"review.js": "text/javascript", "style.css": "text/css"}
 
 
