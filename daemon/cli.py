@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print what would happen; touch nothing"
     )
     sort.add_argument(
+        "--force",
+        action="store_true",
+        help="decide again files the journal has as sorted; content already in the library "
+        "is not copied again",
+    )
+    sort.add_argument(
         "--engine",
         choices=["local", "ray"],
         default="local",
@@ -310,6 +316,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 def sort_command(settings: Settings, args: argparse.Namespace) -> int:
     """The daemon's own pipeline over the given files, once, with a progress bar."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    import dataclasses
+
     from sortbox.daemon.intake import collect
     from sortbox.daemon.service import Service
     from tqdm import tqdm
@@ -320,7 +328,11 @@ def sort_command(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.engine == "ray":
+        if args.force:
+            raise UsageError("--force works with the local engine only")
         return ray_sort(settings, args, inputs)
+    if args.force:  # #32: decided again; what the library holds is journaled, not copied
+        inputs = [dataclasses.replace(arrival, decide_again=True) for arrival in inputs]
     events: list[Placement] = []
     summary = PeriodicSummary(len(inputs), enabled=not sys.stderr.isatty())
     with tqdm(total=len(inputs), unit="img", disable=not sys.stderr.isatty()) as bar:

@@ -52,6 +52,8 @@ class Arrival:
     complete_at: float = field(default=0.0, compare=False)  # monotonic time it became stable
     # files that travel with this picture: its RAW file and sidecars (see group.py)
     companions: tuple[Arrival, ...] = ()
+    # `sortbox sort --force`: decided again though the journal has it done (#32)
+    decide_again: bool = field(default=False, compare=False)
 
     @property
     def relative(self) -> str:

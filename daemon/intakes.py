@@ -92,12 +92,15 @@ class _Admission:
         self.should_exit = should_exit
         self.on_batch = on_batch
 
-    def consider(self, path: Path, identity: Identity, root: Path) -> Arrival | None:
-        """The file as an arrival to sort, or None: done before, or outside its folder."""
-        done = self.library.index.source(path, identity)
+    def consider(
+        self, path: Path, identity: Identity, root: Path, again: bool = False
+    ) -> Arrival | None:
+        """The file as an arrival to sort, or None: done before (unless it is to be decided
+        `again`: `sort --force`), or outside its folder."""
+        done = None if again else self.library.index.source(path, identity)
         if done is not None:
             if done.original_removed and self.library.remove_originals:
-                # journaled as placed, but we stopped before removing the original
+                # journaled as placed, but we stopped before removing (or moving) the original
                 self.library.remove_original(Arrival(path, root, identity), identity)
             self.forget(Arrival(path, root, identity))
             if self.on_batch is not None:
@@ -107,7 +110,7 @@ class _Admission:
             log.warning("outside_inbox_skipped", path=str(path))
             self.forget(Arrival(path, root, identity))
             return None
-        return Arrival(path, root, identity, complete_at=time.monotonic())
+        return Arrival(path, root, identity, complete_at=time.monotonic(), decide_again=again)
 
     def admit(self, arrival: Arrival) -> None:
         self.workload.wait_while_paused(self.should_exit)
@@ -395,7 +398,7 @@ class ListIntake(_Admission):
             self.failed_paths += [item.arrival.path, *(c.arrival.path for c in item.companions)]
 
     def _loop(self) -> None:
-        fresh = [self.consider(a.path, a.identity, a.root) for a in self.inputs]
+        fresh = [self.consider(a.path, a.identity, a.root, a.decide_again) for a in self.inputs]
         for arrival in group_all([a for a in fresh if a is not None]):
             if self.should_exit.is_set():
                 return

@@ -367,12 +367,15 @@ def classify_batch(
 ) -> Classified:
     """The compute half: no writes, so it runs while the previous batch is being placed.
 
-    Pictures whose content the library already holds are not run through the model;
-    `place_batch` makes the final duplicate check under the lock, so this is only a saving."""
+    Pictures whose content the library already holds are not run through the model (unless
+    `sort --force` asks for them to be decided again); `place_batch` makes the final
+    duplicate check under the lock, so this is only a saving."""
     wanted = [
         n
         for n, item in enumerate(batch)
-        if item.problem is None and not item.changed and not library.probably_has(item.sha256)
+        if item.problem is None
+        and not item.changed
+        and (item.arrival.decide_again or not library.probably_has(item.sha256))
     ]
     decisions: list[Decision | None] = [None] * len(batch)
     if wanted:
@@ -398,7 +401,7 @@ def place_batch(classified: Classified, library: Library) -> Placed:
                 continue
             earlier = (item.sha256 and placed_now.get(item.sha256)) or library.copy_of(item.sha256)
             if earlier:
-                placed.events.append(_duplicate(item, earlier, library))
+                placed.events.append(_duplicate(item, earlier, library, decision))
                 continue
             if item.problem is None and decision is None:
                 # skipped as known content, but that copy is gone: classify it next time
@@ -628,11 +631,25 @@ def _reject(item: Decoded, library: Library) -> Rejected:
     )
 
 
-def _duplicate(item: Decoded, earlier: str, library: Library) -> Duplicate:
+def _duplicate(
+    item: Decoded, earlier: str, library: Library, decision: Decision | None = None
+) -> Duplicate:
+    """Content the library holds already: journaled, not copied. A picture `sort --force`
+    decided again says what the model says of it now."""
+    reason = f"same content as {earlier}"
+    decided: dict[str, Any] = {}
+    if decision is not None and item.arrival.decide_again:
+        reason += f"; decided again: {decision.folder} ({decision.confidence:.2f})"
+        decided = {
+            "label": decision.label,
+            "confidence": round(decision.confidence, 6),
+            "top3": decision.top3,
+        }
     return Duplicate(
         **_fields(item),
+        **decided,
         dest=earlier,
-        reason=f"same content as {earlier}",
+        reason=reason,
         # the earlier copy was just checked to be there, byte for byte
         original_removed=library.remove_originals,
     )

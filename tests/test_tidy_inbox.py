@@ -1,11 +1,12 @@
-"""#32 finding 17, "the inbox can be kept tidy", as a user meets it: the real daemon and the
-real CLI as subprocesses, real files, no mocks.
+"""#32 finding 17, "the inbox can be kept tidy", and finding 4's `sort --force`, as a user
+meets them: the real daemon and the real CLI as subprocesses, real files, no mocks.
 
 - on_success = "move": each done original goes into inbox/.done/ under its relative path, only
   after its copy is durable and journaled, never over another file, never through a link; a
   kill -9 anywhere loses nothing and doubles nothing; `undo` moves it back.
 - keep_subfolders = true: inbox/2024 Holiday/IMG_1.jpg -> library/<class>/2024 Holiday/…,
   with folder names made portable.
+- `sort --force`: decides again what the journal has, never copying a content twice.
 """
 
 from __future__ import annotations
@@ -295,3 +296,41 @@ def test_sort_keeps_subfolders_below_the_folder_it_was_given(tmp_path: Path) -> 
     (event,) = home.file_events()
     assert event["dest"].startswith("blue/2019/Rome/IMG_9.")
     assert (archive / "2019" / "Rome" / "IMG_9.jpg").exists()  # sort keeps what it is given
+
+
+# -- sort --force (#32, finding 4) -------------------------------------------------------------
+
+
+def test_sort_force_decides_again_without_copying_twice(tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    publish_rgb_model(home.models, "v1")
+    backlog = tmp_path / "backlog"
+    backlog.mkdir()
+    for n, colour in enumerate(("red", "green", "blue")):
+        (backlog / f"{colour}.jpg").write_bytes(jpeg_bytes(colour, 80 + n))
+    first = sortbox("sort", str(backlog), config=home.config)
+    assert first.returncode == 0, first.stderr
+    placed = home.library_files()
+    assert len(placed) == 3
+
+    again = sortbox("sort", str(backlog), config=home.config)
+    assert "3 files already sorted (journal), skipped" in again.stderr
+
+    forced = sortbox("sort", "--force", str(backlog), config=home.config)
+    assert forced.returncode == 0, forced.stderr
+    assert "already sorted" not in forced.stderr
+    assert "3 duplicates" in forced.stderr, forced.stderr
+    assert forced.stdout.count("decided again: ") == 3, forced.stdout
+    assert "red.jpg → duplicate: same content as red/red." in forced.stdout
+    assert home.library_files() == placed  # not one more copy
+    duplicates = home.events("duplicate")
+    assert {d["label"] for d in duplicates} == {"red", "green", "blue"}
+
+    # a copy the user deleted is placed again by --force (plain `sort` would skip it)
+    placed[0].unlink()
+    assert "already sorted" in sortbox("sort", str(backlog), config=home.config).stderr
+    assert len(home.library_files()) == 2
+    forced = sortbox("sort", "--force", str(backlog), config=home.config)
+    assert forced.returncode == 0, forced.stderr
+    assert "1 sorted" in forced.stderr and "2 duplicates" in forced.stderr, forced.stderr
+    assert sorted(home.library_files()) == sorted(placed)
