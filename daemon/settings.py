@@ -133,6 +133,7 @@ class Settings(BaseSettings):
     # what becomes of an inbox original once its copy is durable and journaled: kept, deleted,
     # or moved into `done_folder`, a folder inside the inbox that sortbox never sorts (#32)
     on_success: Literal["keep", "delete", "move"] = "keep"
+    # where on_success = "move" puts done originals, under their path in the inbox
     done_folder: str = ".done"
     # keep an inbox subfolder's path under the class: inbox/2024 Holiday/IMG_1.jpg ->
     # library/clothing/2024 Holiday/IMG_1.<hash>.jpg (#32)
