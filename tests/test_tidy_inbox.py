@@ -268,6 +268,31 @@ def test_keep_subfolders_keeps_the_album_under_the_class_with_portable_names(
     assert home.library_files() == []
 
 
+def test_the_trainer_reads_every_level_of_a_class_folder_as_that_class(tmp_path: Path) -> None:
+    """With keep_subfolders the library has class/album/… folders: a picture moved from
+    red/Holiday/ to green/Holiday/ is a correction to green, pictures a person put into
+    blue/Album/deep/ are user-added blue ones (`train --dry-run` shows the training set)."""
+    home = make_home(tmp_path, keep_subfolders=True)
+    publish_rgb_model(home.models, "v1")
+    (home.inbox / "Holiday").mkdir()
+    for n in range(6):
+        (home.inbox / "Holiday" / f"r{n}.jpg").write_bytes(jpeg_bytes("red", 90 + n))
+    assert sortbox("sort", str(home.inbox), config=home.config).returncode == 0
+    (home.library / "green" / "Holiday").mkdir(parents=True)
+    for placed in sorted((home.library / "red" / "Holiday").iterdir())[:5]:
+        placed.rename(home.library / "green" / "Holiday" / placed.name)  # the user corrects
+    (home.library / "blue" / "Album" / "deep").mkdir(parents=True)
+    for n in range(5):
+        (home.library / "blue" / "Album" / "deep" / f"b{n}.jpg").write_bytes(
+            jpeg_bytes("blue", 120 + n)
+        )
+    dry = sortbox("train", "--dry-run", config=home.config)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "5 user added" in dry.stdout and "5 corrected" in dry.stdout, dry.stdout
+    classes = {line.split()[0] for line in dry.stdout.splitlines() if line.startswith("  ")}
+    assert {"blue", "green"} <= classes and "red" not in classes, dry.stdout
+
+
 def test_keep_subfolders_never_writes_through_a_subfolder_made_a_link(tmp_path: Path) -> None:
     home = make_home(tmp_path, keep_subfolders=True)
     publish_rgb_model(home.models, "v1")
