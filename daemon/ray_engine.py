@@ -145,6 +145,7 @@ def sort_on_ray(
         journal,
         False,
         inbox=settings.inbox,
+        keep_subfolders=settings.keep_subfolders,
     )
     outcome = Backfill()
     todo = []
