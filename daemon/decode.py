@@ -55,87 +55,97 @@ def read_group(arrival: Arrival, spec: Preprocessing, max_pixels: int, max_bytes
     return dataclasses.replace(picture, companions=companions, changed=changed)
 
 
+@dataclass(frozen=True)
+class _Read:
+    """An input's bytes as read, or why it could not be (then `problem` or `changed`)."""
+
+    identity: Identity | None = None
+    sha256: str | None = None
+    data: bytes | None = None  # None for a large companion, hashed as a stream
+    problem: str | None = None
+    changed: bool = False
+
+
 def read_and_prepare(
     arrival: Arrival, spec: Preprocessing, max_pixels: int, max_bytes: int, decode: bool = True
 ) -> Decoded:
     """Read the admitted file once: never through a link below its folder, and only while it
     is the very file that was admitted, unchanged (issue 34): a file swapped or rewritten
     since goes back to waiting (`changed`), never to rejected/."""
+    read = read_admitted(arrival, max_bytes, whole=decode)
+    content = read.data if read.data is not None and len(read.data) <= KEEP_BYTES else None
+    result = Decoded(arrival, read.identity, read.sha256, None, read.problem, spec, content)
+    if read.changed:
+        return dataclasses.replace(result, content=None, changed=True)
+    if read.problem is not None or not decode or read.data is None:
+        return result  # a companion: its bytes are all that matter
+    if role_of(arrival.path) == "sidecar":
+        return dataclasses.replace(result, problem=alone_reason(arrival.path))
+    try:
+        pixels = prepare(read.data, spec, max_pixels, arrival.path.name)
+    except Exception as exc:  # prepare() says BadImage; anything else is a decoder bug
+        problem = str(exc) if isinstance(exc, BadImage) else f"cannot decode: {exc!r}"
+        now = identity_of(arrival.path)
+        if now is None or now != read.identity or now.ctime_ns != read.identity.ctime_ns:
+            # Truncated because a writer is at it again: wait for it, don't reject half a file.
+            return dataclasses.replace(result, content=None, changed=True)
+        return dataclasses.replace(result, problem=problem)
+    return dataclasses.replace(result, pixels=pixels)
 
-    def result(
-        problem: str | None,
-        identity: Identity | None = None,
-        sha256: str | None = None,
-        pixels: np.ndarray | None = None,
-        content: bytes | None = None,
-    ) -> Decoded:
-        return Decoded(arrival, identity, sha256, pixels, problem, spec, content)
 
-    def changed() -> Decoded:
-        return dataclasses.replace(result(None), changed=True)
-
+def read_admitted(arrival: Arrival, max_bytes: int, whole: bool = True) -> _Read:
+    """Open the admitted file beneath its folder, check it is unchanged, read and hash it."""
     try:
         fd = open_admitted(arrival)
     except FileNotFoundError:
-        return result("vanished before it could be read")
+        return _Read(problem="vanished before it could be read")
     except PermissionError:
-        return result("unreadable: permission denied")
+        return _Read(problem="unreadable: permission denied")
     except OutsideFolder:
         # its folder was renamed away or swapped for a link after the file was admitted:
         # whatever is there now is not what was admitted. If the file still is somewhere in
         # the inbox, it comes again under its new path.
-        return changed()
+        return _Read(changed=True)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return result(
-                "a symbolic link; sortbox never follows a link inside the folders it sorts"
+            return _Read(
+                problem="a symbolic link; sortbox never follows a link inside the folders it sorts"
             )
-        return result(f"unreadable: {exc.strerror}")
+        return _Read(problem=f"unreadable: {exc.strerror}")
     try:
-        st = os.fstat(fd)
-        identity = Identity.of(st)
-        if not stat.S_ISREG(st.st_mode):
-            return result("not a regular file", identity)
-        if not arrival.identity.unchanged_in(st):
-            return changed()  # rewritten, or another file, since it was admitted
-        if st.st_size > max_bytes:
-            # never read, hashed or copied: `truncate -s 1T x.jpg` is a file of this size, and
-            # reading it would take hours and copying it fill the library's disk. It stays in
-            # the inbox, whatever on_success says, and is not looked at again unless it changes.
-            return result(
-                f"too large: {st.st_size} bytes, the limit is {max_bytes} (max_file_mb); "
-                "left in the inbox, not copied",
-                identity,
-            )
-        if not decode and st.st_size > KEEP_BYTES:
-            # a large companion (a RAW file, a Live Photo's video): only its hash is needed,
-            # and the copy streams it again, so it is never held in memory whole
-            data, sha256 = None, _hash_stream(fd)
-        else:
-            data = _read_all(fd, st.st_size)
-            sha256 = hashlib.sha256(data).hexdigest()
-        if not arrival.identity.unchanged_in(os.fstat(fd)):
-            return changed()  # a writer was at it while we read: not what was admitted
+        return _read_open(fd, arrival, max_bytes, whole)
     except OSError as exc:
-        return result(f"unreadable: {exc.strerror}")
+        return _Read(problem=f"unreadable: {exc.strerror}")
     finally:
         os.close(fd)
-    content = data if data is not None and len(data) <= KEEP_BYTES else None
-    if not decode or data is None:  # a companion: its bytes are all that matter
-        return result(None, identity, sha256, content=content)
-    if role_of(arrival.path) == "sidecar":
-        return result(alone_reason(arrival.path), identity, sha256, content=content)
-    try:
-        return result(
-            None, identity, sha256, prepare(data, spec, max_pixels, arrival.path.name), content
+
+
+def _read_open(fd: int, arrival: Arrival, max_bytes: int, whole: bool) -> _Read:
+    st = os.fstat(fd)
+    identity = Identity.of(st)
+    if not stat.S_ISREG(st.st_mode):
+        return _Read(identity, problem="not a regular file")
+    if not arrival.identity.unchanged_in(st):
+        return _Read(changed=True)  # rewritten, or another file, since it was admitted
+    if st.st_size > max_bytes:
+        # never read, hashed or copied: `truncate -s 1T x.jpg` is a file of this size, and
+        # reading it would take hours and copying it fill the library's disk. It stays in
+        # the inbox, whatever on_success says, and is not looked at again unless it changes.
+        return _Read(
+            identity,
+            problem=f"too large: {st.st_size} bytes, the limit is {max_bytes} (max_file_mb); "
+            "left in the inbox, not copied",
         )
-    except Exception as exc:  # prepare() says BadImage; anything else is a decoder bug
-        problem = str(exc) if isinstance(exc, BadImage) else f"cannot decode: {exc!r}"
-        now = identity_of(arrival.path)
-        if now is None or now != identity or now.ctime_ns != identity.ctime_ns:
-            # Truncated because a writer is at it again: wait for it, don't reject half a file.
-            return changed()
-        return result(problem, identity, sha256, content=content)
+    if not whole and st.st_size > KEEP_BYTES:
+        # a large companion (a RAW file, a Live Photo's video): only its hash is needed,
+        # and the copy streams it again, so it is never held in memory whole
+        data, sha256 = None, _hash_stream(fd)
+    else:
+        data = _read_all(fd, st.st_size)
+        sha256 = hashlib.sha256(data).hexdigest()
+    if not arrival.identity.unchanged_in(os.fstat(fd)):
+        return _Read(changed=True)  # a writer was at it while we read: not what was admitted
+    return _Read(identity, sha256, data)
 
 
 def reopen_as_read(item: Decoded) -> int:
