@@ -27,6 +27,7 @@ from conftest import (
     wait_until,
 )
 from sortbox.daemon.place import LIBRARY_NAME, TEMP_PREFIX
+from test_torture import exfat_disk
 
 
 def sha(data: bytes) -> str:
@@ -219,6 +220,35 @@ def test_kill_9_at_random_points_in_move_mode_never_loses_or_doubles(tmp_path: P
     decided = [e for e in home.file_events() if e["event"] in ("sorted", "review")]
     assert sorted(e["sha256"] for e in decided) == sorted(sha(d) for d in good.values())
     assert not list(home.library.rglob(f"{TEMP_PREFIX}*"))
+
+
+def test_a_camera_card_as_the_inbox_in_move_mode_without_hard_links(tmp_path: Path) -> None:
+    """An exFAT card (no hard links: the name is checked, then the file renamed) as the inbox:
+    each import is moved into .done/, the second card's same names numbered; undo puts them
+    back."""
+    home = moved_home(tmp_path, inbox="card")
+    photos = [jpeg_bytes(colour, 130 + n) for n, colour in enumerate(("red", "green", "blue"))]
+    with exfat_disk(tmp_path / "card") as card:
+        for batch in (photos[:2], photos[2:]):
+            (card / "DCIM").mkdir(exist_ok=True)
+            for n, data in enumerate(batch):
+                (card / "DCIM" / f"IMG_{n:04}.JPG").write_bytes(data)
+            daemon = Daemon(home).start()
+            try:
+                wait_until(lambda: not list((card / "DCIM").iterdir()), 30, "the card emptied")
+            finally:
+                assert daemon.stop() == 0
+        done = card / ".done" / "DCIM"
+        assert {p.name: p.read_bytes() for p in done.iterdir()} == {
+            "IMG_0000.JPG": photos[0],
+            "IMG_0001.JPG": photos[1],
+            "IMG_0000 (2).JPG": photos[2],
+        }
+        assert len(home.library_files()) == 3
+        undone = sortbox("undo", "--last", "1", config=home.config)
+        assert undone.returncode == 0, undone.stdout + undone.stderr
+        assert (card / "DCIM" / "IMG_0000.JPG").read_bytes() == photos[2]
+        assert sorted(p.name for p in done.iterdir()) == ["IMG_0000.JPG", "IMG_0001.JPG"]
 
 
 # -- keep_subfolders -------------------------------------------------------------------------
