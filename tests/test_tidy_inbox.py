@@ -140,6 +140,28 @@ def test_undo_in_move_mode_moves_the_very_original_back(tmp_path: Path) -> None:
     assert original.exists() and len(home.file_events()) == 1
 
 
+def test_a_done_folder_with_a_plain_name_is_never_sorted(tmp_path: Path) -> None:
+    """done_folder need not be hidden: `Done/originals` is still never sorted, at a rescan
+    or a restart, though the ignore patterns do not cover it."""
+    home = moved_home(tmp_path, done_folder="Done/originals", rescan_interval_s=0.5)
+    (home.inbox / "p.jpg").write_bytes(jpeg_bytes("red", 140))
+    done = home.inbox / "Done" / "originals" / "p.jpg"
+    daemon = Daemon(home).start()
+    try:
+        wait_until(done.exists, 20, "moved")
+        time.sleep(1.5)  # rescans
+    finally:
+        assert daemon.stop() == 0
+    daemon = Daemon(home).start()
+    try:
+        time.sleep(1.0)
+    finally:
+        assert daemon.stop() == 0
+    assert len(home.file_events()) == 1
+    assert len(home.library_files()) == 1
+    assert done.exists() and not (home.inbox / "p.jpg").exists()
+
+
 def test_move_mode_never_moves_through_a_link_and_says_so(tmp_path: Path) -> None:
     home = moved_home(tmp_path)
     elsewhere = tmp_path / "elsewhere"
