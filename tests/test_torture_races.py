@@ -188,29 +188,33 @@ def test_a_journal_lost_while_running_is_recorded_again_and_never_turns_copies_i
     publish_rgb_model(home.models, "v1")
     photos = [jpeg_bytes(colour, n) for n in range(4) for colour in ("red", "green", "blue")]
     daemon = Daemon(home).start()
-    for n, data in enumerate(photos[:10]):
-        (home.inbox / f"before{n}.jpg").write_bytes(data)
-    wait_until(lambda: len(home.file_events()) >= 10, 30, "ten pictures placed")
-    wait_until(lambda: not list(home.inbox.iterdir()), 10, "their originals removed")
-    if damage.startswith("deleted"):
-        home.journal.unlink()  # a tidy-up, or logrotate without copytruncate
-    else:
-        os.truncate(home.journal, 0)  # `: > journal.jsonl`
-    if damage.endswith("kill -9"):
-        daemon.kill()  # before it could notice: the next start finds the copies
-    else:
-        wait_until(lambda: "journal_lost" in daemon.log_text(), 10, "the loss said at once")
-        said = "emptied" if damage == "truncated" else "deleted or moved away"
-        wait_until(
-            lambda: f"the journal was {said} while sortbox ran"
-            in sortbox("status", config=home.config).stdout,
-            10,
-            "`status` saying so",
-        )
-        for n, data in enumerate(photos[10:]):
-            (home.inbox / f"after{n}.jpg").write_bytes(data)
-        wait_until(lambda: len(home.file_events()) >= 2, 30, "two more placed")
-        assert daemon.stop() == 0
+    try:
+        for n, data in enumerate(photos[:10]):
+            (home.inbox / f"before{n}.jpg").write_bytes(data)
+        wait_until(lambda: len(home.file_events()) >= 10, 30, "ten pictures placed")
+        wait_until(lambda: not list(home.inbox.iterdir()), 10, "their originals removed")
+        if damage.startswith("deleted"):
+            home.journal.unlink()  # a tidy-up, or logrotate without copytruncate
+        else:
+            os.truncate(home.journal, 0)  # `: > journal.jsonl`
+        if damage.endswith("kill -9"):
+            daemon.kill()  # before it could notice: the next start finds the copies
+        else:
+            wait_until(lambda: "journal_lost" in daemon.log_text(), 10, "the loss said at once")
+            said = "emptied" if damage == "truncated" else "deleted or moved away"
+            wait_until(
+                lambda: f"the journal was {said} while sortbox ran"
+                in sortbox("status", config=home.config).stdout,
+                10,
+                "`status` saying so",
+            )
+            for n, data in enumerate(photos[10:]):
+                (home.inbox / f"after{n}.jpg").write_bytes(data)
+            wait_until(lambda: len(home.file_events()) >= 2, 30, "two more placed")
+            assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
     Daemon(home).start().stop()  # a restart: every copy is accounted for by then
 
     lines = library_explained(home)
