@@ -214,7 +214,8 @@ def test_temperature_scaling_recovers_overconfidence_and_thresholds_hit_the_targ
     assert fit_temperature(overconfident, labels) == pytest.approx(3.0, rel=0.1)
 
     classes = ["a", "b", "c", "d"]
-    calibration = calibrate(overconfident, labels, classes, target=0.9)
+    # 0.85: the promise is for batches of 400 (#33), which 0.9 needs 92.5% on average for
+    calibration = calibrate(overconfident, labels, classes, target=0.85)
     scaled = np.exp(overconfident / calibration.temperature)
     scaled /= scaled.sum(axis=1, keepdims=True)
     assert expected_calibration_error(scaled, labels) < expected_calibration_error(
@@ -222,7 +223,7 @@ def test_temperature_scaling_recovers_overconfidence_and_thresholds_hit_the_targ
     )
     predicted, confidence = scaled.argmax(axis=1), scaled.max(axis=1)
     auto = confidence >= np.array([calibration.thresholds[classes[p]] for p in predicted])
-    assert (predicted[auto] == labels[auto]).mean() >= 0.9
+    assert (predicted[auto] == labels[auto]).mean() >= 0.85
     assert calibration.expected_auto_share == pytest.approx(auto.mean())
     assert 0.1 < calibration.expected_auto_share < 1.0
 

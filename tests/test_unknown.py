@@ -247,7 +247,7 @@ def test_a_trained_model_ships_its_unknown_check_and_a_cat_is_unlike_any_clothes
     assert [o.name for o in classifier.session.get_outputs()] == ["logits", "unknown"]
     assert manifest.calibration is not None and manifest.calibration.unknown is not None
     report = json.loads((home.models / manifest.version / "report.json").read_text())
-    assert report["promise"].startswith("at least 97% with ")
+    assert report["promise"].startswith("at least 97% right, measured on 400 or more ")
     check = report["unknown_check"]
     assert check["threshold"] == manifest.unknown_threshold
     assert 0.0 <= check["test_pictures_sent_to_review"] <= 0.5

@@ -162,12 +162,7 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
     # out-of-sample predictions of every train and calibration picture (cross-fitting),
     # about six times the evidence of the calibration pictures alone (issue #33).
     crossed = cross_fit(features, labels, len(classes), l2, cfg.seed)
-    network.classifier = head_on(
-        torch.cat([features["train"], features["calibration"]]),
-        torch.from_numpy(np.concatenate([labels["train"], labels["calibration"]])),
-        len(classes),
-        l2,
-    )
+    network.classifier = crossed.head
     fast_seconds = time.monotonic() - clock
     with torch.no_grad():
         fast_logits = {
@@ -380,6 +375,10 @@ class CrossFitted:
     logits: np.ndarray
     labels: np.ndarray
     unknown: np.ndarray
+    # the folds' heads averaged: what ships. A head refitted on all the pictures is more
+    # confident than those that made the predictions, so their thresholds let it auto-sort
+    # more than they showed: on 10 resplits 7 kept 97%, where the average kept 8 (README)
+    head: torch.nn.Linear
 
 
 def cross_fit(
@@ -399,16 +398,22 @@ def cross_fit(
     fold = np.random.default_rng(seed).permutation(len(pool_labels)) % folds
     logits = np.zeros((len(pool_labels), classes), dtype=np.float32)
     unknown = np.zeros(len(pool_labels))
+    heads = []
     for k in range(folds):
         inside, outside = fold != k, fold == k
         if not outside.any():
             continue
         head = head_on(pool[inside], torch.from_numpy(pool_labels[inside]), classes, l2)
+        heads.append(head)
         fitted = fit_unknown(pool[inside & is_train], pool_labels[inside & is_train], classes)
         with torch.no_grad():
             logits[outside] = head(pool[outside][:, 0]).numpy()
         unknown[outside] = mahalanobis_score(fitted, pool[outside][:, 0].numpy())
-    return CrossFitted(logits, pool_labels, unknown)
+    average = torch.nn.Linear(pool.shape[2], classes)
+    with torch.no_grad():
+        average.weight.copy_(torch.stack([h.weight for h in heads]).mean(dim=0))
+        average.bias.copy_(torch.stack([h.bias for h in heads]).mean(dim=0))
+    return CrossFitted(logits, pool_labels, unknown, average)
 
 
 def logistic_regression(
