@@ -251,6 +251,8 @@ def test_a_trained_model_ships_its_unknown_check_and_a_cat_is_unlike_any_clothes
     check = report["unknown_check"]
     assert check["threshold"] == manifest.unknown_threshold
     assert 0.0 <= check["test_pictures_sent_to_review"] <= 0.5
+    assert 0.0 <= check["held_out_class_pass_share"] <= 1.0  # hats left out, and so on
+    assert "unknown check" in (home.models / manifest.version / "report.md").read_text()
 
     known = sorted((tmp_path / "arrived").rglob("*.jpg"))  # hats, pants, shoes not trained on
     cat = tmp_path / "cat.jpg"

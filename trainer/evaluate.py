@@ -182,9 +182,10 @@ def report_markdown(report: dict[str, Any], classes: list[str], evaluation: Eval
         f"{auto['share_interval'][1]:.1%}) at **{auto['precision']:.1%}** precision "
         f"({auto['precision_interval'][0]:.1%}–{auto['precision_interval'][1]:.1%}, "
         f"{auto['right']} of {auto['auto_sorted']} right); the rest go to needs_review",
-        f"- the promise: auto-sorted pictures are right {report.get('promise', '?')}, "
-        f"shown on {cal.get('promise_from_pictures', '?')} out-of-sample predictions, "
-        f"{cal['expected_auto_share']:.1%} of which pass at {cal['expected_auto_precision']:.1%}",
+        f"- the promise: {report.get('promise', '?')}; shown on "
+        f"{cal.get('promise_from_pictures', '?')} out-of-sample predictions, of which "
+        f"{cal['expected_auto_share']:.1%} pass the thresholds, "
+        f"{cal['expected_auto_precision']:.1%} of them right",
         *unknown_lines(report.get("unknown_check")),
         "",
         "| class | precision | recall | F1 | support | threshold |",
@@ -238,5 +239,13 @@ def unknown_lines(check: dict[str, Any] | None) -> list[str]:
         f"- unknown check (pictures unlike any class go to review above score "
         f"{check['threshold']:.3g}, set for {check['review_rate_setting']:.0%} of known "
         f"pictures): {check['test_pictures_sent_to_review']:.1%} of the test pictures go by "
-        f"it; it costs {100 * check['coverage_cost']:.1f} points of auto-sorted"
+        f"it; it costs {100 * check['coverage_cost']:.1f} points of auto-sorted",
+        *(
+            [
+                f"- a class it was never shown (each left out in turn): the check lets "
+                f"{check['held_out_class_pass_share']:.0%} of its pictures through"
+            ]
+            if check.get("held_out_class_pass_share") is not None
+            else []
+        ),
     ]

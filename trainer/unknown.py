@@ -126,3 +126,39 @@ class UnknownScore(nn.Module):
         nearest = ((z @ self.whiten)[:, None, :] - self.centres[None]).square().sum(dim=2)
         residual = centred.square().sum(dim=1) - z.square().sum(dim=1)
         return nearest.amin(dim=1) / z.shape[1] + self.residual_scale * residual
+
+
+def held_out_class_pass_share(
+    train: np.ndarray,
+    train_labels: np.ndarray,
+    calibration: np.ndarray,
+    calibration_labels: np.ndarray,
+    classes: int,
+    review_rate: float,
+) -> float | None:
+    """What the check does with a class it has never seen, on this library's own pictures:
+    each class in turn is left out of the fit and the threshold (set on the other classes'
+    calibration pictures), and the share of its calibration pictures the check lets through
+    is measured; the mean over classes. `train`: N x views x FEATURES; `calibration`: M x
+    FEATURES. None with fewer than three classes. Only the check: the class threshold sends
+    some of the rest to review too."""
+    shares = []
+    if classes < 3:
+        return None
+    views = train.shape[1]
+    for left_out in range(classes):
+        kept = train_labels != left_out
+        others = calibration_labels != left_out
+        if not (~others).any() or not others.any():
+            continue
+        relabel = np.cumsum(np.arange(classes) != left_out) - 1  # the others, renumbered
+        fitted = mahalanobis_fit(
+            train[kept].reshape(-1, train.shape[2]),
+            relabel[train_labels[kept]].repeat(views),
+            classes - 1,
+        )
+        threshold = unknown_threshold(mahalanobis_score(fitted, calibration[others]), review_rate)
+        if threshold is None:
+            continue
+        shares.append(float((mahalanobis_score(fitted, calibration[~others]) <= threshold).mean()))
+    return float(np.mean(shares)) if shares else None
