@@ -482,7 +482,7 @@ def undo_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
         with lock:
             for event in events:
-                outcome = undo_one(event, settings.library, journal)
+                outcome = undo_one(event, settings.library, journal, settings.done_folder)
                 if outcome.undone is None:
                     # resetting a model leaves what the user touched alone by design
                     left_alone += 1

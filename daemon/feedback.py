@@ -17,6 +17,7 @@ in a file manager keeps: no hashing of the library is needed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -36,17 +37,25 @@ MIN_FOR_WARNING = 20  # judged pictures before measured precision may raise a wa
 
 
 def folders_by_hash(library: Path) -> dict[str, set[str]]:
-    """12-hex content hash -> the library folders a file with that hash sits in now."""
+    """12-hex content hash -> the library folders a file with that hash sits in now: the class
+    folder at the top, however deep below it the file is (keep_subfolders, albums a person
+    made). Links and hidden names are never entered."""
     where: dict[str, set[str]] = {}
     if not library.is_dir():
         return where
     for folder in library.iterdir():
         if folder.name.startswith(".") or not folder.is_dir() or folder.is_symlink():
             continue
-        for entry in folder.iterdir():
-            match = LIBRARY_NAME.match(entry.name)
-            if match:
-                where.setdefault(match["hash"], set()).add(folder.name)
+        below = [folder]
+        while below:
+            with os.scandir(below.pop()) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        below.append(Path(entry.path))
+                    elif match := LIBRARY_NAME.match(entry.name):
+                        where.setdefault(match["hash"], set()).add(folder.name)
     return where
 
 

@@ -146,7 +146,6 @@ class WatchIntake(_Admission):
         metrics: Metrics,
     ) -> None:
         super().__init__(settings, library, arrivals, workload, should_exit, on_batch=None)
-        library.arrange(settings, inbox_originals=True)
         # where on_success = "move" puts done originals: never sorted, whatever its name
         self._done_folder = settings.done_folder + "/"
         self.metrics = metrics
@@ -353,7 +352,6 @@ class ListIntake(_Admission):
         on_batch: OnBatch | None,
     ) -> None:
         super().__init__(settings, library, arrivals, workload, should_exit, on_batch)
-        library.arrange(settings, inbox_originals=False)  # `sort` keeps what it is given
         self.inputs = inputs
         self.unfinished: list[Path] = []  # given up on (kept changing, gone, outside)
         self.failed_paths: list[Path] = []  # stopped by an unexpected error (logged)

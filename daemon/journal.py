@@ -77,7 +77,8 @@ class _FileEvent(_Event):
     `0.52 < 0.60 for shirt`, `unlike any class (...)`), `with <picture>` for a RAW file or
     sidecar that went with its picture."""
     original_removed: bool = False
-    """The inbox original was (or is due to be) removed: `on_success = "delete"`."""
+    """The inbox original was (or is due to be) removed or moved away: `on_success` is
+    `"delete"` or `"move"`."""
 
 
 class _Classified(_FileEvent):

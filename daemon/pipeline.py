@@ -61,7 +61,6 @@ from sortbox.daemon.place import (
 )
 from sortbox.daemon.preprocess import is_raw, looks_cut_short
 from sortbox.daemon.recovery import unrecorded_after_loss, unrecorded_at_start
-from sortbox.daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -148,16 +147,6 @@ class Library:
         self._recent: OrderedDict[tuple[Path, str], PlacedPicture] = OrderedDict()
         self._originals_kept: set[Path] = set()  # done, but the inbox would not let them go
         self._cut_short: OrderedDict[tuple[Path, Identity | None], None] = OrderedDict()
-
-    def arrange(self, settings: Settings, inbox_originals: bool) -> None:
-        """Take from the settings where copies go (keep_subfolders) and, for the watched
-        inbox (`inbox_originals`), what becomes of its originals (on_success); `sort` always
-        keeps the files it is given. The intakes call this as they are made, before anything
-        is placed: the service passes the library only `remove_originals` (issue 32)."""
-        action = settings.on_success if inbox_originals else "keep"
-        self.originals = Originals(action, settings.done_folder)
-        self.remove_originals = action != "keep" and self.journal is not None
-        self.keep_subfolders = settings.keep_subfolders
 
     def remove_original(self, arrival: Arrival, identity: Identity) -> None:
         """Delete (or move into the done folder) an inbox original whose copy is durable and

@@ -44,7 +44,13 @@ from sortbox.daemon.journal import Journal, ModelLoaded
 from sortbox.daemon.metrics import Metrics
 from sortbox.daemon.model_slot import ModelSlot
 from sortbox.daemon.notify import Notifier, Reporter, StateFile, state_file_of
-from sortbox.daemon.pipeline import Classified, Library, classify_batch, remove_crash_leftovers
+from sortbox.daemon.pipeline import (
+    Classified,
+    Library,
+    Originals,
+    classify_batch,
+    remove_crash_leftovers,
+)
 from sortbox.daemon.placer import Placer
 from sortbox.daemon.settings import ConfigError, Settings
 from sortbox.daemon.workload import Workload
@@ -151,8 +157,11 @@ class Service:
             s.library,
             DoneIndex.load(s.journal, s.library),
             None if self._dry_run else Journal(s.journal),
-            remove_originals=self.watching and s.on_success == "delete",
+            remove_originals=False,
             inbox=s.inbox,
+            # the watched inbox's originals go as on_success says; `sort` keeps what it is given
+            originals=Originals(s.on_success if self.watching else "keep", s.done_folder),
+            keep_subfolders=s.keep_subfolders,
         )
         if not self._dry_run:
             self.library.record_unjournaled_copies()
