@@ -7,7 +7,8 @@ they are copied into needs_review under sortbox names, over and over to make the
 copy made distinct by a few bytes of trailer so its content hash is its own. Prints:
 - the time to the whole HTML of /review (first look, and again) with that queue, and of /;
 - thumbnail throughput: thumbnails made per second, one request at a time, and per CPU
-  second of the server (so: per core);
+  second of the server (so: per core), for the photos given and for 12-megapixel JPEGs;
+- the time to file one picture (POST /api/file), one after another;
 - the server's peak RSS.
 """
 
@@ -89,6 +90,46 @@ def get(port: int, token: str, path: str) -> tuple[int, bytes, float]:
     return response.status, body, time.perf_counter() - started
 
 
+def post(port: int, token: str, csrf: str, path: str, body: dict) -> tuple[int, float]:
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    connection.request(
+        "POST",
+        path,
+        body=json.dumps(body).encode(),
+        headers={
+            "Host": f"localhost:{port}",
+            "Authorization": f"Bearer {token}",
+            "X-CSRF-Token": csrf,
+            "Content-Type": "application/json",
+        },
+    )
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response.status, time.perf_counter() - started
+
+
+def camera_photos(folder: Path, count: int) -> list[str]:
+    """12-megapixel JPEGs (4032x3024, q90, sensor-like noise) under sortbox names: the 12-hex
+    hashes of their names."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    hashes = []
+    y, x = np.mgrid[0:3024, 0:4032]
+    for n in range(count):
+        base = np.stack([(x * (n + 1)) % 256, (y * 2) % 256, (x + y) % 256], axis=-1)
+        noisy = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype("uint8")
+        path = folder / "camera.tmp"
+        Image.fromarray(noisy).save(path, "JPEG", quality=90)
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        path.rename(folder / f"camera{n:03}.{sha[:12]}.jpg")
+        hashes.append(sha[:12])
+    return hashes
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -106,6 +147,7 @@ def main() -> None:
     parser.add_argument("photos", type=Path)
     parser.add_argument("--queue", type=int, default=10_000)
     parser.add_argument("--thumbs", type=int, default=200)
+    parser.add_argument("--camera", type=int, default=20, help="12 MP JPEGs for thumbnails")
     args = parser.parse_args()
     photos = sorted(args.photos.rglob("*.jpg"))
     if not photos:
@@ -153,6 +195,29 @@ def main() -> None:
                 get(port, token, f"/thumb/needs_review/{hash12}")
             wall = time.perf_counter() - started
             print(f"thumbnails cached: {len(wanted) / wall:.0f}/s")
+            _, page, _ = get(port, token, "/review")
+            csrf = re.search(rb'name="csrf" content="([0-9a-f]+)"', page)[1].decode()
+            times = []
+            for hash12 in wanted[:100]:
+                body = {"pictures": [hash12], "from": "needs_review", "to": "red"}
+                status, seconds = post(port, token, csrf, "/api/file", body)
+                assert status == 200, status
+                times.append(seconds)
+            times.sort()
+            print(f"filing one picture (POST /api/file, {len(times)} one after another): "
+                  f"median {1000 * times[len(times) // 2]:.0f} ms, "
+                  f"95th percentile {1000 * times[int(len(times) * 0.95)]:.0f} ms")  # fmt: skip
+            if args.camera:
+                big = camera_photos(root / "library" / "needs_review", args.camera)
+                cpu_before, started = cpu_seconds(server.pid), time.perf_counter()
+                for hash12 in big:
+                    status, body, _ = get(port, token, f"/thumb/needs_review/{hash12}")
+                    assert status == 200, body[:200]
+                wall = time.perf_counter() - started
+                cpu = cpu_seconds(server.pid) - cpu_before
+                print(f"thumbnails of 12 MP JPEGs: {len(big)} in {wall:.2f} s = "
+                      f"{len(big) / wall:.1f}/s one at a time; "
+                      f"{len(big) / cpu:.1f} per CPU second (per core)")  # fmt: skip
             print(f"server peak RSS: {peak_rss_mb(server.pid):.0f} MB")
         finally:
             server.terminate()

@@ -370,8 +370,12 @@ def test_reviewing_from_the_keyboard_beside_the_running_daemon(tmp_path: Path) -
         assert len(list(home.library.rglob(Path(event["dest"]).name))) == 1
     assert (home.library / undone["dest"]).is_file()  # back in review
     assert backlog == waiting - 4
-    status = sortbox("status", config=home.config)
+    status = sortbox("status", "--json", config=home.config)
     assert status.returncode == 0, status.stderr
+    figures = json.loads(status.stdout)
+    assert figures["review_backlog"]["files"] == waiting - 4  # what the page said
+    # filed review pictures are labels, not measures of auto-sorting: nothing judged yet
+    assert figures["precision"]["overall"]["judged"] == 0
     training = sortbox("train", "--dry-run", config=home.config)
     assert "4 reviewed" in training.stdout, training.stdout + training.stderr
 
