@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import structlog
 from sortbox.daemon.classify import Classifier
-from sortbox.daemon.decide import SPOT_CHECK, Decision, decide
+from sortbox.daemon.decide import Decision, decide
 from sortbox.daemon.decode import Decoded, reopen_as_read
 from sortbox.daemon.group import COMPANION_OF, group_key, role_of, sidecar_name
 from sortbox.daemon.index import DoneIndex
@@ -515,6 +515,7 @@ def _place(item: Decoded, decision: Decision, model: str, library: Library) -> S
         model=model,
         reason=reason,
         original_removed=library.remove_originals,
+        unknown=decision.unknown,
     )
 
 
@@ -527,7 +528,17 @@ def _copy_as_decided(
     )
     if problem:
         return dest, True, f"{problem}; placed for review"
-    return dest, decision.needs_review, SPOT_CHECK if decision.spot_check else None
+    return dest, decision.needs_review, review_reason(decision)
+
+
+def review_reason(decision: Decision) -> str | None:
+    """Why a picture goes to review, in the journal's words: unlike any class, a spot check,
+    or not sure enough (`0.52 < 0.60 for shirt`); None for a sorted one."""
+    if decision.reason is not None or not decision.needs_review:
+        return decision.reason
+    if decision.threshold > 1.0:
+        return f"too little calibration evidence to sort {decision.label} automatically"
+    return f"{decision.confidence:.2f} < {decision.threshold:.2f} for {decision.label}"
 
 
 def _copy_or_review(

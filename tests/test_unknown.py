@@ -138,11 +138,6 @@ def test_an_unknown_picture_goes_to_review_in_the_daemon_sort_and_explain(
     assert "unlike any class: score 0." in human.stdout and "review above 0.5" in human.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon/pipeline.py must pass decision.reason and decision.unknown into the "
-    "Sorted/Review event (_place, _copy_as_decided): owned by another engineer (issue #33)",
-)
 def test_the_journal_says_why_and_keeps_the_score(tmp_path: Path) -> None:
     home = unknown_home(tmp_path)
     write_picture(home.inbox / "red.jpg", "red", 1)
