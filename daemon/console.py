@@ -73,6 +73,8 @@ def _why_review(
 ) -> str:
     if reason == SPOT_CHECK:
         return f"spot check, {label} ({confidence:.2f}) was sure enough to sort"
+    if reason and (" < " in reason or reason.startswith("too little")):
+        return reason  # not sure enough: the journal says it with the numbers
     if reason:
         return f"{reason}; nearest class {label} ({confidence:.2f})"
     if confidence is None:
