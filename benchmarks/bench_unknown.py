@@ -3,10 +3,11 @@
     python benchmarks/bench_unknown.py clothing-dataset-small [--partitions 6] [--known 6]
 
 Held-out classes: for each partition, `--known` of the ten classes are the library's classes
-and the rest are pictures of none of them. The fast model (sortbox's logistic head on the
-frozen Lite0 features, through the trainer's feature cache) is fitted on train/ of the known
-classes, calibrated on validation/ (temperature, the class threshold for the target, and the
-unknown threshold that sends `--rate` of the known calibration pictures to review), and
+and the rest are pictures of none of them. The fast model is made as `sortbox train` makes it
+(logistic heads on the frozen Lite0 features, through the trainer's feature cache, cross-fitted
+on train/ and validation/ of the known classes, their average shipped; the temperature and the
+class threshold for the target from their out-of-sample predictions); each unknown score is
+fitted on train/ and its threshold sends `--rate` of the known validation/ pictures to review;
 measured on test/ of the known classes and on every picture of the held-out ones. Prints per
 score: AUROC (known test against unknown), the share of unknown pictures auto-sorted, and the
 coverage of known test pictures with and without the unknown check. Then photos of nothing
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from sortbox.daemon.decide import softmax
 from sortbox.trainer.calibrate import calibrate
-from sortbox.trainer.train import fit_head
+from sortbox.trainer.train import cross_fit, fit_head
 from sortbox.trainer.unknown import knn_score, mahalanobis_fit, mahalanobis_score
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -114,7 +115,7 @@ def main() -> None:
         y = np.array([remap.get(int(c), -1) for c in labels])
         train, cal = is_known & (splits == TRAIN), is_known & (splits == VALIDATION)
         test, unknown = is_known & (splits == TEST), ~is_known & (splits != TRAIN)
-        head, _ = fit_head(
+        _, l2 = fit_head(
             torch.from_numpy(features[train]),
             torch.from_numpy(y[train]),
             torch.from_numpy(plain[cal]),
@@ -122,10 +123,21 @@ def main() -> None:
             args.known,
             False,
         )
+        # the fast model as `sortbox train` makes it: cross-fitted, its folds' average head
+        crossed = cross_fit(
+            {
+                "train": torch.from_numpy(features[train]),
+                "calibration": torch.from_numpy(features[cal]),
+            },
+            {"train": y[train], "calibration": y[cal]},
+            args.known,
+            l2,
+            partition,
+        )
         with torch.no_grad():
-            logits = head(torch.from_numpy(plain)).numpy().astype(np.float64)
+            logits = crossed.head(torch.from_numpy(plain)).numpy().astype(np.float64)
         known_names = [names[c] for c in known_classes]
-        calibration = calibrate(logits[cal], y[cal], known_names, args.target)
+        calibration = calibrate(crossed.logits, crossed.labels, known_names, args.target)
         threshold = next(iter(calibration.thresholds.values()))
         probabilities = softmax(logits, calibration.temperature)
         confident = probabilities.max(axis=1) >= threshold
