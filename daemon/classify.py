@@ -16,6 +16,7 @@ from sortbox.daemon.manifest import (
     retarget,
     verify_model_file,
 )
+from sortbox.daemon.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,17 @@ def load_current(
     return load_classifier(models_dir / version, threads, run_size, target_precision)
 
 
+def load_model(settings: Settings) -> Classifier:
+    """The current model as the settings ask for it: how the daemon, `sort`, `explain`,
+    `doctor` and the web page all load it."""
+    return load_current(
+        settings.models_dir,
+        settings.inference_threads,
+        settings.inference_run_size,
+        settings.target_precision,
+    )
+
+
 def _check_signature(session: ort.InferenceSession, manifest: Manifest, path: Path) -> None:
     inputs = session.get_inputs()
     if len(inputs) != 1 or inputs[0].name != manifest.input_name:
@@ -113,9 +125,7 @@ def _check_signature(session: ort.InferenceSession, manifest: Manifest, path: Pa
         raise ModelError(
             f"{path}: output does not have one score per class ({len(manifest.classes)})"
         )
-    if manifest.unknown_threshold is not None and (
-        len(outputs) != 2 or len(outputs[1].shape) != 1
-    ):
+    if manifest.unknown_threshold is not None and (len(outputs) != 2 or len(outputs[1].shape) != 1):
         raise ModelError(
             f"{path}: the manifest has an unknown threshold but the model has no second "
             "output with one unknown score per picture"

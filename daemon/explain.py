@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sortbox.daemon.classify import Classifier, load_current
+from sortbox.daemon.classify import Classifier, load_model
 from sortbox.daemon.decide import decide
 from sortbox.daemon.decode import read_and_prepare
 from sortbox.daemon.index import DoneIndex
@@ -20,9 +20,7 @@ from sortbox.daemon.settings import Settings
 
 
 def explain_files(paths: list[Path], settings: Settings) -> list[dict[str, Any]]:
-    classifier = load_current(
-        settings.models_dir, settings.inference_threads, target_precision=settings.target_precision
-    )
+    classifier = load_model(settings)
     index = DoneIndex.from_events(read_journal(settings.journal))
     return [explain_one(path, classifier, index, settings) for path in paths]
 

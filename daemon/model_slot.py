@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 from PIL import Image
-from sortbox.daemon.classify import Classifier, load_classifier, load_current
+from sortbox.daemon.classify import Classifier, load_classifier, load_model
 from sortbox.daemon.journal import ModelLoaded
 from sortbox.daemon.manifest import current_version, retarget
 from sortbox.daemon.preprocess import prepare
@@ -49,10 +49,7 @@ class ModelSlot:
         self._next_check = 0.0
         # the version last refused, and its files as they were: refused again only as such
         self._refused: tuple[str, tuple[tuple[int, int, int], ...]] | None = None
-        s = settings
-        self.classifier: Classifier = load_current(
-            s.models_dir, s.inference_threads, s.inference_run_size, s.target_precision
-        )
+        self.classifier: Classifier = load_model(settings)
 
     @property
     def version(self) -> str:

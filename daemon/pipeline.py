@@ -48,7 +48,7 @@ from sortbox.daemon.journal import (
     Review,
     Sorted,
 )
-from sortbox.daemon.manifest import REJECTED_FOLDER, REVIEW_FOLDER, fsync_dir
+from sortbox.daemon.manifest import REJECTED_FOLDER, REVIEW_FOLDER, Manifest, fsync_dir
 from sortbox.daemon.place import (
     STATE_FOLDER,
     SourceChanged,
@@ -61,6 +61,7 @@ from sortbox.daemon.place import (
 )
 from sortbox.daemon.preprocess import is_raw, looks_cut_short
 from sortbox.daemon.recovery import unrecorded_after_loss, unrecorded_at_start
+from sortbox.daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -343,6 +344,29 @@ def locked(library: Path) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 
+def open_library(settings: Settings, *, dry_run: bool = False, watching: bool = False) -> Library:
+    """The library as every run of sortbox opens it (the daemon, `sort`, a Ray backfill):
+    temporary copies a crash left removed, the index of what the journal records, and a
+    `recovered` line for each sortbox copy the journal misses. `watching`: the inbox's
+    originals go as on_success says; `sort` keeps what it is given. A dry run writes nothing."""
+    if not dry_run:
+        removed = remove_crash_leftovers(settings.library)
+        if removed:
+            log.info("crash_leftovers_removed", temporary_files=removed)
+    library = Library(
+        settings.library,
+        DoneIndex.load(settings.journal, settings.library),
+        None if dry_run else Journal(settings.journal),
+        remove_originals=False,
+        inbox=settings.inbox,
+        originals=Originals(settings.on_success if watching else "keep", settings.done_folder),
+        keep_subfolders=settings.keep_subfolders,
+    )
+    if not dry_run:
+        library.record_unjournaled_copies()
+    return library
+
+
 def remove_crash_leftovers(library: Path) -> int:
     """Delete the temporary copies a crash left in the library. Under the placement lock: a
     process placing right now (a daemon beside `sortbox sort`) has its temporary files in
@@ -366,12 +390,24 @@ def classify_batch(
         and not item.changed
         and (item.arrival.decide_again or not library.probably_has(item.sha256))
     ]
-    decisions: list[Decision | None] = [None] * len(batch)
+    rows: list[np.ndarray | None] = [None] * len(batch)
     if wanted:
         logits = classifier.logits(np.stack([batch[n].pixels for n in wanted]))
         for n, row in zip(wanted, logits, strict=True):
-            decisions[n] = decide(row, classifier.manifest, batch[n].sha256, audit_rate)
-    return Classified(batch, decisions, classifier.version)
+            rows[n] = row
+    return decide_batch(batch, rows, classifier.manifest, audit_rate)
+
+
+def decide_batch(
+    batch: list[Decoded], rows: list[np.ndarray | None], manifest: Manifest, audit_rate: float
+) -> Classified:
+    """Each picture's model outputs (None: not classified) -> its decision: the one place
+    every driver decides (the daemon, `sort`, a Ray backfill)."""
+    decisions = [
+        decide(row, manifest, item.sha256, audit_rate) if row is not None else None
+        for item, row in zip(batch, rows, strict=True)
+    ]
+    return Classified(batch, decisions, manifest.version)
 
 
 def place_batch(classified: Classified, library: Library) -> Placed:

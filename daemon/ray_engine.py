@@ -38,12 +38,10 @@ from typing import Any
 import numpy as np
 import structlog
 from sortbox.daemon.classify import CPU_ONLY, load_classifier
-from sortbox.daemon.decide import Decision, decide
 from sortbox.daemon.decode import Decoded, read_group
 from sortbox.daemon.group import group_all
-from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import Arrival, inside
-from sortbox.daemon.journal import Journal, Placement
+from sortbox.daemon.journal import Placement
 from sortbox.daemon.manifest import (
     Manifest,
     ModelError,
@@ -51,7 +49,7 @@ from sortbox.daemon.manifest import (
     read_manifest,
     retarget,
 )
-from sortbox.daemon.pipeline import Classified, Library, place_batch, remove_crash_leftovers
+from sortbox.daemon.pipeline import Library, decide_batch, open_library, place_batch
 from sortbox.daemon.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -136,17 +134,8 @@ def sort_on_ray(
     version_dir = settings.models_dir / version
     manifest = retarget(read_manifest(version_dir), settings.target_precision)
 
-    if not dry_run:
-        remove_crash_leftovers(settings.library)  # e.g. of a driver killed mid-copy
-    journal = None if dry_run else Journal(settings.journal)
-    library = Library(
-        settings.library,
-        DoneIndex.load(settings.journal, settings.library),
-        journal,
-        False,
-        inbox=settings.inbox,
-        keep_subfolders=settings.keep_subfolders,
-    )
+    # as the daemon and `sort` open it: a driver killed mid-copy leaves nothing behind
+    library = open_library(settings, dry_run=dry_run)
     outcome = Backfill()
     todo = []
     for arrival in inputs:
@@ -190,8 +179,8 @@ def sort_on_ray(
         outcome.seconds = time.monotonic() - started
     finally:
         ray.shutdown()
-        if journal is not None:
-            journal.close()
+        if library.journal is not None:
+            library.journal.close()
     return outcome
 
 
@@ -206,11 +195,7 @@ def _place(
     """The driver's half: the local pipeline's decide and place_batch, unchanged."""
     items: list[Decoded] = [pickle.loads(blob) for blob in batch["item"]]
     logits = [pickle.loads(blob) for blob in batch["logits"]]
-    decisions: list[Decision | None] = [
-        decide(row, manifest, item.sha256, audit_rate) if row is not None else None
-        for item, row in zip(items, logits, strict=True)
-    ]
-    placed = place_batch(Classified(items, decisions, manifest.version), library)
+    placed = place_batch(decide_batch(items, logits, manifest, audit_rate), library)
     if placed.failure is not None:
         log.error("placing_failed", where=placed.failed_writing, error=str(placed.failure))
     left = [*placed.retry, *placed.alone]

@@ -37,20 +37,13 @@ from sortbox.daemon.batch import next_batch
 from sortbox.daemon.classify import Classifier
 from sortbox.daemon.decode import Decoded, lower_thread_priority, read_group
 from sortbox.daemon.heap import limit_heaps, release_free_memory
-from sortbox.daemon.index import DoneIndex
 from sortbox.daemon.intake import Arrival
 from sortbox.daemon.intakes import Intake, ListIntake, OnBatch, WatchIntake
-from sortbox.daemon.journal import Journal, ModelLoaded
+from sortbox.daemon.journal import ModelLoaded
 from sortbox.daemon.metrics import Metrics
 from sortbox.daemon.model_slot import ModelSlot
 from sortbox.daemon.notify import Notifier, Reporter, StateFile, state_file_of
-from sortbox.daemon.pipeline import (
-    Classified,
-    Library,
-    Originals,
-    classify_batch,
-    remove_crash_leftovers,
-)
+from sortbox.daemon.pipeline import Classified, classify_batch, open_library
 from sortbox.daemon.placer import Placer
 from sortbox.daemon.settings import ConfigError, Settings
 from sortbox.daemon.workload import Workload
@@ -152,19 +145,7 @@ class Service:
         state_file = StateFile(state_file_of(s.library)) if self.watching else None
         self._reporter = Reporter(self.notifier, state_file)
         self.slot = ModelSlot(s)
-        removed = 0 if self._dry_run else remove_crash_leftovers(s.library)
-        self.library = Library(
-            s.library,
-            DoneIndex.load(s.journal, s.library),
-            None if self._dry_run else Journal(s.journal),
-            remove_originals=False,
-            inbox=s.inbox,
-            # the watched inbox's originals go as on_success says; `sort` keeps what it is given
-            originals=Originals(s.on_success if self.watching else "keep", s.done_folder),
-            keep_subfolders=s.keep_subfolders,
-        )
-        if not self._dry_run:
-            self.library.record_unjournaled_copies()
+        self.library = open_library(s, dry_run=self._dry_run, watching=self.watching)
         self.slot.warm_up()
         self.metrics.model = self.slot.version
         self.intake = self._make_intake()
@@ -189,7 +170,6 @@ class Service:
                 model=self.slot.version,
                 watch_mode=self.intake.mode,
                 known_contents=self.library.index.contents,
-                temp_files_removed=removed,
             )
         self.intake.start(self._start_thread)
         self.notifier.ready(self.status_line())

@@ -412,16 +412,12 @@ class Web:
         }
 
     def explain(self, data: bytes, name: str) -> Response:
-        from sortbox.daemon.classify import load_current
+        from sortbox.daemon.classify import load_model
         from sortbox.daemon.explain import explain_one
         from sortbox.daemon.index import DoneIndex
 
         safe_name = os.path.basename(name) or "upload"
-        classifier = load_current(
-            self.settings.models_dir,
-            self.settings.inference_threads,
-            target_precision=self.settings.target_precision,
-        )
+        classifier = load_model(self.settings)
         index = DoneIndex.from_events(self.journal.events())
         with tempfile.TemporaryDirectory(prefix="sortbox-explain-") as folder:
             path = Path(folder) / f"upload{Path(safe_name).suffix[:10]}"
