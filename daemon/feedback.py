@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sortbox.daemon.decide import SPOT_CHECK
 from sortbox.daemon.group import COMPANION_OF
 from sortbox.daemon.journal import Event, Review, Reviewed, Sorted, Undone
@@ -141,24 +140,17 @@ def measure(events: Iterable[Event], where: dict[str, set[str]], since: datetime
 
 
 def promised_precision(manifest: Manifest, target: float) -> tuple[float | None, dict[str, float]]:
-    """What the model's calibration said auto-sorted pictures would reach: overall and per class.
-    A model without calibration predictions (the default model's hand-set thresholds) promised
-    nothing, and nothing is shown as its promise (#32)."""
+    """What the model promises auto-sorted pictures reach: the target precision, which the
+    trainer proved for these thresholds (Learn-then-Test, thresholds.py: at least the target
+    over a batch of pictures, with 90 % confidence), overall; nothing per class. A model
+    without calibration predictions (the default model's hand-set thresholds) promised
+    nothing, and nothing is shown as its promise (#32); nor does one whose evidence sorts
+    nothing automatically."""
     points = manifest.calibration
     if points is None:
         return None, {}
-    derived = derive_thresholds(points, manifest.classes, target)
-    predicted = np.asarray(points.predicted, dtype=int)
-    correct = np.asarray(points.correct, dtype=bool)
-    thresholds = np.array([derived.per_class[name] for name in manifest.classes])
-    auto = np.asarray(points.confidence) >= thresholds[predicted]
-    per_class = {
-        name: round(float(correct[mine].mean()), 4)
-        for index, name in enumerate(manifest.classes)
-        if (mine := auto & (predicted == index)).any()
-    }
-    overall = round(derived.auto_precision, 4) if derived.auto_count else None
-    return overall, per_class
+    derived = derive_thresholds(points, manifest.classes, target, manifest.unknown_threshold)
+    return (target if derived.auto_count else None), {}
 
 
 def precision_report(

@@ -24,6 +24,7 @@ from sortbox.daemon.journal import (
 from sortbox.daemon.manifest import Manifest, ModelError, current_version, read_manifest
 from sortbox.daemon.notify import read_state, state_file_of
 from sortbox.daemon.settings import Settings
+from sortbox.daemon.thresholds import promise_words
 
 COUNTED = {
     "sorted": Sorted,
@@ -223,6 +224,8 @@ def _render_precision(report: dict[str, Any]) -> list[str]:
         *(row(name, tally) for name, tally in report["per_class"].items()),
         row("all", overall),
     ]
+    if overall["promised"] is not None:
+        lines.append(f"  promised: {promise_words(overall['promised'])}")
     if overall["promised"] is None:
         lines.append(
             "  (this model's thresholds were set by hand: it promises no precision; "

@@ -345,6 +345,7 @@ class Web:
             "backlog_hours": backlog_age(backlog),
             "corrections": _corrections(events, self.settings.library),
             "latency": latency,
+            "promise": _promise(status["precision"]["overall"]["promised"]),
             "versions": self.versions(),
             "training": self.training_state(),
         }
@@ -740,6 +741,12 @@ def _latency(events: list[Sorted | Review], now: datetime) -> dict[str, float] |
         "p50": waits[len(waits) // 2],
         "p95": waits[min(len(waits) - 1, int(len(waits) * 0.95))],
     }
+
+
+def _promise(promised: float | None) -> str | None:
+    from sortbox.daemon.thresholds import promise_words
+
+    return promise_words(promised) if promised is not None else None
 
 
 def _number(value: object) -> float | None:
