@@ -175,7 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train even if nothing changed; publish even if not better",
     )
-    train.add_argument("--dry-run", action="store_true", help="report the training set and exit")
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="report the training set and what the run would do, with its exit code; no change",
+    )
+    train.add_argument(
+        "--drop-classes",
+        action="store_true",
+        help="let the new model forget classes of the current one that have no labels left",
+    )
 
     models = command("models", models_list_command, "list published models")
     models_sub = models.add_subparsers(metavar="ACTION")
@@ -609,7 +618,9 @@ def make_folders(settings: Settings) -> None:
 
 
 def train_command(settings: Settings, args: argparse.Namespace) -> int:
-    return _trainer().train(settings, force=args.force, dry_run=args.dry_run)  # type: ignore[attr-defined,no-any-return]
+    return _trainer().train(  # type: ignore[attr-defined,no-any-return]
+        settings, force=args.force, dry_run=args.dry_run, drop_classes=args.drop_classes
+    )
 
 
 def models_list_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -512,3 +512,38 @@ def test_a_new_target_precision_on_a_model_with_hand_set_thresholds_is_said_plai
     finally:
         assert daemon.stop() == 0
     assert not [e for e in home.events("model") if "re-derived" in e["reason"]]
+
+
+def test_train_dry_run_predicts_the_real_run(tmp_path: Path) -> None:
+    """Finding 10: the dry run said "1 classes" and exited 0 where the run would fail; it
+    counted auto-sorted pictures silently out; it never said a class would be forgotten."""
+    import shutil
+
+    from conftest import sortbox
+
+    home = make_home(tmp_path, **{"train.min_images_per_class": 2})
+    publish_rgb_model(home.models, "v1")  # a trained model that knows red, green and blue
+    photos = sorted(CLOTHING10.rglob("*.jpg"))
+    for photo in photos[:3]:  # sorted by the daemon's model, untouched: not labels
+        shutil.copy(photo, home.inbox / photo.name)
+    assert sortbox("sort", str(home.inbox), config=home.config).returncode == 0
+    (home.library / "shirts").mkdir()
+    for photo in photos[:6]:
+        shutil.copy(photo, home.library / "shirts" / f"s-{photo.name}")
+
+    dry = sortbox("train", "--dry-run", config=home.config, timeout=300)
+    real = sortbox("train", config=home.config, timeout=300)
+    assert dry.returncode == real.returncode == 1, (dry.stdout, real.stdout)
+    assert "train would stop: need at least two classes" in dry.stdout
+    assert "nobody checked" in dry.stdout and "trust_auto_sorted" in dry.stdout
+
+    (home.library / "hats").mkdir()
+    for photo in photos[-6:]:
+        shutil.copy(photo, home.library / "hats" / f"h-{photo.name}")
+    dry = sortbox("train", "--dry-run", config=home.config, timeout=300)
+    assert dry.returncode == 1, dry.stdout
+    assert "would no longer know red, green, blue" in dry.stdout
+    assert "--drop-classes" in dry.stdout
+    dry = sortbox("train", "--dry-run", "--drop-classes", config=home.config, timeout=300)
+    assert dry.returncode == 0, dry.stdout
+    assert "would be dropped" in dry.stdout and "train would train" in dry.stdout

@@ -15,6 +15,12 @@ def init(settings: Settings) -> int:
     return 0
 
 
-def train(settings: Settings, force: bool, dry_run: bool) -> int:
+def train(settings: Settings, force: bool, dry_run: bool, drop_classes: bool = False) -> int:
     # progress bars for people at a terminal, not for the timer's journald
-    return run_training(settings, force=force, dry_run=dry_run, progress=sys.stderr.isatty())
+    return run_training(
+        settings,
+        force=force,
+        dry_run=dry_run,
+        progress=sys.stderr.isatty(),
+        drop_classes=drop_classes,
+    )

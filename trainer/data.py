@@ -186,6 +186,7 @@ def _library_labels(
 ) -> list[tuple[Path, str, str]]:
     placed = _daemon_placements(settings)
     found = []
+    unchecked: dict[str, int] = defaultdict(int)
     library = settings.library
     if not library.is_dir():
         return found
@@ -210,8 +211,17 @@ def _library_labels(
             elif settings.train.trust_auto_sorted:
                 origin = "auto-sorted (trusted)"
             else:
-                continue  # auto-sorted and untouched: not a confirmed label
+                unchecked[folder.name] += 1  # auto-sorted and untouched: not a confirmed label
+                continue
             found.append((path, folder.name, origin))
+    for name, count in sorted(unchecked.items()):
+        excluded.append(
+            (
+                name,
+                f"{count} auto-sorted picture{'s' if count != 1 else ''} nobody checked "
+                "(not labels: move or confirm them, or set train.trust_auto_sorted = true)",
+            )
+        )
     return found
 
 

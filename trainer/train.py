@@ -91,19 +91,80 @@ HEAD_ITERATIONS = 300
 
 
 def run_training(
-    settings: Settings, force: bool = False, dry_run: bool = False, progress: bool = True
+    settings: Settings,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: bool = True,
+    drop_classes: bool = False,
 ) -> int:
     if dry_run:
-        print(describe(gather(settings)))
-        return EXIT_OK
+        return predict_run(settings, drop_classes)
     # one run at a time (the timer and someone at a terminal): the loser changes nothing
     with exclusive(settings.resolved_cache_dir / "train.lock") as held:
         if not held:
             return finish(settings, "skipped", None, "another `sortbox train` is running")
-        return train_and_publish(settings, force, progress)
+        return train_and_publish(settings, force, progress, drop_classes)
 
 
-def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
+def predict_run(settings: Settings, drop_classes: bool) -> int:
+    """`train --dry-run`: the training set, and the real run's checks with its exit code,
+    touching nothing (#32: it used to say "1 classes" and exit 0 where the run would fail)."""
+    data = gather(settings)
+    print(describe(data))
+    current = current_manifest(settings)
+    print(classes_change(current, data))
+    problem = cannot_train(data, current, drop_classes)
+    if problem is not None:
+        print(f"train would stop: {problem}")
+        return EXIT_FAILED
+    print("train would train on these pictures, and publish the result if the gate passes it")
+    return EXIT_OK
+
+
+def cannot_train(data: TrainingSet, current: Manifest | None, drop_classes: bool) -> str | None:
+    """Why a run cannot train on this data (None: it can). The same checks for a real run and
+    a dry run."""
+    if len(data.classes) < 2 or not data.calibration or not data.test:
+        return "need at least two classes with enough pictures for train, calibration and test"
+    dropped = dropped_classes(current, data)
+    if dropped and not drop_classes:
+        return (
+            f"the new model would no longer know {', '.join(dropped)} (no labelled pictures of "
+            "them left); label some in their folders, or run `sortbox train --drop-classes` "
+            "to let them go"
+        )
+    return None
+
+
+def dropped_classes(current: Manifest | None, data: TrainingSet) -> list[str]:
+    """Classes a trained current model knows that the new one would not. The default model's
+    generic classes are not counted: training your own categories replaces them."""
+    if current is None or current.kind == "default":
+        return []
+    return [name for name in current.classes if name not in data.classes]
+
+
+def classes_change(current: Manifest | None, data: TrainingSet) -> str:
+    if current is None:
+        return f"classes: {', '.join(data.classes) or 'none'}"
+    if current.kind == "default":
+        return (
+            f"classes: {', '.join(data.classes) or 'none'}, in place of the default model's "
+            f"{len(current.classes)} generic ones"
+        )
+    dropped = dropped_classes(current, data)
+    new = [name for name in data.classes if name not in current.classes]
+    words = [f"classes: {', '.join(data.classes) or 'none'}"]
+    if new:
+        words.append(f"new: {', '.join(new)}")
+    if dropped:
+        words.append(f"the current model's {', '.join(dropped)} would be dropped")
+    return "; ".join(words)
+
+
+def train_and_publish(
+    settings: Settings, force: bool, progress: bool, drop_classes: bool = False
+) -> int:
     cfg = settings.train
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -117,14 +178,10 @@ def train_and_publish(settings: Settings, force: bool, progress: bool) -> int:
     # 1. Data: labelled folders + the library, where the folder is the label.
     data = gather(settings)
     print(describe(data))
-    if len(data.classes) < 2 or not data.calibration or not data.test:
-        return finish(
-            settings,
-            "failed",
-            None,
-            "need at least two classes with enough pictures for train, calibration and test",
-        )
     current = current_manifest(settings)
+    problem = cannot_train(data, current, drop_classes)
+    if problem is not None:
+        return finish(settings, "failed", None, problem)
     same_data = current is not None and current.training_set_hash == data.fingerprint
     if same_data and not force and (cfg.finetune_epochs == 0 or fine_tuned_on(settings, data)):
         return finish(
