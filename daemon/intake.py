@@ -174,6 +174,16 @@ def _free_names(name: str, numbered: bool) -> Iterator[str]:
         yield f"{stem} ({n}){dot}{extension}"
 
 
+def enter(folder_fd: int, name: str, make: bool = False) -> int:
+    """The folder `name` in the open folder `folder_fd`, made first if `make` and missing,
+    opened without following a link: ELOOP or ENOTDIR when a link or a file is there."""
+    if make:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, dir_fd=folder_fd)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(name, flags, dir_fd=folder_fd)
+
+
 def _folder_made_beneath(root: Path, folder: PurePosixPath) -> int:
     """The open folder `root/folder`, each folder on the way made if missing and entered
     without following a link. A link or a file in the way is an error that says so."""
@@ -182,14 +192,8 @@ def _folder_made_beneath(root: Path, folder: PurePosixPath) -> int:
     folder_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in folder.parts:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, dir_fd=folder_fd)
             try:
-                below = os.open(
-                    part,
-                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    dir_fd=folder_fd,
-                )
+                below = enter(folder_fd, part, make=True)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise NotADirectoryError(
@@ -213,11 +217,7 @@ def _folder_beneath(root: Path, relative: str) -> tuple[int, str]:
     folder_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in parts[:-1]:
-            below = os.open(
-                part,
-                os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                dir_fd=folder_fd,
-            )
+            below = enter(folder_fd, part)
             os.close(folder_fd)
             folder_fd = below
     except OSError as exc:

@@ -22,7 +22,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
-from sortbox.daemon.intake import SourceChanged, open_input
+from sortbox.daemon.intake import SourceChanged, enter, open_input
 from sortbox.daemon.manifest import fsync_dir
 
 STATE_FOLDER = ".sortbox"  # sortbox's lock and state; hidden, so never taken for a class folder
@@ -168,14 +168,8 @@ def open_folder(folder: Path, beneath: Path | None = None) -> int:
     parent_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in folder.relative_to(base).parts:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(name, dir_fd=parent_fd)
             try:
-                below = os.open(
-                    name,
-                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    dir_fd=parent_fd,
-                )
+                below = enter(parent_fd, name, make=True)
             except OSError as exc:
                 if exc.errno not in _NOT_USABLE:
                     raise

@@ -338,7 +338,8 @@ def test_the_trainer_reads_every_level_of_a_class_folder_as_that_class(tmp_path:
         (home.library / "blue" / "Album" / "deep" / f"b{n}.jpg").write_bytes(
             jpeg_bytes("blue", 120 + n)
         )
-    dry = sortbox("train", "--dry-run", config=home.config)
+    # red, which the current model knows, has no labels left: let it go (#32, finding 10)
+    dry = sortbox("train", "--dry-run", "--drop-classes", config=home.config)
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "5 user added" in dry.stdout and "5 corrected" in dry.stdout, dry.stdout
     classes = {line.split()[0] for line in dry.stdout.splitlines() if line.startswith("  ")}
