@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -423,9 +424,12 @@ def line_of(event: Placement, thresholds: dict[str, float], dry_run: bool) -> st
 
 
 def counts_of(events: list, dry_run: bool = False) -> str:
+    return counts_line(Counter(e.event for e in events), dry_run)
+
+
+def counts_line(counts: Counter[str], dry_run: bool = False) -> str:
     from sortbox.daemon.console import plural
 
-    counts = {name: sum(e.event == name for e in events) for name in FILE_OUTCOMES}
     would = ("would be ", "would go ", "would be ") if dry_run else ("", "", "")
     return (
         f"{counts['sorted']} {would[0]}sorted, {counts['review']} {would[1]}to review, "
@@ -454,13 +458,19 @@ class PeriodicSummary:
     def __init__(self, total: int, enabled: bool, every_s: float = 10.0) -> None:
         self.total, self.enabled, self.every_s = total, enabled, every_s
         self.finished = 0
+        self.counts: Counter[str] = Counter()  # every outcome so far: the line is the whole run
         self._next = time.monotonic() + every_s
 
     def update(self, finished: int, events: list) -> None:
         self.finished += finished
+        self.counts.update(e.event for e in events)
         if self.enabled and time.monotonic() >= self._next:
             self._next = time.monotonic() + self.every_s
-            print(f"sort: {self.finished}/{self.total} files, {counts_of(events)}", file=sys.stderr)
+            print(
+                f"sort: {self.finished}/{self.total} files, {counts_line(self.counts)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def undo_command(settings: Settings, args: argparse.Namespace) -> int:

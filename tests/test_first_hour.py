@@ -547,3 +547,22 @@ def test_train_dry_run_predicts_the_real_run(tmp_path: Path) -> None:
     dry = sortbox("train", "--dry-run", "--drop-classes", config=home.config, timeout=300)
     assert dry.returncode == 0, dry.stdout
     assert "would be dropped" in dry.stdout and "train would train" in dry.stdout
+
+
+def test_sort_without_a_terminal_says_how_far_it_got_for_the_whole_run(capsys) -> None:
+    """Finding 3: with stderr not a terminal there is no bar; a line every 10 s (here: every
+    update) counts the whole run so far, not the last batch."""
+    from sortbox.daemon.cli import PeriodicSummary
+    from sortbox.daemon.journal import Review, Sorted
+
+    def event(kind: type, n: int):
+        return kind(src=f"{n}.jpg", root="/in", sha256=None, size=1, label="a", confidence=0.9)
+
+    summary = PeriodicSummary(total=5, enabled=True, every_s=0.0)
+    summary.update(2, [event(Sorted, 1), event(Review, 2)])
+    summary.update(3, [event(Sorted, 3), event(Sorted, 4), event(Sorted, 5)])
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "sort: 2/5 files, 1 sorted, 1 to review, 0 duplicates, 0 rejected",
+        "sort: 5/5 files, 4 sorted, 1 to review, 0 duplicates, 0 rejected",
+    ]
