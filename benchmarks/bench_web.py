@@ -130,6 +130,20 @@ def camera_photos(folder: Path, count: int) -> list[str]:
     return hashes
 
 
+def thumbnails(port: int, token: str, pid: int, hashes: list[str], what: str) -> None:
+    """Ask for each picture's thumbnail, one at a time; print the rate, and per server core."""
+    cpu_before, started = cpu_seconds(pid), time.perf_counter()
+    for hash12 in hashes:
+        status, body, _ = get(port, token, f"/thumb/needs_review/{hash12}")
+        assert status == 200, body[:200]
+    wall = time.perf_counter() - started
+    cpu = cpu_seconds(pid) - cpu_before
+    print(
+        f"{what}: {len(hashes)} in {wall:.2f} s = {len(hashes) / wall:.1f}/s one at a time; "
+        f"{len(hashes) / cpu:.1f} per CPU second (per core)"
+    )
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -182,14 +196,7 @@ def main() -> None:
             print(f"/ (dashboard): {seconds * 1000:.0f} ms")
             names = sorted(p.name for p in (root / "library" / "needs_review").iterdir())
             wanted = [n.split(".")[1] for n in names[: args.thumbs]]
-            cpu_before, started = cpu_seconds(server.pid), time.perf_counter()
-            for hash12 in wanted:
-                status, body, _ = get(port, token, f"/thumb/needs_review/{hash12}")
-                assert status == 200, body[:200]
-            wall = time.perf_counter() - started
-            cpu = cpu_seconds(server.pid) - cpu_before
-            print(f"thumbnails made: {len(wanted)} in {wall:.2f} s = {len(wanted) / wall:.1f}/s "
-                  f"one at a time; {len(wanted) / cpu:.1f} per CPU second (per core)")  # fmt: skip
+            thumbnails(port, token, server.pid, wanted, "thumbnails made")
             started = time.perf_counter()
             for hash12 in wanted:
                 get(port, token, f"/thumb/needs_review/{hash12}")
@@ -209,15 +216,7 @@ def main() -> None:
                   f"95th percentile {1000 * times[int(len(times) * 0.95)]:.0f} ms")  # fmt: skip
             if args.camera:
                 big = camera_photos(root / "library" / "needs_review", args.camera)
-                cpu_before, started = cpu_seconds(server.pid), time.perf_counter()
-                for hash12 in big:
-                    status, body, _ = get(port, token, f"/thumb/needs_review/{hash12}")
-                    assert status == 200, body[:200]
-                wall = time.perf_counter() - started
-                cpu = cpu_seconds(server.pid) - cpu_before
-                print(f"thumbnails of 12 MP JPEGs: {len(big)} in {wall:.2f} s = "
-                      f"{len(big) / wall:.1f}/s one at a time; "
-                      f"{len(big) / cpu:.1f} per CPU second (per core)")  # fmt: skip
+                thumbnails(port, token, server.pid, big, "thumbnails of 12 MP JPEGs")
             print(f"server peak RSS: {peak_rss_mb(server.pid):.0f} MB")
         finally:
             server.terminate()
