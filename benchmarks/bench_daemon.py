@@ -156,8 +156,8 @@ def two_core_limit(settings: Settings, inputs: Path, batch: int = 16) -> dict:
     """The machine's limit for these pictures (#31): the single-threaded CPU time to read and
     draft-decode one picture plus the single-threaded CPU time to infer it (batches of 16),
     spread perfectly over the usable cores: cores / (decode + infer) images a second."""
-    from sortbox.daemon.classify import load_current
-    from sortbox.daemon.preprocess import prepare
+    from sortbox.daemon.sorting.classify import load_current
+    from sortbox.daemon.sorting.preprocess import prepare
 
     classifier = load_current(settings.models_dir, threads=1)
     spec = classifier.manifest.preprocessing
@@ -187,8 +187,8 @@ def two_core_limit(settings: Settings, inputs: Path, batch: int = 16) -> dict:
 def ceiling(settings: Settings, inputs: Path) -> tuple[int, float]:
     """sortbox's own decoding and model with nothing around them: decoders in parallel with
     batched inference, as the daemon runs them, but no hashing, copying or journaling."""
-    from sortbox.daemon.classify import load_current
-    from sortbox.daemon.preprocess import prepare
+    from sortbox.daemon.sorting.classify import load_current
+    from sortbox.daemon.sorting.preprocess import prepare
 
     classifier = load_current(settings.models_dir, settings.inference_threads)
     spec = classifier.manifest.preprocessing
@@ -217,9 +217,9 @@ def naive_sort(settings: Settings, inputs: Path) -> tuple[int, float]:
     full-size decode, the whole picture resized, one model call per picture, a plain copy."""
     import onnxruntime as ort
     from PIL import Image, ImageOps
-    from sortbox.daemon.classify import load_current
-    from sortbox.daemon.decide import decide
-    from sortbox.daemon.manifest import MODEL_FILE, current_version
+    from sortbox.daemon.sorting.classify import load_current
+    from sortbox.daemon.sorting.decide import decide
+    from sortbox.daemon.sorting.manifest import MODEL_FILE, current_version
 
     manifest = load_current(settings.models_dir, settings.inference_threads).manifest
     version = current_version(settings.models_dir)
@@ -245,8 +245,8 @@ def naive_sort(settings: Settings, inputs: Path) -> tuple[int, float]:
 
 def sortbox_sort(settings: Settings, inputs: Path) -> tuple[int, float]:
     """`sortbox sort`'s own Service, timed from ready (model loaded) to every file journaled."""
-    from sortbox.daemon.intake import collect
-    from sortbox.daemon.notify import Notifier
+    from sortbox.daemon.intake.files import collect
+    from sortbox.daemon.running.notify import Notifier
     from sortbox.daemon.service import Service
 
     ready_at = 0.0
@@ -294,7 +294,7 @@ def decoder_comparison(photos: Path, spec_resize: int) -> dict[str, float] | Non
     except ImportError:
         return None
     from PIL import Image
-    from sortbox.daemon.preprocess import decode_rgb
+    from sortbox.daemon.sorting.preprocess import decode_rgb
 
     datas = [p.read_bytes() for p in sorted(photos.iterdir())[:40]]
 
@@ -512,7 +512,7 @@ def prepare_home(workdir: Path, model: Path | None) -> Path:
 
 
 def describe_model(home: Path) -> str:
-    from sortbox.daemon.manifest import current_version, read_manifest
+    from sortbox.daemon.sorting.manifest import current_version, read_manifest
 
     version = current_version(home / "models")
     manifest = read_manifest(home / "models" / str(version))

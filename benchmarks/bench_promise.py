@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sortbox.daemon.decide import softmax
 from sortbox.daemon.settings import Settings
+from sortbox.daemon.sorting.decide import softmax
 from sortbox.trainer.calibrate import calibrate
 from sortbox.trainer.train import cross_fit, fit_head, fit_unknown
 from sortbox.trainer.unknown import mahalanobis_score

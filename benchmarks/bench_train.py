@@ -76,8 +76,8 @@ def baseline(home: Path, dataset: Path) -> tuple[str, float]:
     classic transfer-learning baseline. L2 chosen on validation/, temperature and thresholds
     calibrated there by sortbox's own calibration, measured on test/."""
     import torch
-    from sortbox.daemon.decide import softmax
     from sortbox.daemon.settings import load_settings
+    from sortbox.daemon.sorting.decide import softmax
     from sortbox.trainer.calibrate import calibrate
     from sortbox.trainer.data import gather
     from sortbox.trainer.evaluate import evaluate

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sortbox.daemon.decide import softmax
+from sortbox.daemon.sorting.decide import softmax
 from sortbox.trainer.calibrate import calibrate
 from sortbox.trainer.train import cross_fit, fit_head
 from sortbox.trainer.unknown import knn_score, mahalanobis_fit, mahalanobis_score

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
-from sortbox.daemon.manifest import ModelError
-from sortbox.daemon.notify import AnotherDaemon
+from sortbox.daemon.running.state_file import AnotherDaemon
 from sortbox.daemon.settings import (
     ConfigError,
     Settings,
@@ -28,9 +27,10 @@ from sortbox.daemon.settings import (
     config_is_implicit,
     load_settings,
 )
+from sortbox.daemon.sorting.manifest import ModelError
 
 if TYPE_CHECKING:
-    from sortbox.daemon.journal import Placement
+    from sortbox.daemon.sorting.journal import Placement
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_PUBLISHED = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a tool SIGPIPE ended
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def web_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        from sortbox.daemon.web import NotLoopback, serve
+        from sortbox.daemon.answers.web import NotLoopback, serve
     except ImportError as exc:
         raise UsageError(
             f"the web page needs its extra ({exc.name} is missing): pip install -e '.[web]'"
@@ -306,9 +306,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     # A reload asked for while we start is moot (we load the newest config and model anyway);
     # its default action would kill us before the service installs its handlers.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    from sortbox.daemon.manifest import current_version
-    from sortbox.daemon.notify import Notifier
+    from sortbox.daemon.running.notify import Notifier
     from sortbox.daemon.service import Service
+    from sortbox.daemon.sorting.manifest import current_version
 
     first_run = current_version(settings.models_dir) is None
     # before the seconds init takes: a folder that is a file stops it either way
@@ -328,7 +328,7 @@ def sort_command(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     import dataclasses
 
-    from sortbox.daemon.intake import collect
+    from sortbox.daemon.intake.files import collect
     from sortbox.daemon.service import Service
     from tqdm import tqdm
 
@@ -474,10 +474,10 @@ class PeriodicSummary:
 
 
 def undo_command(settings: Settings, args: argparse.Namespace) -> int:
+    from sortbox.daemon.answers.undo import placing_versions, undo_one, undoable
     from sortbox.daemon.console import plural
-    from sortbox.daemon.journal import Journal
-    from sortbox.daemon.pipeline import locked
-    from sortbox.daemon.undo import placing_versions, undo_one, undoable
+    from sortbox.daemon.sorting.journal import Journal
+    from sortbox.daemon.sorting.library import locked
 
     chosen = args.last is not None or args.since is not None or args.model is not None
     last = args.last if chosen else 1
@@ -526,7 +526,7 @@ def undo_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def explain_command(settings: Settings, args: argparse.Namespace) -> int:
-    from sortbox.daemon.explain import explain_files, render
+    from sortbox.daemon.answers.explain import explain_files, render
 
     files = files_to_explain(args.files, settings.ignore)
     if not files:
@@ -542,7 +542,7 @@ def files_to_explain(given: list[Path], ignore: list[str]) -> list[Path]:
     """A folder stands for every file in it, walked as `sort` walks it (hidden and ignored
     files left out, links inside not followed), in name order; named as the user named the
     folder. `explain library/objects` asks why each of those was put there (#32)."""
-    from sortbox.daemon.intake import walk_files
+    from sortbox.daemon.intake.files import walk_files
 
     files: list[Path] = []
     for path in given:
@@ -634,7 +634,7 @@ def train_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def models_list_command(settings: Settings, args: argparse.Namespace) -> int:
-    from sortbox.daemon.manifest import current_version, published_versions
+    from sortbox.daemon.sorting.manifest import current_version, published_versions
 
     current = current_version(settings.models_dir)
     versions = published_versions(settings.models_dir)
@@ -657,7 +657,7 @@ def models_list_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def models_rollback_command(settings: Settings, args: argparse.Namespace) -> int:
-    from sortbox.daemon.manifest import (
+    from sortbox.daemon.sorting.manifest import (
         current_version,
         point_current_to,
         published_versions,
@@ -743,7 +743,7 @@ def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def status_command(settings: Settings, args: argparse.Namespace) -> int:
-    from sortbox.daemon.status import gather_status, render
+    from sortbox.daemon.answers.status import gather_status, render
 
     status = gather_status(settings)
     print(json.dumps(status, indent=2, default=str) if args.json else render(status))
@@ -751,7 +751,7 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def doctor_command(settings: Settings, args: argparse.Namespace) -> int:
-    from sortbox.daemon.doctor import check, render
+    from sortbox.daemon.answers.doctor import check, render
 
     findings = check(settings)
     print(render(findings))
@@ -759,7 +759,7 @@ def doctor_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def export_command(settings: Settings, args: argparse.Namespace) -> int:
-    from sortbox.daemon.backup import export_archive
+    from sortbox.daemon.answers.backup import export_archive
     from sortbox.daemon.settings import default_config_path
 
     config = (args.config or default_config_path()).absolute()
@@ -772,7 +772,7 @@ def export_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def import_command(args: argparse.Namespace) -> int:
-    from sortbox.daemon.backup import import_archive
+    from sortbox.daemon.answers.backup import import_archive
     from sortbox.daemon.settings import default_config_path
 
     config = (args.config or default_config_path()).absolute()
@@ -786,8 +786,8 @@ def import_command(args: argparse.Namespace) -> int:
 
 
 def install_units_command(settings: Settings, args: argparse.Namespace) -> int:
+    from sortbox.daemon.answers.units import install_units, private_tmp_warnings, unit_folder
     from sortbox.daemon.settings import default_config_path
-    from sortbox.daemon.units import install_units, private_tmp_warnings, unit_folder
 
     config = (args.config or default_config_path()).absolute()
     commands = install_units(settings, config, args.user, args.target)

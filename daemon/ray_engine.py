@@ -37,20 +37,21 @@ from typing import Any
 
 import numpy as np
 import structlog
-from sortbox.daemon.classify import CPU_ONLY, load_classifier
-from sortbox.daemon.decode import Decoded, read_group
-from sortbox.daemon.group import group_all
-from sortbox.daemon.intake import Arrival, inside
-from sortbox.daemon.journal import Placement
-from sortbox.daemon.manifest import (
+from sortbox.daemon.intake.files import Arrival, inside
+from sortbox.daemon.intake.group import group_all
+from sortbox.daemon.settings import Settings
+from sortbox.daemon.sorting.classify import CPU_ONLY, load_classifier
+from sortbox.daemon.sorting.journal import Placement
+from sortbox.daemon.sorting.library import Library, open_library
+from sortbox.daemon.sorting.manifest import (
     Manifest,
     ModelError,
     current_version,
     read_manifest,
     retarget,
 )
-from sortbox.daemon.pipeline import Library, decide_batch, open_library, place_batch
-from sortbox.daemon.settings import Settings
+from sortbox.daemon.sorting.read import Decoded, read_group
+from sortbox.daemon.sorting.stages import decide_batch, place_batch
 
 log = structlog.get_logger(__name__)
 

@@ -7,9 +7,10 @@ handled).
 Threads and queues (data flows one way):
 
     intake ─arrivals→ decoders ─decoded→ main loop ─classified→ placer
-    (intakes.py:          (decode.py:     (batch, classify,       (placer.py: place_batch,
-     watch + stability,    read, hash,     decide; the model        copy, journal; tells
-     or the given files)   decode)         in model_slot.py)        the intake how it ended)
+    (running/intakes.py:  (sorting/read:  (batch, classify,       (running/placer.py:
+     watch + stability,    read, hash,     decide; the model        place_batch: copy,
+     or the given files)   decode)         in model_slot.py)        journal; tells the
+                                                                    intake how it ended)
 
 The placer writes one batch while the main loop classifies the next: disk and CPU overlap.
 Each part owns its state: the model is the main loop's (ModelSlot), the library, its index
@@ -33,20 +34,22 @@ from pathlib import Path
 from types import FrameType
 
 import structlog
-from sortbox.daemon.batch import next_batch
-from sortbox.daemon.classify import Classifier
-from sortbox.daemon.decode import Decoded, lower_thread_priority, read_group
-from sortbox.daemon.heap import limit_heaps, release_free_memory
-from sortbox.daemon.intake import Arrival
-from sortbox.daemon.intakes import Intake, ListIntake, OnBatch, WatchIntake
-from sortbox.daemon.journal import ModelLoaded
-from sortbox.daemon.metrics import Metrics
-from sortbox.daemon.model_slot import ModelSlot
-from sortbox.daemon.notify import Notifier, Reporter, StateFile, state_file_of
-from sortbox.daemon.pipeline import Classified, classify_batch, open_library
-from sortbox.daemon.placer import Placer
+from sortbox.daemon.intake.files import Arrival
+from sortbox.daemon.running.batch import next_batch
+from sortbox.daemon.running.heap import limit_heaps, release_free_memory
+from sortbox.daemon.running.intakes import Intake, ListIntake, OnBatch, WatchIntake
+from sortbox.daemon.running.metrics import Metrics
+from sortbox.daemon.running.model_slot import ModelSlot
+from sortbox.daemon.running.notify import Notifier, Reporter
+from sortbox.daemon.running.placer import Placer
+from sortbox.daemon.running.state_file import StateFile, state_file_of
+from sortbox.daemon.running.workload import Workload
 from sortbox.daemon.settings import ConfigError, Settings
-from sortbox.daemon.workload import Workload
+from sortbox.daemon.sorting.classify import Classifier
+from sortbox.daemon.sorting.journal import ModelLoaded
+from sortbox.daemon.sorting.library import open_library
+from sortbox.daemon.sorting.read import Decoded, lower_thread_priority, read_group
+from sortbox.daemon.sorting.stages import Classified, classify_batch
 
 log = structlog.get_logger(__name__)
 

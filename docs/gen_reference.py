@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from sortbox.daemon import journal
 from sortbox.daemon.settings import Settings
+from sortbox.daemon.sorting import journal
 
 HERE = Path(__file__).resolve().parent
 PAGES = {
@@ -123,7 +123,7 @@ def journal_page() -> str:
     lines = [
         "# Journal events",
         "",
-        "Generated from `daemon/journal.py` by `docs/gen_reference.py`: every event the",
+        "Generated from `daemon/sorting/journal.py` by `docs/gen_reference.py`: every event the",
         "journal holds, one JSON object a line, with every field. What the journal is for, and",
         "why not to rotate it, is in [The journal](../journal.md).",
         "",

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from conftest import (
+from helpers import (
     Daemon,
     Home,
     make_home,
@@ -19,8 +19,8 @@ from conftest import (
     wait_until,
     write_picture,
 )
-from sortbox.daemon.decide import SPOT_CHECK, decide, is_spot_check
-from sortbox.daemon.manifest import read_manifest
+from sortbox.daemon.sorting.decide import SPOT_CHECK, decide, is_spot_check
+from sortbox.daemon.sorting.manifest import read_manifest
 
 
 def test_explain_gives_the_daemons_own_decision(home: Home) -> None:

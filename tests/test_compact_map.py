@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from sortbox.daemon import compact_map
-from sortbox.daemon.compact_map import CompactMap
+from sortbox.daemon.sorting import compact_map
+from sortbox.daemon.sorting.compact_map import CompactMap
 
 
 def test_a_random_history_reads_back_as_a_dict_would() -> None:

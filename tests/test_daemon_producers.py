@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import (
+from helpers import (
     Daemon,
     Home,
     jpeg_bytes,

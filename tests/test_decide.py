@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import numpy as np
-from sortbox.daemon.decide import decide
-from sortbox.daemon.manifest import Manifest, retarget
-from sortbox.daemon.preprocess import Preprocessing
-from sortbox.daemon.thresholds import CalibrationPoints
+from sortbox.daemon.sorting.decide import decide
+from sortbox.daemon.sorting.manifest import Manifest, retarget
+from sortbox.daemon.sorting.preprocess import Preprocessing
+from sortbox.daemon.sorting.thresholds import CalibrationPoints
 
 # -- decisions -----------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import CLOTHING10, REPO, Home, make_home, publish_rgb_model, write_picture
+from helpers import CLOTHING10, REPO, Home, make_home, publish_rgb_model, write_picture
 
 SORTBOX = Path(sys.executable).parent / "sortbox"  # the console script pip installed
 
@@ -499,7 +499,7 @@ def test_a_new_target_precision_on_a_model_with_hand_set_thresholds_is_said_plai
     the default model's hand-set thresholds stayed as they were."""
     import signal
 
-    from conftest import Daemon, wait_until
+    from helpers import Daemon, wait_until
 
     home = make_home(tmp_path)
     publish_rgb_model(home.models, "v1")  # hand-set thresholds, no calibration predictions
@@ -519,7 +519,7 @@ def test_train_dry_run_predicts_the_real_run(tmp_path: Path) -> None:
     counted auto-sorted pictures silently out; it never said a class would be forgotten."""
     import shutil
 
-    from conftest import sortbox
+    from helpers import sortbox
 
     home = make_home(tmp_path, **{"train.min_images_per_class": 2})
     publish_rgb_model(home.models, "v1")  # a trained model that knows red, green and blue
@@ -553,7 +553,7 @@ def test_sort_without_a_terminal_says_how_far_it_got_for_the_whole_run(capsys) -
     """Finding 3: with stderr not a terminal there is no bar; a line every 10 s (here: every
     update) counts the whole run so far, not the last batch."""
     from sortbox.daemon.cli import PeriodicSummary
-    from sortbox.daemon.journal import Review, Sorted
+    from sortbox.daemon.sorting.journal import Review, Sorted
 
     def event(kind: type, n: int):
         return kind(src=f"{n}.jpg", root="/in", sha256=None, size=1, label="a", confidence=0.9)

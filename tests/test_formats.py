@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     CLOTHING10,
     Daemon,
     Home,
@@ -21,7 +21,7 @@ from conftest import (
     wait_until,
 )
 from PIL import Image
-from sortbox.daemon.preprocess import RAW_EXTRA_MISSING, Preprocessing, prepare
+from sortbox.daemon.sorting.preprocess import RAW_EXTRA_MISSING, Preprocessing, prepare
 
 SPEC = Preprocessing(resize=128, crop=112)
 ORIENTATION = 0x0112

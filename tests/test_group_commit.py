@@ -10,13 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Home, sortbox, write_picture
+from helpers import Home, sortbox, write_picture
 
 # `sortbox` itself, killed with SIGKILL at the moment it is about to journal a batch with
 # copies in it: every copy of that batch is linked into the library, no line says so.
 KILLED_BEFORE_JOURNALING = """
 import os, signal, sys
-from sortbox.daemon import cli, journal
+from sortbox.daemon import cli
+from sortbox.daemon.sorting import journal
 
 journal_batch = journal.Journal.append
 

@@ -9,10 +9,10 @@ import os
 import shutil
 from pathlib import Path
 
-from conftest import Daemon, Home, sortbox, wait_until, write_picture
-from sortbox.daemon.index import DoneIndex, snapshot_file_of
-from sortbox.daemon.intake import Identity, identity_of
-from sortbox.daemon.journal import Imported, Sorted, Undone, read_journal
+from helpers import Daemon, Home, sortbox, wait_until, write_picture
+from sortbox.daemon.intake.files import Identity, identity_of
+from sortbox.daemon.sorting.index import DoneIndex, snapshot_file_of
+from sortbox.daemon.sorting.journal import Imported, Sorted, Undone, read_journal
 
 COLOURS = ("red", "green", "blue")
 

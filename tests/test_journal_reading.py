@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sortbox.daemon.journal import Journal, Sorted, read_journal
+from sortbox.daemon.sorting.journal import Journal, Sorted, read_journal
 
 # -- journal -------------------------------------------------------------------------------------
 

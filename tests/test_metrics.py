@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from sortbox.daemon.journal import Sorted
-from sortbox.daemon.metrics import Metrics
+from sortbox.daemon.running.metrics import Metrics
+from sortbox.daemon.sorting.journal import Sorted
 
 
 def sorted_into(folder: str) -> Sorted:

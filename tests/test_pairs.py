@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, dng, encode, make_home, picture, publish_rgb_model, sortbox, wait_until
-from sortbox.daemon.group import COMPANION_OF, Grouper, group_key, sidecar_name
-from sortbox.daemon.intake import Arrival, Identity
+from helpers import Daemon, dng, encode, make_home, picture, publish_rgb_model, sortbox, wait_until
+from sortbox.daemon.intake.files import Arrival, Identity
+from sortbox.daemon.intake.group import COMPANION_OF, Grouper, group_key, sidecar_name
 
 pytest.importorskip("rawpy", reason="RAW support is the optional extra sortbox[raw]")
 

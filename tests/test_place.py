@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sortbox.daemon.manifest import check_class_name
-from sortbox.daemon.place import LIBRARY_NAME, copy_into, library_name
+from sortbox.daemon.sorting.copies import LIBRARY_NAME, copy_into, library_name
+from sortbox.daemon.sorting.manifest import check_class_name
 
 # -- naming and placement ------------------------------------------------------------------------
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import encode
+from helpers import encode
 from PIL import Image
-from sortbox.daemon.decode import read_and_prepare
-from sortbox.daemon.intake import Arrival, Identity
-from sortbox.daemon.preprocess import BadImage, Preprocessing, decode_rgb, prepare
+from sortbox.daemon.intake.files import Arrival, Identity
+from sortbox.daemon.sorting.preprocess import BadImage, Preprocessing, decode_rgb, prepare
+from sortbox.daemon.sorting.read import read_and_prepare
 
 SPEC = Preprocessing(resize=64, crop=56)
 

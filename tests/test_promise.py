@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from sortbox.daemon.thresholds import (
+from sortbox.daemon.sorting.thresholds import (
     ALWAYS_REVIEW,
     CONFIDENCE_RISK,
     PROMISE_BATCH,

@@ -8,7 +8,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 
 def quick_start_blocks() -> list[str]:

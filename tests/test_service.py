@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, Home, make_home, publish_rgb_model, sortbox, wait_until, write_picture
+from helpers import Daemon, Home, make_home, publish_rgb_model, sortbox, wait_until, write_picture
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
@@ -106,7 +106,7 @@ except PermissionError:
     pass
 from pathlib import Path
 import numpy as np
-from sortbox.daemon.classify import load_current
+from sortbox.daemon.sorting.classify import load_current
 classifier = load_current(Path({str(home.models)!r}), 2)
 print(classifier.logits(np.zeros((2, 3, 32, 32), np.float32)).shape)
 """
@@ -182,7 +182,7 @@ def test_target_precision_from_config_applies_to_a_running_daemon(tmp_path: Path
 
     import numpy as np
     from PIL import Image
-    from sortbox.daemon.thresholds import CalibrationPoints, derive_thresholds
+    from sortbox.daemon.sorting.thresholds import CalibrationPoints, derive_thresholds
 
     # 200 calibration predictions of "red": right above 0.8, 85% right below
     confidence = np.linspace(0.99, 0.5, 200)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from sortbox.daemon.cpus import cgroup_cpu_quota, usable_cpus
-from sortbox.daemon.intake import walk_files
+from sortbox.daemon.intake.files import walk_files
 from sortbox.daemon.settings import (
     AUTO_THREADS_AT_MOST,
     ConfigError,
@@ -119,14 +119,14 @@ def test_a_cgroup_cpu_quota_lowers_the_usable_cpus(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("relative", ["../outside.jpg", "/etc/passwd", "a/../../b", ""])
 def test_undo_refuses_paths_from_the_journal_that_leave_their_folder(relative: str) -> None:
-    from sortbox.daemon.undo import below
+    from sortbox.daemon.answers.undo import below
 
     assert below(Path("/srv/library"), relative) is None
     assert below(Path("/srv/library"), "cats/x.jpg") == Path("/srv/library/cats/x.jpg")
 
 
 def test_replacing_leaves_the_old_file_whole_when_writing_fails(tmp_path: Path) -> None:
-    from sortbox.daemon.atomic import replacing
+    from sortbox.daemon.layout import replacing
 
     target = tmp_path / "state.json"
     target.write_text("old")

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from sortbox.daemon.batch import next_batch
-from sortbox.daemon.intake import is_ignored
-from sortbox.daemon.stability import StabilityTracker
-from sortbox.daemon.watch import EnqueueHandler, PacedPollingEmitter
+from sortbox.daemon.intake.files import is_ignored
+from sortbox.daemon.intake.stability import StabilityTracker
+from sortbox.daemon.intake.watch import EnqueueHandler, PacedPollingEmitter
+from sortbox.daemon.running.batch import next_batch
 from watchdog.observers.api import BaseObserver
 
 # -- stability, with an injected clock ----------------------------------------------------------

@@ -17,7 +17,7 @@ import random
 import time
 from pathlib import Path
 
-from conftest import (
+from helpers import (
     Daemon,
     Home,
     jpeg_bytes,
@@ -26,7 +26,8 @@ from conftest import (
     sortbox,
     wait_until,
 )
-from sortbox.daemon.place import LIBRARY_NAME, TEMP_PREFIX
+from sortbox.daemon.layout import TEMP_PREFIX
+from sortbox.daemon.sorting.copies import LIBRARY_NAME
 from test_torture import exfat_disk
 
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import (
+from helpers import (
     CLOTHING10,
     Daemon,
     Home,
@@ -41,9 +41,10 @@ from conftest import (
     wait_until,
 )
 from PIL import Image
-from sortbox.daemon.manifest import ModelError
-from sortbox.daemon.place import LIBRARY_NAME, TEMP_PREFIX, copy_into
-from sortbox.daemon.preprocess import MAX_ASPECT_RATIO
+from sortbox.daemon.layout import TEMP_PREFIX
+from sortbox.daemon.sorting.copies import LIBRARY_NAME, copy_into
+from sortbox.daemon.sorting.manifest import ModelError
+from sortbox.daemon.sorting.preprocess import MAX_ASPECT_RATIO
 
 SORT = [sys.executable, "-m", "sortbox.daemon.cli", "sort"]
 
@@ -324,13 +325,13 @@ def test_a_class_folder_replaced_by_a_link_or_a_file_is_never_written_through(
 
 BROKEN_PLACEMENT = """
 import sys
-from sortbox.daemon import pipeline
-real = pipeline._place
+from sortbox.daemon.sorting import stages
+real = stages._place
 def exploding(item, *args):
     if item.arrival.path.name == "boom.jpg":
         raise SystemError("a placement bug nobody caught")
     return real(item, *args)
-pipeline._place = exploding
+stages._place = exploding
 from sortbox.daemon.cli import main
 sys.exit(main(sys.argv[1:]))
 """

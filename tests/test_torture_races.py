@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, Home, jpeg_bytes, make_home, publish_rgb_model, sortbox, wait_until
-from sortbox.daemon.manifest import point_current_to
-from sortbox.daemon.place import LIBRARY_NAME
+from helpers import Daemon, Home, jpeg_bytes, make_home, publish_rgb_model, sortbox, wait_until
+from sortbox.daemon.sorting.copies import LIBRARY_NAME
+from sortbox.daemon.sorting.manifest import point_current_to
 from test_torture import check_invariants, decisions_by_src
 
 GATE = textwrap.dedent(
@@ -29,7 +29,8 @@ GATE = textwrap.dedent(
     # until the test opens the gate, and notes every file admitted to the queue.
     import os, time
     from pathlib import Path
-    from sortbox.daemon import intakes, service
+    from sortbox.daemon.running import intakes
+    from sortbox.daemon import service
 
     gate = Path(os.environ["GATE_DIR"])
     real_read, real_admit = service.read_group, intakes._Admission.admit

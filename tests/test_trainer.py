@@ -14,7 +14,7 @@ from PIL import Image
 
 torch = pytest.importorskip("torch", reason="the trainer needs the train extra")
 
-from conftest import (  # noqa: E402
+from helpers import (  # noqa: E402
     CLOTHING10,
     Daemon,
     Home,
@@ -23,11 +23,11 @@ from conftest import (  # noqa: E402
     sortbox,
     wait_until,
 )
-from sortbox.daemon.classify import open_session  # noqa: E402
-from sortbox.daemon.journal import Journal, Review, Sorted  # noqa: E402
-from sortbox.daemon.manifest import current_version, read_manifest  # noqa: E402
-from sortbox.daemon.preprocess import normalise, prepare, resize_and_crop  # noqa: E402
 from sortbox.daemon.settings import load_settings  # noqa: E402
+from sortbox.daemon.sorting.classify import open_session  # noqa: E402
+from sortbox.daemon.sorting.journal import Journal, Review, Sorted  # noqa: E402
+from sortbox.daemon.sorting.manifest import current_version, read_manifest  # noqa: E402
+from sortbox.daemon.sorting.preprocess import normalise, prepare, resize_and_crop  # noqa: E402
 from sortbox.trainer.calibrate import (  # noqa: E402
     calibrate,
     choose_blend,
@@ -145,7 +145,7 @@ def test_training_set_rules(tmp_path: Path, feature_cache: Path) -> None:
         shutil.copy(src, dst)
     # an exact duplicate of a dataset picture in the library: counted once
     shutil.copy(hats[2], library / "hat" / "dup.jpg")
-    from sortbox.daemon.place import sha256_of
+    from sortbox.daemon.sorting.copies import sha256_of
 
     def placed(kind: type, path: Path, folder: str) -> object:
         return kind(
@@ -296,7 +296,7 @@ def test_exported_graph_runs_as_convolutions_only(tmp_path: Path) -> None:
 
 
 def test_publish_is_atomic_and_pruning_keeps_the_current(tmp_path: Path) -> None:
-    from conftest import tiny_onnx_model
+    from helpers import tiny_onnx_model
 
     models = tmp_path / "models"
     models.mkdir()
@@ -318,7 +318,7 @@ def test_publish_is_atomic_and_pruning_keeps_the_current(tmp_path: Path) -> None
             onnx_path,
             {**fields, "version": f"v{n}", "created": datetime(2030, 1, n, tzinfo=UTC)},
         )
-    from sortbox.daemon.manifest import point_current_to
+    from sortbox.daemon.sorting.manifest import point_current_to
 
     point_current_to(models, "v1")
     assert sorted(prune(models, keep=2)) == ["v2", "v3"]
@@ -566,8 +566,8 @@ def test_int8_model_ships_only_when_it_agrees_and_is_what_the_daemon_runs(
 ) -> None:
     import onnx
     from onnx import numpy_helper
-    from sortbox.daemon.classify import load_classifier, open_session
-    from sortbox.daemon.manifest import INT8_MODEL_FILE, MODEL_FILE, sha256_file
+    from sortbox.daemon.sorting.classify import load_classifier, open_session
+    from sortbox.daemon.sorting.manifest import INT8_MODEL_FILE, MODEL_FILE, sha256_file
     from sortbox.trainer.finetune import plain_pictures
     from sortbox.trainer.quantize import MIN_AGREEMENT, agreement_with
 

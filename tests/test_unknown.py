@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import (
+from helpers import (
     RGB_CLASSES,
     Daemon,
     Home,
@@ -22,9 +22,10 @@ from conftest import (
 )
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from sortbox.daemon.classify import load_classifier, load_current
-from sortbox.daemon.decide import SPOT_CHECK, decide
-from sortbox.daemon.manifest import MODEL_FILE, REVIEW_FOLDER, ModelError, read_manifest
+from sortbox.daemon.layout import REVIEW_FOLDER
+from sortbox.daemon.sorting.classify import load_classifier, load_current
+from sortbox.daemon.sorting.decide import SPOT_CHECK, decide
+from sortbox.daemon.sorting.manifest import MODEL_FILE, ModelError, read_manifest
 from sortbox.trainer.publish import publish
 
 THRESHOLD = 0.5  # the tiny model's unknown score: a bright colour ~0.3, a dark one ~0.7
@@ -202,7 +203,7 @@ def test_a_second_output_without_a_threshold_is_ignored_and_a_threshold_needs_it
     # a threshold for an output the graph lacks: refused, not silently ignored
     single = publish_rgb_model(tmp_path / "other", "v2")
     (single / MODEL_FILE).replace(version_dir / MODEL_FILE)
-    from sortbox.daemon.manifest import sha256_file
+    from sortbox.daemon.sorting.manifest import sha256_file
 
     raw["model_sha256"] = sha256_file(version_dir / MODEL_FILE)
     manifest_path.write_text(json.dumps(raw))
@@ -217,7 +218,7 @@ def test_a_trained_model_ships_its_unknown_check_and_a_cat_is_unlike_any_clothes
     the second output, the manifest its threshold, the report the check and the promise; a
     cat photo goes to review as unlike any class, in `explain` and in `sort`."""
     pytest.importorskip("torch", reason="the trainer needs the train extra")
-    from conftest import CLOTHING10
+    from helpers import CLOTHING10
     from skimage import data as skimage_data
 
     if not CLOTHING10.is_dir():

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-from sortbox.daemon.decide import softmax
-from sortbox.daemon.thresholds import CalibrationPoints, derive_thresholds
+from sortbox.daemon.sorting.decide import softmax
+from sortbox.daemon.sorting.thresholds import CalibrationPoints, derive_thresholds
 from sortbox.trainer.unknown import unknown_threshold
 
 

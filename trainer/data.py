@@ -25,11 +25,12 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from sortbox.daemon.atomic import replacing
-from sortbox.daemon.journal import Recovered, Review, Sorted, Undone, read_journal
-from sortbox.daemon.manifest import RESERVED_FOLDERS, REVIEW_FOLDER, check_class_name
-from sortbox.daemon.preprocess import RAW_SUFFIXES, BadImage, decode_rgb
+from sortbox.daemon.intake.group import RAW_SUFFIXES
+from sortbox.daemon.layout import RESERVED_FOLDERS, REVIEW_FOLDER, replacing
 from sortbox.daemon.settings import Settings
+from sortbox.daemon.sorting.journal import Recovered, Review, Sorted, Undone, read_journal
+from sortbox.daemon.sorting.manifest import check_class_name
+from sortbox.daemon.sorting.preprocess import BadImage, decode_rgb
 
 UNREADABLE = "unreadable: not a picture Pillow can decode"
 IMAGE_SUFFIXES = {
@@ -191,7 +192,7 @@ def _library_labels(
     if not library.is_dir():
         return found
     # a class folder someone replaced with a symlink is not the library's (the daemon refuses
-    # it too, place.py): its pictures are not labels
+    # it too, sorting/copies.py): its pictures are not labels
     folders = (p for p in library.iterdir() if p.is_dir() and not p.is_symlink())
     for folder in sorted(p for p in folders if not p.name.startswith(".")):
         if folder.name in RESERVED_FOLDERS or not _usable_class(folder.name, excluded):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sortbox.daemon.manifest import current_version
-from sortbox.daemon.preprocess import Preprocessing
 from sortbox.daemon.settings import Settings
+from sortbox.daemon.sorting.manifest import current_version
+from sortbox.daemon.sorting.preprocess import Preprocessing
 from sortbox.trainer.export import check_parity, export_onnx
 from sortbox.trainer.imagenet_groups import imagenet_groups
 from sortbox.trainer.model import EfficientNetLite, imagenet_network

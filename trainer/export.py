@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from sortbox.daemon.atomic import replacing
-from sortbox.daemon.classify import open_session
-from sortbox.daemon.decide import softmax
+from sortbox.daemon.layout import replacing
+from sortbox.daemon.sorting.classify import open_session
+from sortbox.daemon.sorting.decide import softmax
 
 PARITY_TOLERANCE = 1e-4
 

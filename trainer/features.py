@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from sortbox.daemon.atomic import replacing
-from sortbox.daemon.classify import open_session
-from sortbox.daemon.manifest import sha256_file
-from sortbox.daemon.preprocess import prepare
+from sortbox.daemon.layout import replacing
+from sortbox.daemon.sorting.classify import open_session
+from sortbox.daemon.sorting.manifest import sha256_file
+from sortbox.daemon.sorting.preprocess import prepare
 from sortbox.trainer.data import Example
 from sortbox.trainer.export import export_onnx
 from sortbox.trainer.model import EfficientNetLite, Frozen, weights_file

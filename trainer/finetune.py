@@ -33,9 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance
-from sortbox.daemon.atomic import replacing
-from sortbox.daemon.preprocess import Preprocessing, decode_rgb, normalise, prepare
+from sortbox.daemon.layout import replacing
 from sortbox.daemon.settings import TrainSettings
+from sortbox.daemon.sorting.preprocess import Preprocessing, decode_rgb, normalise, prepare
 from sortbox.trainer.calibrate import tempered_nll
 from sortbox.trainer.data import Example
 from sortbox.trainer.features import FrozenPart

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from sortbox.daemon.preprocess import Preprocessing
 from sortbox.daemon.settings import TrainSettings
+from sortbox.daemon.sorting.preprocess import Preprocessing
 from sortbox.trainer.calibrate import blend
 from torch import nn
 

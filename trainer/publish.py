@@ -12,13 +12,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sortbox.daemon.manifest import (
+from sortbox.daemon.layout import fsync_dir
+from sortbox.daemon.sorting.manifest import (
     INT8_MODEL_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     Manifest,
     current_version,
-    fsync_dir,
     point_current_to,
     published_versions,
     sha256_file,

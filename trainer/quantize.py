@@ -23,7 +23,7 @@ from onnxruntime.quantization import (
     quant_pre_process,
     quantize_static,
 )
-from sortbox.daemon.classify import open_session
+from sortbox.daemon.sorting.classify import open_session
 
 MIN_AGREEMENT = 0.99
 CALIBRATION_PICTURES = 200  # activation ranges settle well before this

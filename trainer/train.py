@@ -29,20 +29,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sortbox.daemon.atomic import replacing
-from sortbox.daemon.classify import load_classifier
-from sortbox.daemon.decide import softmax
-from sortbox.daemon.journal import Journal, TrainingRun
-from sortbox.daemon.manifest import (
+from sortbox.daemon.layout import replacing
+from sortbox.daemon.settings import Settings
+from sortbox.daemon.sorting.classify import load_classifier
+from sortbox.daemon.sorting.decide import softmax
+from sortbox.daemon.sorting.journal import Journal, TrainingRun
+from sortbox.daemon.sorting.manifest import (
     INT8_MODEL_FILE,
     Manifest,
     current_version,
     published_versions,
     read_manifest,
 )
-from sortbox.daemon.preprocess import Preprocessing
-from sortbox.daemon.settings import Settings
-from sortbox.daemon.thresholds import promise_words, wilson_interval
+from sortbox.daemon.sorting.preprocess import Preprocessing
+from sortbox.daemon.sorting.thresholds import promise_words, wilson_interval
 from sortbox.trainer.calibrate import (
     blend,
     calibrate,

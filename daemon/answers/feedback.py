@@ -1,0 +1,179 @@
+"""Real-world precision, measured from what people do with the library.
+
+The folder is the label, and only what a person judged counts (#32: untouched files are not
+"right" before anyone looked at them):
+- an auto-sorted picture a person moved into another class folder is a measured mistake;
+- one a person confirmed where it was (audit in the web page, `reviewed` with the same folder)
+  is measured right;
+- a spot check (a confident decision sent to review on purpose, `audit_rate`) that a person
+  files into a class folder is right if that is the class the model chose, wrong otherwise:
+  spot checks are a random sample, so they keep the measure unbiased.
+Auto-sorted pictures nobody touched are counted (`auto_sorted`) but not judged. Pictures
+deleted, renamed beyond recognition or not yet reviewed are not counted either way.
+
+Files are recognised by the 12-hex content hash in their library name, which moving a file
+in a file manager keeps: no hashing of the library is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sortbox.daemon.intake.group import COMPANION_OF
+from sortbox.daemon.layout import RESERVED_FOLDERS
+from sortbox.daemon.sorting.copies import LIBRARY_NAME
+from sortbox.daemon.sorting.decide import SPOT_CHECK
+from sortbox.daemon.sorting.journal import Event, Review, Reviewed, Sorted, Undone
+from sortbox.daemon.sorting.manifest import Manifest
+from sortbox.daemon.sorting.thresholds import derive_thresholds, wilson_interval
+
+WINDOW_DAYS = 30
+MIN_FOR_WARNING = 20  # judged pictures before measured precision may raise a warning
+
+
+def folders_by_hash(library: Path) -> dict[str, set[str]]:
+    """12-hex content hash -> the library folders a file with that hash sits in now: the class
+    folder at the top, however deep below it the file is (keep_subfolders, albums a person
+    made). Links and hidden names are never entered."""
+    where: dict[str, set[str]] = {}
+    if not library.is_dir():
+        return where
+    for folder in library.iterdir():
+        if folder.name.startswith(".") or not folder.is_dir() or folder.is_symlink():
+            continue
+        below = [folder]
+        while below:
+            with os.scandir(below.pop()) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        below.append(Path(entry.path))
+                    elif match := LIBRARY_NAME.match(entry.name):
+                        where.setdefault(match["hash"], set()).add(folder.name)
+    return where
+
+
+@dataclass
+class Tally:
+    auto_sorted: int = 0  # auto-sorted and still to be found in the library
+    corrections: int = 0  # ... of which a person moved to another class
+    confirmed: int = 0  # ... of which a person confirmed where they are
+    spot_checks: int = 0  # spot checks a person filed into a class folder
+    spot_checks_right: int = 0
+
+    def add(self, other: Tally) -> None:
+        self.auto_sorted += other.auto_sorted
+        self.corrections += other.corrections
+        self.confirmed += other.confirmed
+        self.spot_checks += other.spot_checks
+        self.spot_checks_right += other.spot_checks_right
+
+    @property
+    def judged(self) -> int:
+        return self.corrections + self.confirmed + self.spot_checks
+
+    @property
+    def right(self) -> int:
+        return self.confirmed + self.spot_checks_right
+
+    def report(self, promised: float | None) -> dict[str, Any]:
+        low, high = wilson_interval(self.right, self.judged)
+        return {
+            "auto_sorted": self.auto_sorted,
+            "corrections": self.corrections,
+            "confirmed": self.confirmed,
+            "judged": self.judged,
+            "spot_checks_reviewed": self.spot_checks,
+            "spot_checks_right": self.spot_checks_right,
+            "precision": self.right / self.judged if self.judged else None,
+            "interval": [round(low, 4), round(high, 4)] if self.judged else None,
+            "promised": promised,
+        }
+
+
+@dataclass
+class Measured:
+    overall: Tally = field(default_factory=Tally)
+    per_class: dict[str, Tally] = field(default_factory=dict)
+
+
+def measure(events: Iterable[Event], where: dict[str, set[str]], since: datetime) -> Measured:
+    """Tally the decisions made since `since` against where their files are now. Pure."""
+    latest: dict[str, Sorted | Review] = {}
+    confirmed: set[str] = set()  # contents a person confirmed where the daemon put them
+    for event in events:
+        if isinstance(event, Sorted | Review) and event.sha256 and event.dest:
+            if not (event.reason or "").startswith(COMPANION_OF):  # a RAW file or sidecar
+                latest[event.sha256] = event  # that went with its picture is no second vote
+                confirmed.discard(event.sha256)
+        elif isinstance(event, Undone) and event.sha256:
+            latest.pop(event.sha256, None)
+        elif isinstance(event, Reviewed) and event.sha256 and event.src == event.dest:
+            confirmed.add(event.sha256)
+    measured = Measured()
+    for sha256, event in latest.items():
+        if event.ts < since:
+            continue
+        classes_now = {f for f in where.get(sha256[:12], set()) if f not in RESERVED_FOLDERS}
+        if not classes_now:
+            continue  # deleted, renamed, or (a spot check) not reviewed yet: no evidence
+        if isinstance(event, Sorted):
+            put = event.dest.split("/", 1)[0]  # type: ignore[union-attr]
+            moved = put not in classes_now
+            outcome = Tally(
+                auto_sorted=1,
+                corrections=int(moved),
+                confirmed=int(not moved and sha256 in confirmed),
+            )
+        elif event.reason == SPOT_CHECK:
+            outcome = Tally(spot_checks=1, spot_checks_right=int(event.label in classes_now))
+        else:
+            continue  # unsure pictures reviewed are labels, not a measure of auto-sorting
+        for tally in (measured.overall, measured.per_class.setdefault(event.label, Tally())):
+            tally.add(outcome)
+    return measured
+
+
+def promised_precision(manifest: Manifest, target: float) -> tuple[float | None, dict[str, float]]:
+    """What the model promises auto-sorted pictures reach: the target precision, which the
+    trainer proved for these thresholds (Learn-then-Test, thresholds.py: at least the target
+    over a batch of pictures, with 90 % confidence), overall; nothing per class. A model
+    without calibration predictions (the default model's hand-set thresholds) promised
+    nothing, and nothing is shown as its promise (#32); nor does one whose evidence sorts
+    nothing automatically."""
+    points = manifest.calibration
+    if points is None:
+        return None, {}
+    derived = derive_thresholds(points, manifest.classes, target, manifest.unknown_threshold)
+    return (target if derived.auto_count else None), {}
+
+
+def precision_report(
+    events: list[Event], library: Path, manifest: Manifest | None, target: float, now: datetime
+) -> dict[str, Any]:
+    measured = measure(events, folders_by_hash(library), now - timedelta(days=WINDOW_DAYS))
+    overall_promise, class_promise = (
+        promised_precision(manifest, target) if manifest is not None else (None, {})
+    )
+    overall = measured.overall.report(overall_promise)
+    interval = overall["interval"]
+    overall["below_promise"] = bool(
+        overall_promise is not None
+        and measured.overall.judged >= MIN_FOR_WARNING
+        and interval is not None
+        and interval[1] < overall_promise
+    )
+    return {
+        "days": WINDOW_DAYS,
+        "overall": overall,
+        "per_class": {
+            name: tally.report(class_promise.get(name))
+            for name, tally in sorted(measured.per_class.items())
+        },
+    }

@@ -1,0 +1,239 @@
+"""`sortbox status`: how the sorter is doing, from the journal, the models and the inbox."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+from sortbox.daemon.answers.feedback import precision_report
+from sortbox.daemon.console import plural
+from sortbox.daemon.intake.files import identity_of, walk_files
+from sortbox.daemon.running.state_file import read_state, state_file_of
+from sortbox.daemon.settings import Settings
+from sortbox.daemon.sorting.index import DoneIndex
+from sortbox.daemon.sorting.journal import (
+    Duplicate,
+    Event,
+    Recovered,
+    Rejected,
+    Review,
+    Sorted,
+    TrainingRun,
+    read_journal,
+    utc_now,
+)
+from sortbox.daemon.sorting.manifest import Manifest, ModelError, current_version, read_manifest
+from sortbox.daemon.sorting.thresholds import promise_words
+
+COUNTED = {
+    "sorted": Sorted,
+    "review": Review,
+    "rejected": Rejected,
+    "duplicate": Duplicate,
+    "recovered": Recovered,
+}
+MIN_FILES_FOR_DRIFT = 20
+
+
+def gather_status(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
+    now = now or utc_now()
+    events = list(read_journal(settings.journal))
+    model, manifest = _model(settings, now)
+    status: dict[str, Any] = {"model": model}
+    status["daemon"] = read_state(state_file_of(settings.library))
+    status["last_hour"] = _counts(events, now - timedelta(hours=1))
+    status["last_day"] = _counts(events, now - timedelta(days=1))
+    status["review_rate"] = _review_rate(
+        status["last_day"], status["model"].get("expected_review_rate")
+    )
+    status["precision"] = precision_report(
+        events, settings.library, manifest, settings.target_precision, now
+    )
+    status["last_training"] = _last_training(events)
+    status["inbox_waiting"] = _waiting(settings, events)
+    status["review_backlog"] = _backlog(settings, events, now)
+    return status
+
+
+def _backlog(settings: Settings, events: list[Event], now: datetime) -> dict[str, Any]:
+    """Pictures waiting in needs_review, and how long the oldest has waited."""
+    from sortbox.daemon.answers.review import Decisions, backlog_age, review_queue
+
+    waiting = review_queue(settings.library, Decisions.of(events), seed="status")
+    hours = backlog_age(waiting, now)
+    return {"files": len(waiting), "oldest_hours": round(hours, 1) if hours is not None else None}
+
+
+def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest | None]:
+    """The current model in words, and its manifest (None when there is no usable one)."""
+    version = current_version(settings.models_dir)
+    if version is None:
+        return {"version": None, "problem": "no current model (run `sortbox init`)"}, None
+    try:
+        manifest = read_manifest(settings.models_dir / version)
+    except ModelError as exc:
+        return {"version": version, "problem": str(exc)}, None
+    described = {
+        "version": version,
+        "kind": manifest.kind,
+        "created": manifest.created.isoformat(),
+        "age_days": round((now - manifest.created).total_seconds() / 86400, 2),
+        "classes": manifest.classes,
+        "expected_review_rate": manifest.expected_review_rate,
+    }
+    return described, manifest
+
+
+def _counts(events: list[Event], since: datetime) -> dict[str, int]:
+    return {
+        name: sum(isinstance(e, kind) and e.ts >= since for e in events)
+        for name, kind in COUNTED.items()
+    }
+
+
+def _review_rate(counts: dict[str, int], expected: float | None) -> dict[str, Any]:
+    decided = counts["sorted"] + counts["review"]
+    observed = counts["review"] / decided if decided else None
+    drift = False
+    if observed is not None and expected is not None and decided >= MIN_FILES_FOR_DRIFT:
+        # clearly higher: 3 standard errors above what validation predicted, and 5 points
+        spread = math.sqrt(max(expected * (1 - expected), 1e-4) / decided)
+        drift = observed - expected > max(3 * spread, 0.05)
+    return {"observed": observed, "expected": expected, "files": decided, "drift": drift}
+
+
+def _last_training(events: list[Event]) -> dict[str, Any] | None:
+    runs = [e for e in events if isinstance(e, TrainingRun)]
+    if not runs:
+        return None
+    last = runs[-1]
+    return {
+        "ts": last.ts.isoformat(),
+        "outcome": last.outcome,
+        "model": last.model,
+        "reason": last.reason,
+    }
+
+
+def _waiting(settings: Settings, events: list[Event]) -> int:
+    if not settings.inbox.is_dir():
+        return 0
+    index = DoneIndex.from_events(events)
+    waiting = 0
+    for path in walk_files(settings.inbox, settings.ignore):
+        identity = identity_of(path)
+        if identity is not None and index.source(path, identity) is None:
+            waiting += 1
+    return waiting
+
+
+def render(status: dict[str, Any]) -> str:
+    model = status["model"]
+    lines = []
+    if model.get("problem"):
+        lines.append(f"model:          {model.get('version') or '-'}: {model['problem']}")
+    else:
+        lines.append(
+            f"model:          {model['version']} ({model['kind']}, "
+            f"{model['age_days']:.1f} days old, {len(model['classes'])} classes)"
+        )
+    for key, title in (("last_hour", "last hour"), ("last_day", "last day")):
+        c = status[key]
+        lines.append(
+            f"{title + ':':15} {c['sorted']} sorted, {c['review']} to review, "
+            f"{c['rejected']} rejected, {plural(c['duplicate'], 'duplicate')}"
+        )
+    rate = status["review_rate"]
+    if rate["observed"] is None:
+        lines.append("review rate:    no files in the last day")
+    else:
+        expected = f"{rate['expected']:.0%}" if rate["expected"] is not None else "unknown"
+        lines.append(
+            f"review rate:    {rate['observed']:.0%} of {rate['files']} (model expected {expected})"
+        )
+        if rate["drift"]:
+            lines.append(
+                "WARNING:        far more pictures go to review than the model expected: "
+                "the pictures changed; review them and run `sortbox train`"
+            )
+    lines += _render_precision(status["precision"])
+    training = status["last_training"]
+    if training is None:
+        lines.append("last training:  never")
+    else:
+        lines.append(
+            f"last training:  {training['ts']}: {training['outcome']} ({training['reason']})"
+        )
+    lines.append(f"inbox waiting:  {plural(status['inbox_waiting'], 'file')}")
+    backlog = status["review_backlog"]
+    age = f", the oldest for {backlog['oldest_hours']:.0f} h" if backlog["oldest_hours"] else ""
+    lines.append(
+        f"to review:      {plural(backlog['files'], 'picture')} in needs_review{age}"
+        + (" (`sortbox web` to review them)" if backlog["files"] else "")
+    )
+    daemon = status["daemon"]
+    lines.append(f"daemon:         {daemon['state'] if daemon else 'not running'}")
+    loss = (daemon or {}).get("journal_lost")
+    if loss:
+        what = {"replaced": "deleted or moved away", "truncated": "emptied"}.get(loss["what"])
+        lines.append(
+            f"WARNING:        the journal was {what} while sortbox ran; "
+            f"{loss['recovered']} copies it knew of were recorded again as 'recovered' "
+            "(not labels for training). Don't delete, move or empty the journal"
+        )
+    recovered = status["last_day"].get("recovered", 0)
+    if recovered:
+        lines.append(
+            f"recovered:      {recovered} library copies had no journal line in the last day "
+            "and were recorded from the library (`sortbox undo` can put them back)"
+        )
+    return "\n".join(lines)
+
+
+def _render_precision(report: dict[str, Any]) -> list[str]:
+    overall = report["overall"]
+    title = (
+        f"precision ({report['days']} days, measured only over pictures a person judged: "
+        "moved, confirmed in an audit, or filed spot checks):"
+    )
+    if overall["precision"] is None:
+        untouched = overall["auto_sorted"]
+        return [
+            f"{title} nothing judged yet"
+            + (f" ({untouched} auto-sorted, none looked at)" if untouched else "")
+        ]
+
+    def row(name: str, tally: dict[str, Any]) -> str:
+        measured = (
+            f"{tally['precision']:.1%} [{tally['interval'][0]:.1%}, {tally['interval'][1]:.1%}]"
+            if tally["precision"] is not None
+            else "-"
+        )
+        promised = f"{tally['promised']:.1%}" if tally["promised"] is not None else "-"
+        return (
+            f"  {name:14} {tally['auto_sorted']:6} {tally['corrections']:6} "
+            f"{tally['confirmed']:6} {tally['spot_checks_reviewed']:6} {tally['judged']:6} "
+            f"{measured:>24} {promised:>9}"
+        )
+
+    lines = [
+        title,
+        f"  {'class':14} {'auto':>6} {'moved':>6} {'conf.':>6} {'spot':>6} {'judged':>6} "
+        f"{'measured [95% CI]':>24} {'promised':>9}",
+        *(row(name, tally) for name, tally in report["per_class"].items()),
+        row("all", overall),
+    ]
+    if overall["promised"] is not None:
+        lines.append(f"  promised: {promise_words(overall['promised'])}")
+    if overall["promised"] is None:
+        lines.append(
+            "  (this model's thresholds were set by hand: it promises no precision; "
+            "`sortbox train` makes one that does)"
+        )
+    if overall["below_promise"]:
+        lines.append(
+            "WARNING:        auto-sorted pictures are measurably less often right than the model "
+            "promised: review needs_review, correct mistakes, and run `sortbox train`"
+        )
+    return lines
