@@ -20,7 +20,8 @@ STAGE_ORDER = [
     # stage 1, intake: which files are there, and when one is ready to read
     "intake.files", "intake.watch", "intake.stability", "intake.group",
     # stage 2, sorting: read, classify, decide, copy, journal
-    "sorting.preprocess", "sorting.read", "sorting.thresholds", "sorting.manifest",
+    "sorting.preprocess", "sorting.quality", "sorting.read", "sorting.thresholds",
+    "sorting.manifest",
     "sorting.classify", "sorting.decide", "sorting.copies", "sorting.journal",
     "sorting.compact_map", "sorting.index", "sorting.recovery", "sorting.library",
     "sorting.stages",

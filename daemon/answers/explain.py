@@ -47,7 +47,7 @@ def explain_one(
         return {**answer, "decision": f"rejected: {item.problem}", "folder": "rejected"}
     assert item.pixels is not None
     logits = classifier.logits(item.pixels[None])[0]
-    decision = decide(logits, classifier.manifest, item.sha256, settings.audit_rate)
+    decision = decide(logits, classifier.manifest, item.sha256, settings.audit_rate, item.quality)
     return {
         **answer,
         "decision": decision.describe(),
@@ -58,6 +58,7 @@ def explain_one(
         "spot_check": decision.spot_check,
         "unknown": decision.unknown,
         "unknown_threshold": decision.unknown_threshold,
+        "quality": decision.quality.as_journal() if decision.quality else None,
         "top3": [{"class": name, "probability": p} for name, p in decision.top3],
     }
 
@@ -71,6 +72,12 @@ def render(answer: dict[str, Any]) -> str:
         lines.append(
             f"  unlike any class: score {answer['unknown']:.3g} "
             f"(review above {answer['unknown_threshold']:.3g})"
+        )
+    if answer.get("quality"):
+        quality = answer["quality"]
+        lines.append(
+            f"  sharpness {quality['sharpness']:.0f}, brightness {quality['brightness']:.0f} "
+            f"of 255, contrast {quality['contrast']:.1f}"
         )
     if "library_has" in answer:
         lines.append(f"  the library already holds this picture: {answer['library_has']}")

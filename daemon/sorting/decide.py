@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from sortbox.daemon.layout import REVIEW_FOLDER
 from sortbox.daemon.sorting.manifest import Manifest
+from sortbox.daemon.sorting.quality import PictureQuality, quality_issue
 
 SPOT_CHECK = "spot check"  # the journal's reason for a confident decision sent to review
 
@@ -24,6 +25,9 @@ class Decision:
     # review (issue #33); None for a model without the unknown check
     unknown: float | None = None
     unknown_threshold: float | None = None
+    # how judgeable the picture is (quality.py), and why it is too poor to judge, if it is
+    quality: PictureQuality | None = None
+    too_poor: str | None = None
 
     @property
     def needs_review(self) -> bool:
@@ -40,6 +44,8 @@ class Decision:
     @property
     def reason(self) -> str | None:
         """Why a confident decision went to review, for the journal; None otherwise."""
+        if self.too_poor is not None:
+            return self.too_poor
         if self.unlike_any_class:
             return (
                 f"unlike any class (score {self.unknown:.3g} > threshold "
@@ -49,6 +55,8 @@ class Decision:
 
     def describe(self) -> str:
         """In words, as `sortbox explain` says it."""
+        if self.too_poor is not None:
+            return f"review: {self.too_poor}; the model would say {self.label}"
         if self.unlike_any_class:
             return f"review: {self.reason}; nearest class {self.label} ({self.confidence:.2f})"
         if self.spot_check:
@@ -68,12 +76,17 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def decide(
-    row: np.ndarray, manifest: Manifest, sha256: str | None = None, audit_rate: float = 0.0
+    row: np.ndarray,
+    manifest: Manifest,
+    sha256: str | None = None,
+    audit_rate: float = 0.0,
+    quality: PictureQuality | None = None,
 ) -> Decision:
     """One image's model outputs (`Classifier.logits`: a logit per class, then the unknown
     score where the model has the check) -> where it goes, with the calibrated temperature
     and thresholds. A picture unlike any class goes to review however confident the class
-    scores are; a share `audit_rate` of the other confident decisions go as spot checks."""
+    scores are, and so does one too poor to judge (`quality` past the model's limits); a
+    share `audit_rate` of the other confident decisions go as spot checks."""
     logits = row[: len(manifest.classes)]
     unknown, unknown_threshold = None, manifest.unknown_threshold
     if unknown_threshold is not None and len(row) > len(manifest.classes):
@@ -86,11 +99,22 @@ def decide(
     top3 = [(manifest.classes[int(i)], round(float(probabilities[i]), 6)) for i in order[:3]]
     threshold = manifest.thresholds[label]
     unlike = unknown is not None and unknown > unknown_threshold  # type: ignore[operator]
-    confident = confidence >= threshold and not unlike
+    limits = manifest.quality_limits
+    too_poor = quality_issue(quality, limits) if quality and limits else None
+    confident = confidence >= threshold and not unlike and too_poor is None
     spot_check = confident and sha256 is not None and is_spot_check(sha256, audit_rate)
     folder = label if confident and not spot_check else REVIEW_FOLDER
     return Decision(
-        label, confidence, top3, threshold, folder, spot_check, unknown, unknown_threshold
+        label,
+        confidence,
+        top3,
+        threshold,
+        folder,
+        spot_check,
+        unknown,
+        unknown_threshold,
+        quality,
+        too_poor,
     )
 
 

@@ -86,6 +86,9 @@ class _Classified(_FileEvent):
     """The model's best guess (also for a picture sent to review)."""
     confidence: float
     """The calibrated probability of `label`."""
+    quality: dict[str, float] | None = None
+    """How judgeable the picture is: `sharpness`, `brightness` (0-255), `contrast`, measured
+    on what the model saw (issue #33); absent in lines written before sortbox measured it."""
 
 
 class _Explained(_FileEvent):

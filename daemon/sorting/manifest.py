@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sortbox.daemon.layout import RESERVED_FOLDERS, fsync_dir, replacing
 from sortbox.daemon.sorting.preprocess import Preprocessing
+from sortbox.daemon.sorting.quality import QualityLimits
 from sortbox.daemon.sorting.thresholds import ALWAYS_REVIEW, CalibrationPoints, derive_thresholds
 
 MODEL_FILE = "model.onnx"
@@ -98,6 +99,9 @@ class Manifest(BaseModel):
     # as every model before it, decides as it always did).
     unknown_threshold: float | None = None
     unknown_review_rate: float | None = Field(None, ge=0.0, lt=1.0)  # what it was set for
+    # How blurry, dark, bright or flat the training pictures went (quality.py): a picture past
+    # them goes to review as too poor to judge. None: no check (models published before it).
+    quality_limits: QualityLimits | None = None
 
     @field_validator("version")
     @classmethod

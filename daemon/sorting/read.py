@@ -22,6 +22,7 @@ from sortbox.daemon.intake.files import (
 )
 from sortbox.daemon.intake.group import alone_reason, role_of
 from sortbox.daemon.sorting.preprocess import BadImage, Preprocessing, prepare
+from sortbox.daemon.sorting.quality import PictureQuality, measure_quality
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Decoded:
     changed: bool = False
     # its RAW file and sidecars, read and hashed, not decoded: they go where the picture goes
     companions: tuple[Decoded, ...] = ()
+    # sharpness, brightness, contrast of what the model sees (quality.py); None: not decoded
+    quality: PictureQuality | None = None
 
 
 # Inputs up to this size are kept in memory from hashing to copying (one read, one hash);
@@ -90,7 +93,7 @@ def read_and_prepare(
             # Truncated because a writer is at it again: wait for it, don't reject half a file.
             return dataclasses.replace(result, content=None, changed=True)
         return dataclasses.replace(result, problem=problem)
-    return dataclasses.replace(result, pixels=pixels)
+    return dataclasses.replace(result, pixels=pixels, quality=measure_quality(pixels, spec))
 
 
 def read_admitted(arrival: Arrival, max_bytes: int, whole: bool = True) -> _Read:

@@ -92,7 +92,7 @@ def decide_batch(
     """Each picture's model outputs (None: not classified) -> its decision: the one place
     every driver decides (the daemon, `sort`, a Ray backfill)."""
     decisions = [
-        decide(row, manifest, item.sha256, audit_rate) if row is not None else None
+        decide(row, manifest, item.sha256, audit_rate, item.quality) if row is not None else None
         for item, row in zip(batch, rows, strict=True)
     ]
     return Classified(batch, decisions, manifest.version)
@@ -240,6 +240,7 @@ def _place(item: Decoded, decision: Decision, model: str, library: Library) -> S
         reason=reason,
         original_removed=library.remove_originals,
         unknown=decision.unknown,
+        quality=decision.quality.as_journal() if decision.quality else None,
     )
 
 
