@@ -125,6 +125,12 @@ class TrainSettings(BaseModel):
     # perceptual-hash Hamming distance at or below which two pictures count as near-duplicates
     near_duplicate_distance: int = Field(4, ge=0, le=64)
     """DHash distance for near-duplicates."""
+    unjudgeable_share: float = Field(0.005, ge=0.0, lt=0.25)
+    """Pictures blurrier, darker, brighter or flatter than all but this share of the training
+    pictures go to review as too poor to judge; 0 turns the check off."""
+    exclude_unjudgeable: bool = False
+    """Leave the training pictures past those limits out of training (the data report lists
+    them either way)."""
     # CPU threads for training; default: every CPU this process may use (cpus.py)
     threads: int = Field(default_factory=usable_cpus, ge=1)
     """PyTorch / ONNX Runtime threads when training."""
