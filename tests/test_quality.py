@@ -115,3 +115,42 @@ def test_a_model_without_limits_sorts_a_flat_picture_as_before(tmp_path: Path) -
     (event,) = home.file_events()
     assert event["event"] == "sorted" and event["dest"].startswith("red/")
     assert event["quality"]["contrast"] < 1, "measured and journaled all the same"
+
+
+def test_the_trainer_flags_its_own_dark_and_blurry_pictures_and_caches_the_measures(
+    tmp_path: Path,
+) -> None:
+    """Real photos (tests/data/clothing10) plus a darkened and a blurred copy of one: the
+    limits come from the photos, and only the two copies are past them."""
+    import hashlib
+
+    from helpers import CLOTHING10
+    from sortbox.trainer.data import Example
+    from sortbox.trainer.judgeable import measure_examples, quality_limits, unjudgeable
+
+    photos = sorted(CLOTHING10.glob("*/*.jpg"))[:80]
+    assert len(photos) == 80
+    source = Image.open(photos[0]).convert("RGB")
+    dark, blurred = tmp_path / "dark.jpg", tmp_path / "blurred.jpg"
+    Image.eval(source, lambda v: v // 12).save(dark, quality=92)
+    source.filter(ImageFilter.GaussianBlur(12)).save(blurred, quality=92)
+
+    def example(path: Path) -> Example:
+        return Example(path, hashlib.sha256(path.read_bytes()).hexdigest(), path.parent.name, "")
+
+    examples = [example(p) for p in [*photos, dark, blurred]]
+    spec = Preprocessing()
+    measures = measure_examples(examples, spec, 50_000_000, tmp_path / "cache", threads=2)
+    assert len(measures) == 82
+    limits = quality_limits(examples[:80], measures, share=0.02)
+    assert limits is not None and limits.pictures == 80
+    flagged = {u.example.path.name: u.why for u in unjudgeable(examples, measures, limits)}
+    assert flagged["dark.jpg"].startswith("too dark to judge")
+    assert flagged["blurred.jpg"].startswith("too blurry to judge")
+    assert len(flagged) <= 2 + 4 * 2, "at most the 2% tails of 80 photos besides the copies"
+    assert quality_limits(examples[:80], measures, share=0) is None, "0 turns it off"
+
+    # the same contents under paths that no longer exist: only the cache can answer
+    gone = [Example(tmp_path / "gone" / e.path.name, e.sha256, e.label, "") for e in examples]
+    cached = measure_examples(gone, spec, 50_000_000, tmp_path / "cache", threads=2)
+    assert cached == measures
