@@ -27,7 +27,7 @@ import torch
 from sortbox.daemon.settings import Settings
 from sortbox.daemon.sorting.decide import softmax
 from sortbox.trainer.calibrate import calibrate
-from sortbox.trainer.train import cross_fit, fit_head, fit_unknown
+from sortbox.trainer.fast import cross_fit, fit_head, fit_unknown
 from sortbox.trainer.unknown import mahalanobis_score
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -81,9 +81,10 @@ def baseline(home: Path, dataset: Path) -> tuple[str, float]:
     from sortbox.trainer.calibrate import calibrate
     from sortbox.trainer.data import gather
     from sortbox.trainer.evaluate import evaluate
+    from sortbox.trainer.fast import HEAD_L2, logistic_regression
     from sortbox.trainer.features import FeatureCache
     from sortbox.trainer.model import imagenet_network
-    from sortbox.trainer.train import HEAD_L2, auto_sorted, logistic_regression
+    from sortbox.trainer.ship import auto_sorted
 
     settings = load_settings(home / "config.toml")
     data = gather(settings)
@@ -110,7 +111,9 @@ def baseline(home: Path, dataset: Path) -> tuple[str, float]:
     calibration = calibrate(logits["calibration"], y["calibration"].numpy(), data.classes, TARGET)
     probabilities = softmax(logits["test"], calibration.temperature)
     evaluation = evaluate(probabilities, y["test"].numpy(), data.classes)
-    auto = auto_sorted(probabilities, y["test"].numpy(), calibration.thresholds, data.classes)
+    auto = auto_sorted(
+        probabilities, y["test"].numpy(), calibration.thresholds, data.classes
+    ).model_dump()
     return line(
         f"logistic regression (L2 {best:g})", evaluation.accuracy, evaluation.macro_f1, auto
     ), evaluation.accuracy

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from sortbox.daemon.sorting.decide import softmax
 from sortbox.trainer.calibrate import calibrate
-from sortbox.trainer.train import cross_fit, fit_head
+from sortbox.trainer.fast import cross_fit, fit_head
 from sortbox.trainer.unknown import knn_score, mahalanobis_fit, mahalanobis_score
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -496,7 +496,10 @@ def test_fine_tune_paused_by_its_budget_resumes_on_the_next_run(tmp_path: Path) 
     assert resumed.returncode in (0, 3), resumed.stdout + resumed.stderr  # 3: gate said no
     (report,) = fine_tuned_reports(home)
     assert report["training"]["resumed_from_epoch"] == 1
-    assert report["training"]["epochs_run"] == report["training"]["planned_epochs"] == 2
+    # it ran its plan to the end: the 2 epochs the budget fitted, or more if still improving
+    training = report["training"]
+    assert training["epochs_run"] == training["planned_epochs"] >= 2, training
+    assert training["stop_reason"].startswith(("the planned", "plateau", "still improving"))
     assert not checkpoint.exists(), "a finished fine-tune leaves nothing to resume"
 
 

@@ -84,6 +84,13 @@ class TrainingSet:
             for c in self.classes
         }
 
+    def labels(self) -> dict[Role, np.ndarray]:
+        """Each role's labels as class indices."""
+        return {
+            role: np.array([self.classes.index(e.label) for e in self.role(role)], dtype=np.int64)
+            for role in ROLES
+        }
+
     def origins(self) -> dict[str, int]:
         tally: dict[str, int] = defaultdict(int)
         for example in self.everything:
@@ -358,3 +365,21 @@ def _hashed_role(group_key: str, fractions: tuple[float, float]) -> Role:
 
 def _popcount(values: np.ndarray) -> np.ndarray:
     return np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def describe(data: TrainingSet) -> str:
+    lines = [
+        f"training set: {len(data.train)} train + {len(data.calibration)} calibration + "
+        f"{len(data.test)} test pictures, {len(data.classes)} classes"
+    ]
+    lines += [
+        f"  {name:24} {t:5} train {c:5} calibration {s:5} test"
+        for name, (t, c, s) in data.counts().items()
+    ]
+    lines.append(
+        "  labels from: "
+        + (", ".join(f"{n} {o}" for o, n in sorted(data.origins().items())) or "nothing")
+    )
+    for what, why in data.excluded:
+        lines.append(f"  excluded {what}: {why}")
+    return "\n".join(lines)

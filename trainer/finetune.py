@@ -54,7 +54,7 @@ LABEL_SMOOTHING = 0.1
 PATIENCE = 8  # epochs without a better calibration loss before stopping early
 MIN_BATCH_FOR_BATCHNORM = 16  # below this, batch statistics are noise: keep ImageNet's
 EMA_DECAY = 0.99  # at most, per step: the average spans 100 steps (two epochs of 3,000 pictures)
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3  # 3: the plan (extensions, stop reason) is in it
 
 
 class NoCuda(RuntimeError):
@@ -168,6 +168,25 @@ def logits_of(
 
 
 @dataclass(frozen=True)
+class FinetuneJob:
+    """One fine-tune: where it starts, what it learns from, and how."""
+
+    start: EfficientNetLite  # the fast model, or the current fine-tuned one (a warm start)
+    frozen: FrozenPart
+    train: list[Example]
+    train_labels: np.ndarray
+    calibration: list[Example]  # judge the epochs
+    calibration_labels: np.ndarray
+    settings: TrainSettings
+    epochs: int
+    checkpoint: Path
+    key: str  # recipe_key: a checkpoint of another recipe or data is not resumed
+    max_pixels: int
+    progress: bool = False
+    warm_started: bool = False  # gentler: a tenth of the learning rate
+
+
+@dataclass(frozen=True)
 class FinetuneOutcome:
     network: EfficientNetLite | None  # None: the budget ran out; the checkpoint waits
     epochs_run: int
@@ -176,6 +195,7 @@ class FinetuneOutcome:
     best_calibration_loss: float
     seconds: float  # over all runs that built this model, resumed ones included
     resumed_from_epoch: int
+    stop_reason: str  # why it stopped where it did, in words
 
 
 def recipe_key(fingerprint: str, cfg: TrainSettings, epochs: int, warm_from: str | None) -> str:
@@ -197,117 +217,42 @@ def recipe_key(fingerprint: str, cfg: TrainSettings, epochs: int, warm_from: str
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def finetune(
-    start: EfficientNetLite,
-    frozen: FrozenPart,
-    train: list[Example],
-    train_labels: np.ndarray,
-    calibration: list[Example],
-    calibration_labels: np.ndarray,
-    cfg: TrainSettings,
-    epochs: int,
-    checkpoint: Path,
-    key: str,
-    max_pixels: int,
-    progress: bool,
-    *,
-    warm_started: bool,
-) -> FinetuneOutcome:
-    """Fine-tune a copy of `start`: the fast model (ImageNet tail, its trained head), or the
-    current fine-tuned model when only a few pictures changed (`warm_started`: gentler)."""
-    device = frozen.device
-    network = copy.deepcopy(start).to(device)
-    class_weights = balanced_weights(
-        torch.from_numpy(train_labels), network.classifier.out_features
-    ).to(device)
-    scale = WARM_START_LR_SCALE if warm_started else 1.0
-    parts = {"tail": network.tail_parameters(), "classifier": network.classifier.parameters()}
-    optimizer = torch.optim.AdamW(
-        # "peak": each group's rate before warm-up and decay (_set_learning_rate)
-        [
-            {
-                "params": params,
-                "lr": LEARNING_RATE[part] * scale,
-                "peak": LEARNING_RATE[part] * scale,
-            }
-            for part, params in parts.items()
-        ],
-        weight_decay=WEIGHT_DECAY,
-    )
+def finetune(job: FinetuneJob) -> FinetuneOutcome:
+    """Fine-tune a copy of `job.start`, epoch by epoch, until the plan says stop or the budget
+    runs out (then the checkpoint waits for the next run)."""
+    network = copy.deepcopy(job.start).to(job.frozen.device)
+    optimizer = _optimizer(network, job.warm_started)
     averaged = AveragedModel(network, multi_avg_fn=_moving_average, use_buffers=True)
-    steps_per_epoch = max(1, len(train) // cfg.batch_size)
-    state = _load_checkpoint(checkpoint, key, device)
-    if state is not None:
-        network.load_state_dict(state["network"])
-        averaged.load_state_dict(state["averaged"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-    else:
-        state = {
-            "key": key,
-            "epoch": 0,
-            "planned_epochs": epochs,
-            "best": None,
-            "best_loss": float("inf"),
-            "best_epoch": 0,
-            "seconds": 0.0,
-        }
+    state = _resume(job, network, averaged, optimizer)
     resumed_from = state["epoch"]
-    budget_s = cfg.budget_minutes * 60
+    budget_s = job.settings.budget_minutes * 60
     run_started = time.monotonic()
     bar = tqdm(
-        total=state["planned_epochs"], initial=resumed_from, desc="fine-tune", disable=not progress
+        total=state["planned_epochs"],
+        initial=resumed_from,
+        desc="fine-tune",
+        disable=not job.progress,
     )
     while state["epoch"] < state["planned_epochs"]:
         epoch_started = time.monotonic()
-        network.train()
-        _freeze_frozen_batchnorm(network, train_batchnorm=cfg.batch_size >= MIN_BATCH_FOR_BATCHNORM)
-        for step, (pixels, labels) in enumerate(
-            training_batches(
-                train, train_labels, network, cfg.batch_size, cfg.seed, state["epoch"], max_pixels
-            )
-        ):
-            _set_learning_rate(
-                optimizer,
-                state["epoch"] * steps_per_epoch + step,
-                steps_per_epoch,
-                state["planned_epochs"],
-            )
-            maps = frozen(pixels)
-            logits = network.classifier(network.dropout(network.tail(maps)))
-            loss = F.cross_entropy(
-                logits,
-                torch.from_numpy(labels).to(device),
-                weight=class_weights,
-                label_smoothing=LABEL_SMOOTHING,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            averaged.update_parameters(network)
-        state["epoch"] += 1
-        smoothed = averaged.module
-        cal_loss = tempered_nll(
-            logits_of(smoothed, frozen, calibration, max_pixels), calibration_labels
-        )
-        if cal_loss < state["best_loss"] - 1e-4:
-            state["best"] = {k: v.detach().cpu().clone() for k, v in smoothed.state_dict().items()}
-            state["best_loss"], state["best_epoch"] = cal_loss, state["epoch"]
+        _train_one_epoch(job, network, averaged, optimizer, state)
+        cal_loss = _judge_epoch(job, averaged.module, state)
         epoch_s = time.monotonic() - epoch_started
         state["seconds"] += epoch_s
-        if state["epoch"] == 1:
-            # fit the schedule to the budget once the cost of an epoch is known
-            fits = max(2, int(budget_s * 0.9 // max(epoch_s, 1e-3)))
-            state["planned_epochs"] = min(state["planned_epochs"], fits)
-            bar.total = state["planned_epochs"]
-        if state["epoch"] - state["best_epoch"] >= PATIENCE:
-            state["planned_epochs"] = state["epoch"]  # no progress: stop here
-        _save_checkpoint(checkpoint, state, network, averaged, optimizer)
+        budget_left_s = budget_s - (time.monotonic() - run_started)
+        plan = plan_after_epoch(_progress(state), epoch_s, budget_left_s, budget_s)
+        state["planned_epochs"], state["stop_reason"] = plan.planned_epochs, plan.reason
+        state["extensions"] += plan.extended
+        _save_checkpoint(job.checkpoint, state, network, averaged, optimizer)
+        bar.total = state["planned_epochs"]
         bar.update(1)
         bar.set_postfix(cal_loss=f"{cal_loss:.3f}", best=state["best_epoch"])
-        out_of_time = time.monotonic() - run_started + epoch_s > budget_s
-        if out_of_time and state["epoch"] < state["planned_epochs"]:
-            break  # paused: the checkpoint waits for the next run
+        if epoch_s > budget_left_s and state["epoch"] < state["planned_epochs"]:
+            state["stop_reason"] = (
+                f"paused at epoch {state['epoch']}/{state['planned_epochs']} when the "
+                f"{job.settings.budget_minutes:g}-minute budget ran out; the next run resumes it"
+            )
+            break
     bar.close()
     finished = state["epoch"] >= state["planned_epochs"]
     if finished and state["best"] is not None:
@@ -320,7 +265,171 @@ def finetune(
         state["best_loss"],
         state["seconds"],
         resumed_from,
+        state["stop_reason"],
     )
+
+
+# -- what to do after an epoch: a pure decision ---------------------------------------------
+
+PLATEAU_EXTENSION = 0.25  # still improving at the planned end: a quarter more epochs
+MAX_EXTENSIONS = 2
+
+
+@dataclass(frozen=True)
+class EpochProgress:
+    epoch: int  # epochs done
+    planned_epochs: int
+    best_epoch: int
+    extensions: int  # times the schedule has been extended already
+
+
+@dataclass(frozen=True)
+class Plan:
+    planned_epochs: int
+    reason: str  # what the plan is, or why it stops, in words
+    extended: bool = False
+
+
+def plan_after_epoch(
+    progress: EpochProgress, epoch_s: float, budget_left_s: float, budget_s: float
+) -> Plan:
+    """How many epochs to run in all, now that one more is done.
+
+    - after the first, the schedule shrinks to what the budget fits;
+    - PATIENCE epochs without a better calibration loss: a plateau, stop here;
+    - at the planned end with the best epoch the last, it was still improving: extend by a
+      quarter (at most MAX_EXTENSIONS times, and only what the budget fits)."""
+    done, planned, best = progress.epoch, progress.planned_epochs, progress.best_epoch
+    if done == 1:
+        fits = max(2, int(budget_s * 0.9 // max(epoch_s, 1e-3)))
+        if fits < planned:
+            return Plan(fits, f"the {budget_s / 60:g}-minute budget fits {fits} epochs")
+    if done - best >= PATIENCE:
+        return Plan(
+            done, f"plateau: no better calibration loss in the {PATIENCE} epochs after epoch {best}"
+        )
+    if done >= planned and best == done and progress.extensions < MAX_EXTENSIONS:
+        more = min(
+            max(1, round(planned * PLATEAU_EXTENSION)),
+            int(budget_left_s * 0.9 // max(epoch_s, 1e-3)),
+        )
+        if more > 0:
+            return Plan(
+                done + more,
+                f"still improving at epoch {done} of {planned}: extended to {done + more}",
+                extended=True,
+            )
+        return Plan(done, f"still improving at epoch {done}, but the budget fits no more")
+    if done >= planned:
+        return Plan(done, f"the planned {planned} epochs ran; the best was epoch {best}")
+    return Plan(planned, "running")
+
+
+def _progress(state: dict[str, Any]) -> EpochProgress:
+    return EpochProgress(
+        state["epoch"], state["planned_epochs"], state["best_epoch"], state["extensions"]
+    )
+
+
+# -- the steps of an epoch ---------------------------------------------------------------------
+
+
+def _optimizer(network: EfficientNetLite, warm_started: bool) -> torch.optim.AdamW:
+    scale = WARM_START_LR_SCALE if warm_started else 1.0
+    parts = {"tail": network.tail_parameters(), "classifier": network.classifier.parameters()}
+    return torch.optim.AdamW(
+        # "peak": each group's rate before warm-up and decay (_set_learning_rate)
+        [
+            {
+                "params": params,
+                "lr": LEARNING_RATE[part] * scale,
+                "peak": LEARNING_RATE[part] * scale,
+            }
+            for part, params in parts.items()
+        ],
+        weight_decay=WEIGHT_DECAY,
+    )
+
+
+def _resume(
+    job: FinetuneJob,
+    network: EfficientNetLite,
+    averaged: AveragedModel,
+    optimizer: torch.optim.Optimizer,
+) -> dict[str, Any]:
+    """The checkpoint's state, loaded into the network, average and optimizer; or a new one."""
+    state = _load_checkpoint(job.checkpoint, job.key, job.frozen.device)
+    if state is None:
+        return {
+            "key": job.key,
+            "epoch": 0,
+            "planned_epochs": job.epochs,
+            "best": None,
+            "best_loss": float("inf"),
+            "best_epoch": 0,
+            "seconds": 0.0,
+            "extensions": 0,
+            "stop_reason": "not started",
+        }
+    network.load_state_dict(state["network"])
+    averaged.load_state_dict(state["averaged"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
+
+
+def _train_one_epoch(
+    job: FinetuneJob,
+    network: EfficientNetLite,
+    averaged: AveragedModel,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+) -> None:
+    cfg, device = job.settings, job.frozen.device
+    class_weights = balanced_weights(
+        torch.from_numpy(job.train_labels), network.classifier.out_features
+    ).to(device)
+    steps_per_epoch = max(1, len(job.train) // cfg.batch_size)
+    network.train()
+    _freeze_frozen_batchnorm(network, train_batchnorm=cfg.batch_size >= MIN_BATCH_FOR_BATCHNORM)
+    batches = training_batches(
+        job.train,
+        job.train_labels,
+        network,
+        cfg.batch_size,
+        cfg.seed,
+        state["epoch"],
+        job.max_pixels,
+    )
+    for step, (pixels, labels) in enumerate(batches):
+        _set_learning_rate(
+            optimizer,
+            state["epoch"] * steps_per_epoch + step,
+            steps_per_epoch,
+            state["planned_epochs"],
+        )
+        logits = network.classifier(network.dropout(network.tail(job.frozen(pixels))))
+        loss = F.cross_entropy(
+            logits,
+            torch.from_numpy(labels).to(device),
+            weight=class_weights,
+            label_smoothing=LABEL_SMOOTHING,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        averaged.update_parameters(network)
+    state["epoch"] += 1
+
+
+def _judge_epoch(job: FinetuneJob, smoothed: EfficientNetLite, state: dict[str, Any]) -> float:
+    """The smoothed weights' calibration loss; kept when the best so far."""
+    logits = logits_of(smoothed, job.frozen, job.calibration, job.max_pixels)
+    cal_loss = tempered_nll(logits, job.calibration_labels)
+    if cal_loss < state["best_loss"] - 1e-4:
+        state["best"] = {k: v.detach().cpu().clone() for k, v in smoothed.state_dict().items()}
+        state["best_loss"], state["best_epoch"] = cal_loss, state["epoch"]
+    return cal_loss
 
 
 def _set_learning_rate(

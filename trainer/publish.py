@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sortbox.daemon.layout import fsync_dir
+from sortbox.daemon.settings import Settings
 from sortbox.daemon.sorting.manifest import (
     INT8_MODEL_FILE,
     MANIFEST_FILE,
@@ -21,6 +22,7 @@ from sortbox.daemon.sorting.manifest import (
     current_version,
     point_current_to,
     published_versions,
+    read_manifest,
     sha256_file,
 )
 
@@ -99,3 +101,8 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def current_manifest(settings: Settings) -> Manifest | None:
+    version = current_version(settings.models_dir)
+    return read_manifest(settings.models_dir / version) if version else None

@@ -1,93 +1,42 @@
 """`sortbox train`: the whole recipe, top to bottom.
 
-data (train / calibration / test roles) →
-the fast model: a linear head on cached frozen features; calibrate, test, export, gate,
-publish, so a user has a working sorter within minutes →
-the deep model: the last stages fine-tuned on augmented pictures within the time budget
-(a run cut short resumes from its checkpoint next time), blended with the fast model when
-that calibrates better; calibrate, test, export, gate, and publish only if it beats the fast
-model on the test pictures too.
+1. data: labelled folders and the library (the folder is the label), in train / calibration /
+   test roles; pictures too poor to judge are measured and listed;
+2. the fast model: a linear head on cached frozen features (trainer/fast.py); shipped at
+   once, so a user has a working sorter within minutes;
+3. the deep model: the last stages fine-tuned on augmented pictures within the time budget,
+   until they stop improving (trainer/finetune.py; a run cut short resumes next time);
+4. the blend: mixed with the fast model when that calibrates better (trainer/deep.py);
+5. each candidate shipped (trainer/ship.py): export → INT8 → calibrate → evaluate → gate →
+   publish; the fine-tuned one only if it also beats the fast one on the test pictures.
 
-Calibration (temperature, thresholds, early stopping, the blend) uses only the calibration
-pictures; the gate and every reported figure use only the test pictures. Everything written
-goes through temp-then-rename.
+Calibration (temperature, thresholds, early stopping, the blend) uses only out-of-sample
+predictions; the gate and every reported figure use only the test pictures. Everything
+written goes through temp-then-rename.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from sortbox.daemon.layout import replacing
 from sortbox.daemon.settings import Settings
-from sortbox.daemon.sorting.classify import load_classifier
-from sortbox.daemon.sorting.decide import softmax
 from sortbox.daemon.sorting.journal import Journal, TrainingRun
-from sortbox.daemon.sorting.manifest import (
-    INT8_MODEL_FILE,
-    Manifest,
-    current_version,
-    published_versions,
-    read_manifest,
-)
-from sortbox.daemon.sorting.preprocess import Preprocessing
-from sortbox.daemon.sorting.thresholds import promise_words, wilson_interval
-from sortbox.trainer.calibrate import (
-    blend,
-    calibrate,
-    choose_blend,
-    expected_calibration_error,
-    fit_temperature,
-    precision_coverage,
-)
-from sortbox.trainer.data import Example, TrainingSet, gather
-from sortbox.trainer.evaluate import Evaluation, evaluate, gate, report_files
-from sortbox.trainer.export import LOGITS, UNKNOWN, check_parity, export_onnx
-from sortbox.trainer.features import FeatureCache
-from sortbox.trainer.finetune import (
-    NoCuda,
-    balanced_weights,
-    choose_device,
-    finetune,
-    logits_of,
-    plain_pictures,
-    recipe_key,
-)
-from sortbox.trainer.model import (
-    BACKBONES,
-    BackboneMissing,
-    Blended,
-    EfficientNetLite,
-    WithUnknown,
-    imagenet_network,
-    weights_file,
-)
-from sortbox.trainer.publish import REJECTED_DIR, new_version, publish
-from sortbox.trainer.quantize import CALIBRATION_PICTURES, MIN_AGREEMENT, agreement_with, quantise
-from sortbox.trainer.unknown import (
-    Mahalanobis,
-    UnknownScore,
-    held_out_class_pass_share,
-    mahalanobis_fit,
-    mahalanobis_score,
-)
-from tqdm import tqdm
+from sortbox.daemon.sorting.manifest import Manifest, published_versions
+from sortbox.trainer.data import TrainingSet, describe, gather
+from sortbox.trainer.deep import CHECKPOINT, blend_with_fast, fine_tune, keep_weights
+from sortbox.trainer.fast import CROSS_FIT_FOLDS, FastModel, train_fast_model
+from sortbox.trainer.finetune import NoCuda, choose_device
+from sortbox.trainer.judgeable import judge_pictures, leave_out
+from sortbox.trainer.model import BACKBONES, BackboneMissing, weights_file
+from sortbox.trainer.publish import REJECTED_DIR, current_manifest
+from sortbox.trainer.report import TrainingFacts
+from sortbox.trainer.ship import Candidate, Shipped, ship
 
 EXIT_OK, EXIT_FAILED, EXIT_NOT_PUBLISHED = 0, 1, 3
-PARITY_IMAGES = 16
-HEAD_L2 = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # the fast model's L2 strengths to try
-HEAD_ITERATIONS = 300
 
 
 def run_training(
@@ -104,6 +53,80 @@ def run_training(
         if not held:
             return finish(settings, "skipped", None, "another `sortbox train` is running")
         return train_and_publish(settings, force, progress, drop_classes)
+
+
+def train_and_publish(
+    settings: Settings, force: bool, progress: bool, drop_classes: bool = False
+) -> int:
+    cfg = settings.train
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    try:
+        device = choose_device(cfg.device)
+        weights_file(BACKBONES[cfg.backbone])
+    except (NoCuda, BackboneMissing) as exc:
+        return finish(settings, "failed", None, str(exc))
+
+    # 1. Data: labelled folders + the library, where the folder is the label.
+    data = gather(settings)
+    print(describe(data))
+    current = current_manifest(settings)
+    problem = cannot_train(data, current, drop_classes)
+    if problem is not None:
+        return finish(settings, "failed", None, problem)
+    judged = judge_pictures(settings, data, BACKBONES[cfg.backbone].preprocessing)
+    print(judged.describe(data))
+    data = leave_out(data, judged)
+    same_data = current is not None and current.training_set_hash == data.fingerprint
+    if same_data and not force and (cfg.finetune_epochs == 0 or fine_tuned_on(settings, data)):
+        unchanged = "nothing changed since the current model"
+        return finish(settings, "skipped", current.version if current else None, unchanged)
+
+    # 2. The fast model, shipped at once unless the current one was trained on this data.
+    fast = train_fast_model(settings, data, device, progress)
+    outcomes: list[Shipped] = []
+    if not same_data or force:
+        outcomes.append(ship(settings, fast_candidate(fast), data, judged, force))
+    if cfg.finetune_epochs == 0:
+        return finish_all(settings, outcomes)
+
+    # 3. The deep model: fine-tune until it stops improving, or the budget pauses it.
+    tuned = fine_tune(settings, fast, data, current, progress)
+    if tuned.outcome.network is None:
+        outcomes.append(Shipped("paused", None, f"fine-tune {tuned.outcome.stop_reason}", None))
+        return finish_all(settings, outcomes)
+
+    # 4. The blend with the fast model, then 5. ship it if it beats the fast one.
+    deep = blend_with_fast(settings, tuned.outcome.network, fast, data)
+    facts = tuned.facts(device).model_copy(update={"blend_fast_weight": deep.fast_weight})
+    beat = next((o.evaluation.macro_f1 for o in outcomes if o.evaluation is not None), None)
+    candidate = Candidate(
+        "fine-tuned", deep.model, deep.logits, fast.unknown, facts,
+        held_out_pass=fast.held_out_pass, must_beat=beat,
+    )  # fmt: skip
+    outcomes.append(ship(settings, candidate, data, judged, force))
+    if outcomes[-1].outcome == "published" and outcomes[-1].version:
+        keep_weights(settings, outcomes[-1].version, tuned.outcome.network)
+    with contextlib.suppress(FileNotFoundError):
+        (settings.resolved_cache_dir / CHECKPOINT).unlink()  # done: nothing to resume
+    return finish_all(settings, outcomes)
+
+
+def fast_candidate(fast: FastModel) -> Candidate:
+    return Candidate(
+        kind="fast",
+        model=fast.model,
+        logits=fast.logits,
+        unknown=fast.unknown,
+        facts=TrainingFacts(
+            seconds=fast.seconds, onnx_parity_max_diff=0.0, cross_fitted_folds=CROSS_FIT_FOLDS
+        ),
+        cross_fitted=fast.crossed,
+        held_out_pass=fast.held_out_pass,
+    )
+
+
+# -- before training: can it, and would it change anything ------------------------------------
 
 
 def predict_run(settings: Settings, drop_classes: bool) -> int:
@@ -162,605 +185,16 @@ def classes_change(current: Manifest | None, data: TrainingSet) -> str:
     return "; ".join(words)
 
 
-def train_and_publish(
-    settings: Settings, force: bool, progress: bool, drop_classes: bool = False
-) -> int:
-    cfg = settings.train
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads)
-    try:
-        device = choose_device(cfg.device)
-        weights_file(BACKBONES[cfg.backbone])
-    except (NoCuda, BackboneMissing) as exc:
-        return finish(settings, "failed", None, str(exc))
-    clock = time.monotonic()
-
-    # 1. Data: labelled folders + the library, where the folder is the label.
-    data = gather(settings)
-    print(describe(data))
-    current = current_manifest(settings)
-    problem = cannot_train(data, current, drop_classes)
-    if problem is not None:
-        return finish(settings, "failed", None, problem)
-    same_data = current is not None and current.training_set_hash == data.fingerprint
-    if same_data and not force and (cfg.finetune_epochs == 0 or fine_tuned_on(settings, data)):
-        return finish(
-            settings,
-            "skipped",
-            current.version,
-            "nothing changed since the current model",  # type: ignore[union-attr]
-        )
-    classes = data.classes
-    labels = {
-        role: np.array([classes.index(e.label) for e in data.role(role)], dtype=np.int64)
-        for role in ("train", "calibration", "test")
-    }
-
-    # 2. The fast model: a linear head on frozen pooled features (plain and mirrored views).
-    network = imagenet_network(cfg.backbone, cfg.trainable_stages)
-    cache = FeatureCache(
-        settings.resolved_cache_dir, network, cfg.threads, device, settings.max_pixels
-    )
-    features = {
-        role: torch.from_numpy(cache.features(data.role(role), f"features ({role})" * progress))
-        for role in ("train", "calibration", "test")
-    }
-    train_head, l2 = fit_head(
-        features["train"],
-        torch.from_numpy(labels["train"]),
-        features["calibration"][:, 0],
-        torch.from_numpy(labels["calibration"]),
-        len(classes),
-        progress,
-    )
-    # The unknown score (issue #33): how unlike the training pictures' features a picture's
-    # are, shipped inside every model this run publishes (trainer/unknown.py).
-    scorer = UnknownScore(fit_unknown(features["train"], labels["train"], len(classes)))
-    # and what it would do with a class it was never shown, on these pictures
-    held_out_pass = held_out_class_pass_share(
-        features["train"].numpy(),
-        labels["train"],
-        features["calibration"][:, 0].numpy(),
-        labels["calibration"],
-        len(classes),
-        settings.unknown_review_rate,
-    )
-    # The fast model learns from the calibration pictures too; its thresholds come from
-    # out-of-sample predictions of every train and calibration picture (cross-fitting),
-    # about six times the evidence of the calibration pictures alone (issue #33).
-    crossed = cross_fit(features, labels, len(classes), l2, cfg.seed)
-    network.classifier = crossed.head
-    fast_seconds = time.monotonic() - clock
-    with torch.no_grad():
-        fast_logits = {
-            role: network.classifier(features[role][:, 0]).numpy()
-            for role in ("calibration", "test")
-        }
-        unknown = {role: scorer(features[role][:, 0]).numpy() for role in ("calibration", "test")}
-    outcomes: list[Shipped] = []
-    if not same_data or force:
-        fast_model = WithUnknown(network, network, scorer)
-        outcomes.append(
-            ship(
-                settings,
-                "fast",
-                fast_model,
-                fast_logits,
-                unknown,
-                data,
-                labels,
-                force,
-                fast_seconds,
-                {"cross_fitted_folds": CROSS_FIT_FOLDS},
-                cross_fitted=crossed,
-                held_out_pass=held_out_pass,
-            )
-        )
-    if cfg.finetune_epochs == 0:
-        return finish_all(settings, outcomes)
-
-    # 3. The deep model: fine-tune the last stages, from the fast model's head, or from the
-    #    current fine-tuned model with a short schedule when it knows the same classes.
-    started = time.monotonic()
-    fast_network = network  # kept as it is: the blend (step 4) uses it
-    # from the head that never saw the calibration pictures, which judge the epochs
-    start = copy.deepcopy(network)
-    start.classifier = train_head
-    warm = warm_start(settings, current, data)
-    epochs = cfg.finetune_epochs
-    if warm is not None:
-        start.load_state_dict(warm)
-        epochs = max(2, cfg.finetune_epochs // WARM_FRACTION)
-    tuned = finetune(
-        start,
-        cache.frozen,
-        data.train,
-        labels["train"],
-        data.calibration,
-        labels["calibration"],
-        cfg,
-        epochs,
-        settings.resolved_cache_dir / "finetune.pt",
-        recipe_key(data.fingerprint, cfg, epochs, current.version if warm and current else None),
-        settings.max_pixels,
-        progress,
-        warm_started=warm is not None,
-    )
-    facts = {
-        "device": device.type,
-        "warm_start_from": current.version if warm is not None and current else None,
-        "epochs_run": tuned.epochs_run,
-        "planned_epochs": tuned.planned_epochs,
-        "best_epoch": tuned.best_epoch,
-        "best_calibration_loss": tuned.best_calibration_loss,
-        "resumed_from_epoch": tuned.resumed_from_epoch,
-        "finetune_seconds_all_runs": tuned.seconds,
-    }
-    if tuned.network is None:
-        outcomes.append(
-            Shipped(
-                "paused",
-                None,
-                f"fine-tune paused at epoch {tuned.epochs_run}/{tuned.planned_epochs} when the "
-                f"{cfg.budget_minutes:g}-minute budget ran out; the next run resumes it",
-                None,
-            )
-        )
-        return finish_all(settings, outcomes)
-    tuned_logits = {
-        role: logits_of(tuned.network, cache.frozen, data.role(role), settings.max_pixels)
-        for role in ("calibration", "test")
-    }
-
-    # 4. The blend: the fine-tuned model's logits mixed with the fast model's, when that
-    #    calibrates better on the calibration pictures by enough to pay for a second tail.
-    #    The fast model learnt from those pictures: its out-of-sample logits stand in for it.
-    fast_logits = {**fast_logits, "calibration": crossed.logits[len(labels["train"]) :]}
-    weight = (
-        choose_blend(tuned_logits["calibration"], fast_logits["calibration"], labels["calibration"])
-        if cfg.blend
-        else 0.0
-    )
-    facts["blend_fast_weight"] = weight
-    deep_network = Blended(tuned.network, fast_network, weight) if weight else tuned.network
-    deep_model = WithUnknown(deep_network, fast_network, scorer)
-    deep_logits = {
-        role: blend(tuned_logits[role], fast_logits[role], weight)
-        for role in ("calibration", "test")
-    }
-    fast = next((o for o in outcomes if o.evaluation is not None), None)
-    outcomes.append(
-        ship(
-            settings,
-            "fine-tuned",
-            deep_model,
-            deep_logits,
-            unknown,
-            data,
-            labels,
-            force,
-            time.monotonic() - started,
-            facts,
-            must_beat=fast.evaluation.macro_f1 if fast and fast.evaluation else None,
-            held_out_pass=held_out_pass,
-        )
-    )
-    if outcomes[-1].outcome == "published" and outcomes[-1].version:
-        keep_weights(settings, outcomes[-1].version, tuned.network)
-    with contextlib.suppress(FileNotFoundError):
-        (settings.resolved_cache_dir / "finetune.pt").unlink()  # done: nothing to resume
-    return finish_all(settings, outcomes)
-
-
-WARM_FRACTION = 5  # a warm-started fine-tune runs a fifth of the epochs
-
-
-def weights_path(settings: Settings, version: str) -> Path:
-    return settings.resolved_cache_dir / "finetuned" / f"{version}.pt"
-
-
-def keep_weights(settings: Settings, version: str, network: EfficientNetLite) -> None:
-    """The published fine-tuned model's PyTorch weights, to start the next fine-tune from
-    (ONNX folds BatchNorm away, so they cannot be read back from model.onnx). One is kept."""
-    path = weights_path(settings, version)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as temporary:
-        torch.save(network.state_dict(), temporary)
-    for other in path.parent.glob("*.pt"):
-        if other != path:
-            other.unlink(missing_ok=True)
-
-
-def warm_start(
-    settings: Settings, current: Manifest | None, data: TrainingSet
-) -> dict[str, torch.Tensor] | None:
-    """The current model's weights, if it is a fine-tuned model of this backbone and these
-    classes whose weights were kept; else None (fine-tune from the fast model)."""
-    if current is None or current.kind != "fine-tuned" or current.classes != data.classes:
-        return None
-    if current.backbone != settings.train.backbone:
-        return None
-    try:
-        return torch.load(weights_path(settings, current.version), weights_only=True)
-    except (OSError, RuntimeError):
-        return None
-
-
-def fit_head(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    calibration_features: torch.Tensor,
-    calibration_labels: torch.Tensor,
-    classes: int,
-    progress: bool,
-) -> torch.nn.Linear:
-    """Multinomial logistic regression on N x views x FEATURES (every view a sample, classes
-    weighted to balance), solved exactly by L-BFGS for each L2 strength in HEAD_L2; the one with
-    the lowest log-loss on the calibration pictures is kept. Measured on clothing-dataset-small:
-    test accuracy 0.907, where 60 epochs of AdamW with dropout reached 0.880."""
-    views = features.shape[1]
-    x = features.reshape(-1, features.shape[2])
-    y = labels.repeat_interleave(views)
-    weights = balanced_weights(labels, classes)
-
-    heads = [
-        logistic_regression(x, y, classes, l2, weights)
-        for l2 in tqdm(HEAD_L2, desc="fast model", disable=not progress)
-    ]
-    with torch.no_grad():
-        losses = [F.cross_entropy(h(calibration_features), calibration_labels) for h in heads]
-    best = int(np.argmin(losses))
-    return heads[best], HEAD_L2[best]
-
-
-def head_on(
-    features: torch.Tensor, labels: torch.Tensor, classes: int, l2: float
-) -> torch.nn.Linear:
-    """`fit_head`'s regression for one L2 strength (every view a sample, classes balanced)."""
-    views = features.shape[1]
-    return logistic_regression(
-        features.reshape(-1, features.shape[2]),
-        labels.repeat_interleave(views),
-        classes,
-        l2,
-        balanced_weights(labels, classes),
+def fine_tuned_on(settings: Settings, data: TrainingSet) -> bool:
+    """A fine-tuned model of exactly this data exists, published or refused by the gate."""
+    return any(
+        manifest.kind == "fine-tuned" and manifest.training_set_hash == data.fingerprint
+        for folder in (settings.models_dir, settings.models_dir / REJECTED_DIR)
+        for _, manifest in published_versions(folder)
     )
 
 
-def fit_unknown(features: torch.Tensor, labels: np.ndarray, classes: int) -> Mahalanobis:
-    """The unknown score's statistics from N x views x FEATURES (every view a row)."""
-    views = features.shape[1]
-    return mahalanobis_fit(features.flatten(0, 1).numpy(), labels.repeat(views), classes)
-
-
-CROSS_FIT_FOLDS = 4
-
-
-@dataclass(frozen=True)
-class CrossFitted:
-    """Out-of-sample predictions for every train and calibration picture (train first): each
-    from a head (and an unknown score) fitted on the other folds."""
-
-    logits: np.ndarray
-    labels: np.ndarray
-    unknown: np.ndarray
-    # the folds' heads averaged: what ships. A head refitted on all the pictures is more
-    # confident than those that made the predictions, so their thresholds let it auto-sort
-    # more than they showed: on 10 resplits 7 kept 97%, where the average kept 8 (README)
-    head: torch.nn.Linear
-
-
-def cross_fit(
-    features: dict[str, torch.Tensor],
-    labels: dict[str, np.ndarray],
-    classes: int,
-    l2: float,
-    seed: int,
-    folds: int = CROSS_FIT_FOLDS,
-) -> CrossFitted:
-    """Folds over the train and calibration pictures together (benchmarks/bench_promise.py
-    measures what it gives). The unknown score of each fold is fitted on its train pictures
-    only, as the shipped one is."""
-    pool = torch.cat([features["train"], features["calibration"]])
-    pool_labels = np.concatenate([labels["train"], labels["calibration"]])
-    is_train = np.arange(len(pool_labels)) < len(labels["train"])
-    fold = np.random.default_rng(seed).permutation(len(pool_labels)) % folds
-    logits = np.zeros((len(pool_labels), classes), dtype=np.float32)
-    unknown = np.zeros(len(pool_labels))
-    heads = []
-    for k in range(folds):
-        inside, outside = fold != k, fold == k
-        if not outside.any():
-            continue
-        head = head_on(pool[inside], torch.from_numpy(pool_labels[inside]), classes, l2)
-        heads.append(head)
-        fitted = fit_unknown(pool[inside & is_train], pool_labels[inside & is_train], classes)
-        with torch.no_grad():
-            logits[outside] = head(pool[outside][:, 0]).numpy()
-        unknown[outside] = mahalanobis_score(fitted, pool[outside][:, 0].numpy())
-    average = torch.nn.Linear(pool.shape[2], classes)
-    with torch.no_grad():
-        average.weight.copy_(torch.stack([h.weight for h in heads]).mean(dim=0))
-        average.bias.copy_(torch.stack([h.bias for h in heads]).mean(dim=0))
-    return CrossFitted(logits, pool_labels, unknown, average)
-
-
-def logistic_regression(
-    x: torch.Tensor, y: torch.Tensor, classes: int, l2: float, weights: torch.Tensor | None = None
-) -> torch.nn.Linear:
-    """Multinomial logistic regression with an L2 penalty on the weights, solved by L-BFGS."""
-    head = torch.nn.Linear(x.shape[1], classes)
-    optimizer = torch.optim.LBFGS(
-        head.parameters(), max_iter=HEAD_ITERATIONS, line_search_fn="strong_wolfe"
-    )
-
-    def loss() -> torch.Tensor:
-        optimizer.zero_grad()
-        value = F.cross_entropy(head(x), y, weight=weights) + l2 * head.weight.square().sum()
-        value.backward()
-        return value
-
-    optimizer.step(loss)
-    return head
-
-
-@dataclass(frozen=True)
-class Shipped:
-    outcome: str  # published, rejected or paused
-    version: str | None
-    summary: str
-    evaluation: Evaluation | None
-
-
-def ship(
-    settings: Settings,
-    kind: str,
-    network: WithUnknown,
-    logits: dict[str, np.ndarray],
-    unknown: dict[str, np.ndarray],
-    data: TrainingSet,
-    labels: dict[str, np.ndarray],
-    force: bool,
-    seconds: float,
-    facts: dict[str, Any],
-    must_beat: float | None = None,
-    cross_fitted: CrossFitted | None = None,
-    held_out_pass: float | None = None,
-) -> Shipped:
-    """Calibrate on the calibration pictures, measure on the test pictures, export, check
-    parity, gate against the current model, then publish or keep as a rejected candidate.
-    `unknown`: the unknown scores of the calibration and test pictures, by role.
-    `cross_fitted`: out-of-sample predictions to calibrate on instead of the calibration
-    pictures' (for a model that learnt from them), unless INT8 ships: its outputs are."""
-    cfg = settings.train
-    classes = data.classes
-    current = current_manifest(settings)
-    spec = network.backbone.preprocessing
-
-    version = new_version(settings.models_dir)
-    settings.models_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=settings.models_dir, prefix=".scratch-") as scratch:
-        onnx_path = export_onnx(
-            network, spec.crop, Path(scratch) / "model.onnx", output=(LOGITS, UNKNOWN)
-        )
-        parity_pictures = next(plain_pictures(data.test[:PARITY_IMAGES], spec, settings.max_pixels))
-        float_temperature = fit_temperature(logits["calibration"], labels["calibration"])
-        parity = check_parity(network, onnx_path, parity_pictures, float_temperature)
-        int8 = int8_version(settings, onnx_path, spec, data, logits) if cfg.int8 else None
-        if int8 is not None and int8.accepted:
-            # what the daemon will run: calibrate and measure that, not the float model
-            logits = int8.logits
-
-        evidence = (logits["calibration"], labels["calibration"], unknown["calibration"])
-        if cross_fitted is not None and not (int8 is not None and int8.accepted):
-            evidence = (cross_fitted.logits, cross_fitted.labels, cross_fitted.unknown)
-        calibration = calibrate(
-            evidence[0],
-            evidence[1],
-            classes,
-            settings.target_precision,
-            evidence[2],
-            settings.unknown_review_rate,
-        )
-        probabilities = softmax(logits["test"], calibration.temperature)
-        evaluation = evaluate(probabilities, labels["test"], classes)
-        check = calibration.unknown_threshold
-        familiar = unknown["test"] <= (np.inf if check is None else check)
-        on_test = auto_sorted(
-            probabilities, labels["test"], calibration.thresholds, classes, familiar
-        )
-        unchecked = auto_sorted(probabilities, labels["test"], calibration.thresholds, classes)
-        predicted = [classes[i] for i in probabilities.argmax(axis=1)]
-
-        truth = [e.label for e in data.test]
-        verdict = gate(
-            truth,
-            predicted,
-            current_predictions(settings, current, data.test),
-            current.classes if current else [],
-            cfg.max_macro_f1_drop,
-            cfg.max_class_recall_drop,
-        )
-        passed, reason = verdict.passed, verdict.reason
-        if passed and must_beat is not None and evaluation.macro_f1 <= must_beat:
-            passed = False
-            reason += f"; not better than the fast model's macro-F1 {must_beat:.4f}"
-        publishable = passed or force
-        outcome = "published" if publishable else "rejected"
-        report = {
-            "version": version,
-            "kind": kind,
-            "backbone": cfg.backbone,
-            "created": datetime.now(UTC).isoformat(),
-            "parent": current.version if current else None,
-            "outcome": outcome + (" (forced past the gate)" if force and not passed else ""),
-            "gate": {**asdict(verdict), "passed": passed, "reason": reason},
-            "data": data_summary(data),
-            "metrics": asdict(evaluation),
-            "test_auto_sorted": on_test,
-            "promise": promise_words(settings.target_precision),
-            "unknown_check": {
-                "method": "Mahalanobis distance on 64 principal components (trainer/unknown.py)",
-                "threshold": check,
-                "review_rate_setting": settings.unknown_review_rate,
-                "test_pictures_sent_to_review": float(1 - familiar.mean()),
-                "test_auto_share_without_check": unchecked["share"],
-                "coverage_cost": unchecked["share"] - on_test["share"],
-                # each class left out in turn: the share of its calibration pictures the check
-                # lets through (the class threshold may still send some to review)
-                "held_out_class_pass_share": held_out_pass,
-                "benchmark": "benchmarks/bench_unknown.py (docs/benchmarks.md)",
-            },
-            "calibration": {
-                "temperature": calibration.temperature,
-                "thresholds": calibration.thresholds,
-                "target_precision": settings.target_precision,
-                "promise_from_pictures": len(evidence[1]),
-                "expected_auto_share": calibration.expected_auto_share,
-                "expected_auto_precision": calibration.expected_auto_precision,
-                "ece_before": expected_calibration_error(
-                    softmax(logits["test"], 1.0), labels["test"]
-                ),
-                "ece_after": expected_calibration_error(probabilities, labels["test"]),
-            },
-            "precision_coverage": precision_coverage(probabilities, labels["test"]),
-            "wrong": wrong_answers(data.test, predicted, probabilities),
-            "training": {**facts, "seconds": seconds, "onnx_parity_max_diff": parity},
-            "int8": int8.report() if int8 is not None else {"tried": False},
-        }
-        manifest = {
-            "version": version,
-            "created": datetime.now(UTC),
-            "kind": kind,
-            "backbone": cfg.backbone,
-            "classes": classes,
-            "preprocessing": spec.model_dump(),
-            "temperature": calibration.temperature,
-            "thresholds": calibration.thresholds,
-            "calibration": calibration.points,
-            "target_precision": settings.target_precision,
-            "unknown_threshold": check,
-            "unknown_review_rate": settings.unknown_review_rate if check is not None else None,
-            "parent": current.version if current else None,
-            "training_set_hash": data.fingerprint,
-            "expected_review_rate": 1.0 - calibration.expected_auto_share,
-            "metrics": {
-                "accuracy": evaluation.accuracy,
-                "macro_f1": evaluation.macro_f1,
-                "test_images": len(data.test),
-                "test_auto_share": on_test["share"],
-                "test_auto_precision": on_test["precision"],
-                "expected_auto_share": calibration.expected_auto_share,
-                "expected_auto_precision": calibration.expected_auto_precision,
-            },
-        }
-        publish(
-            settings.models_dir,
-            onnx_path,
-            manifest,
-            extra_files=report_files(report, classes, evaluation),
-            rejected=not publishable,
-            keep=cfg.keep_versions,
-            int8=(int8.path, int8.agreement) if int8 is not None and int8.accepted else None,
-        )
-    summary = (
-        f"{kind} model {version}: test accuracy {evaluation.accuracy:.3f}, macro-F1 "
-        f"{evaluation.macro_f1:.3f}, {on_test['share']:.0%} auto-sorted at "
-        f"{on_test['precision']:.1%} precision on {len(data.test)} test pictures; "
-        f"{reason}; {seconds:.0f}s"
-    )
-    print(f"train: {outcome}: {summary}")
-    return Shipped(outcome, version, summary, evaluation)
-
-
-@dataclass(frozen=True)
-class Int8Outcome:
-    path: Path
-    agreement: float  # on the calibration pictures
-    test_agreement: float
-    logits: dict[str, np.ndarray]  # its outputs, by role
-
-    @property
-    def accepted(self) -> bool:
-        return self.agreement >= MIN_AGREEMENT
-
-    def report(self) -> dict[str, Any]:
-        return {
-            "tried": True,
-            "accepted": self.accepted,
-            "calibration_agreement": self.agreement,
-            "test_agreement": self.test_agreement,
-            "required": MIN_AGREEMENT,
-        }
-
-
-def int8_version(
-    settings: Settings,
-    float_model: Path,
-    spec: Preprocessing,
-    data: TrainingSet,
-    float_logits: dict[str, np.ndarray],
-) -> Int8Outcome:
-    """Quantise the exported model on training pictures, and measure how often it gives the
-    float model's label on the calibration and test pictures (`float_logits`: the float
-    model's outputs on them, which the parity check proved ONNX Runtime reproduces)."""
-    max_pixels = settings.max_pixels
-    rng = np.random.default_rng(settings.train.seed)
-    chosen = rng.choice(len(data.train), min(CALIBRATION_PICTURES, len(data.train)), replace=False)
-    ranges_from = [data.train[n] for n in sorted(chosen)]
-    path = quantise(
-        float_model,
-        plain_pictures(ranges_from, spec, max_pixels),
-        float_model.with_name(INT8_MODEL_FILE),
-    )
-    checked = {
-        role: agreement_with(
-            path,
-            plain_pictures(data.role(role), spec, max_pixels),
-            float_logits[role],
-            settings.train.threads,
-        )
-        for role in ("calibration", "test")
-    }
-    outcome = Int8Outcome(
-        path,
-        checked["calibration"][0],
-        checked["test"][0],
-        {role: logits for role, (_, logits) in checked.items()},
-    )
-    verdict = "ships beside the float model" if outcome.accepted else "refused"
-    print(
-        f"train: INT8 model {verdict}: it gives the float model's label on "
-        f"{outcome.agreement:.1%} of the calibration pictures (needs {MIN_AGREEMENT:.0%})"
-    )
-    return outcome
-
-
-def auto_sorted(
-    probabilities: np.ndarray,
-    labels: np.ndarray,
-    thresholds: dict[str, float],
-    classes: list[str],
-    familiar: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """What the daemon would do with the test pictures: how many it auto-sorts, how precisely,
-    each with its 95% Wilson interval. `familiar`: the pictures the unknown check lets through
-    (all where None)."""
-    predicted = probabilities.argmax(axis=1)
-    confidence = probabilities.max(axis=1)
-    auto = confidence >= np.array([thresholds[classes[p]] for p in predicted])
-    if familiar is not None:
-        auto &= familiar
-    count, right = int(auto.sum()), int((predicted[auto] == labels[auto]).sum())
-    return {
-        "share": count / len(labels) if len(labels) else 0.0,
-        "share_interval": wilson_interval(count, len(labels)),
-        "precision": right / count if count else 1.0,
-        "precision_interval": wilson_interval(right, count),
-        "auto_sorted": count,
-        "right": right,
-        "pictures": len(labels),
-    }
+# -- how a run ends ----------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -797,71 +231,3 @@ def finish(
     return {"published": EXIT_OK, "skipped": EXIT_OK, "paused": EXIT_OK}.get(
         outcome, EXIT_NOT_PUBLISHED if outcome == "rejected" else EXIT_FAILED
     )
-
-
-def describe(data: TrainingSet) -> str:
-    lines = [
-        f"training set: {len(data.train)} train + {len(data.calibration)} calibration + "
-        f"{len(data.test)} test pictures, {len(data.classes)} classes"
-    ]
-    lines += [
-        f"  {name:24} {t:5} train {c:5} calibration {s:5} test"
-        for name, (t, c, s) in data.counts().items()
-    ]
-    lines.append(
-        "  labels from: "
-        + (", ".join(f"{n} {o}" for o, n in sorted(data.origins().items())) or "nothing")
-    )
-    for what, why in data.excluded:
-        lines.append(f"  excluded {what}: {why}")
-    return "\n".join(lines)
-
-
-def fine_tuned_on(settings: Settings, data: TrainingSet) -> bool:
-    """A fine-tuned model of exactly this data exists, published or refused by the gate."""
-    return any(
-        manifest.kind == "fine-tuned" and manifest.training_set_hash == data.fingerprint
-        for folder in (settings.models_dir, settings.models_dir / REJECTED_DIR)
-        for _, manifest in published_versions(folder)
-    )
-
-
-def current_manifest(settings: Settings) -> Manifest | None:
-    version = current_version(settings.models_dir)
-    return read_manifest(settings.models_dir / version) if version else None
-
-
-def current_predictions(
-    settings: Settings, current: Manifest | None, examples: list[Example]
-) -> list[str] | None:
-    """The current model's answers on the test pictures, run as the daemon runs it."""
-    if current is None:
-        return None
-    classifier = load_classifier(settings.models_dir / current.version, settings.train.threads)
-    answers: list[str] = []
-    for batch in plain_pictures(examples, classifier.manifest.preprocessing, settings.max_pixels):
-        class_logits = classifier.logits(batch)[:, : len(current.classes)]
-        answers += [current.classes[i] for i in class_logits.argmax(axis=1)]
-    return answers
-
-
-def data_summary(data: TrainingSet) -> dict[str, Any]:
-    return {
-        "train": len(data.train),
-        "calibration": len(data.calibration),
-        "test": len(data.test),
-        "counts": data.counts(),
-        "origins": data.origins(),
-        "excluded": data.excluded,
-        "conflicts": data.conflicts,
-    }
-
-
-def wrong_answers(
-    examples: list[Example], predicted: list[str], probabilities: np.ndarray
-) -> list[dict[str, Any]]:
-    return [
-        {"path": str(e.path), "true": e.label, "predicted": p, "confidence": float(row.max())}
-        for e, p, row in zip(examples, predicted, probabilities, strict=True)
-        if p != e.label
-    ]

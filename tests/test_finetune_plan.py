@@ -1,0 +1,46 @@
+"""When the fine-tune stops (#33: "train until it stops improving"): a pure decision, after
+every epoch, from how far it got, its best epoch and the budget left."""
+
+from __future__ import annotations
+
+from sortbox.trainer.finetune import (
+    MAX_EXTENSIONS,
+    PATIENCE,
+    EpochProgress,
+    plan_after_epoch,
+)
+
+HOUR = 3600.0
+
+
+def test_the_first_epoch_fits_the_schedule_to_the_budget() -> None:
+    plan = plan_after_epoch(EpochProgress(1, 30, 1, 0), 100.0, HOUR - 100, HOUR)
+    assert plan.planned_epochs == 30  # 32 fit: the plan stands
+    small = plan_after_epoch(EpochProgress(1, 30, 1, 0), 600.0, HOUR - 600, HOUR)
+    assert small.planned_epochs == 5 and "budget fits 5 epochs" in small.reason
+
+
+def test_a_plateau_stops_it_and_says_so() -> None:
+    plan = plan_after_epoch(EpochProgress(12, 30, 12 - PATIENCE, 0), 30.0, HOUR, HOUR)
+    assert plan.planned_epochs == 12 and plan.reason.startswith("plateau")
+
+
+def test_still_improving_at_the_planned_end_extends_by_a_quarter() -> None:
+    plan = plan_after_epoch(EpochProgress(30, 30, 30, 0), 30.0, HOUR, HOUR)
+    assert plan.extended and plan.planned_epochs == 38
+    assert "still improving at epoch 30 of 30" in plan.reason
+
+
+def test_the_extensions_are_bounded_by_their_number_and_the_budget() -> None:
+    done = plan_after_epoch(EpochProgress(48, 48, 48, MAX_EXTENSIONS), 30.0, HOUR, HOUR)
+    assert done.planned_epochs == 48 and not done.extended
+    tight = plan_after_epoch(EpochProgress(30, 30, 30, 0), 30.0, 70.0, HOUR)
+    assert tight.planned_epochs == 32  # 63 s of the 70 left fit two more epochs
+    none = plan_after_epoch(EpochProgress(30, 30, 30, 0), 30.0, 20.0, HOUR)
+    assert none.planned_epochs == 30 and "budget fits no more" in none.reason
+
+
+def test_the_planned_end_with_an_earlier_best_stops_there() -> None:
+    plan = plan_after_epoch(EpochProgress(30, 30, 26, 0), 30.0, HOUR, HOUR)
+    assert plan.planned_epochs == 30 and not plan.extended
+    assert plan.reason == "the planned 30 epochs ran; the best was epoch 26"

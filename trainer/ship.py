@@ -1,0 +1,439 @@
+"""From a trained candidate to a published model, or a refused one kept for its report.
+
+export (and check ONNX Runtime agrees with PyTorch) → INT8 (kept when it agrees) →
+calibrate (temperature, thresholds, the unknown check) → measure on the test pictures →
+gate against the current model → report and manifest → publish.
+
+Calibration uses only out-of-sample predictions (the calibration pictures', or cross-fitted
+ones); the gate and every reported figure use only the test pictures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from sortbox.daemon.settings import Settings
+from sortbox.daemon.sorting.classify import load_classifier
+from sortbox.daemon.sorting.decide import softmax
+from sortbox.daemon.sorting.manifest import INT8_MODEL_FILE, Manifest, sha256_file
+from sortbox.daemon.sorting.preprocess import Preprocessing
+from sortbox.daemon.sorting.thresholds import promise_words, wilson_interval
+from sortbox.trainer.calibrate import (
+    Calibration,
+    calibrate,
+    expected_calibration_error,
+    fit_temperature,
+    precision_coverage,
+)
+from sortbox.trainer.data import Example, TrainingSet
+from sortbox.trainer.evaluate import Evaluation, GateResult, evaluate, gate
+from sortbox.trainer.export import LOGITS, UNKNOWN, check_parity, export_onnx
+from sortbox.trainer.fast import CrossFitted
+from sortbox.trainer.finetune import plain_pictures
+from sortbox.trainer.judgeable import Judged
+from sortbox.trainer.model import WithUnknown
+from sortbox.trainer.publish import current_manifest, new_version, publish
+from sortbox.trainer.quantize import CALIBRATION_PICTURES, MIN_AGREEMENT, agreement_with, quantise
+from sortbox.trainer.report import (
+    AutoSorted,
+    CalibrationFacts,
+    CoveragePoint,
+    DataSummary,
+    Int8Facts,
+    Report,
+    TrainingFacts,
+    UnknownCheck,
+    WrongAnswer,
+)
+
+PARITY_IMAGES = 16
+
+
+@dataclass(frozen=True)
+class Candidate:
+    kind: str  # fast, fine-tuned
+    model: WithUnknown
+    logits: dict[str, np.ndarray]  # PyTorch's, by role: calibration, test
+    unknown: dict[str, np.ndarray]  # the unknown scores, by role
+    facts: TrainingFacts
+    # out-of-sample predictions to calibrate on instead of the calibration pictures' (for a
+    # model that learnt from them), unless INT8 ships: its outputs are what runs
+    cross_fitted: CrossFitted | None = None
+    held_out_pass: float | None = None
+    must_beat: float | None = None  # a macro-F1 it must beat (the fast model's)
+
+
+@dataclass(frozen=True)
+class Shipped:
+    outcome: str  # published, rejected or paused
+    version: str | None
+    summary: str
+    evaluation: Evaluation | None
+
+
+def ship(
+    settings: Settings, candidate: Candidate, data: TrainingSet, judged: Judged, force: bool
+) -> Shipped:
+    """Export, calibrate, measure, gate; then publish, or keep as a refused candidate."""
+    version = new_version(settings.models_dir)
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.models_dir, prefix=".scratch-") as scratch:
+        exported = export_checked(settings, candidate, data, Path(scratch))
+        calibration, evidence = calibrate_candidate(settings, candidate, exported, data)
+        figures = measure_on_test(exported.logits["test"], candidate, calibration, data)
+        verdict = judge(settings, candidate, figures, data, force)
+        publishable = verdict.passed or force
+        outcome = "published" if publishable else "rejected"
+        forced = " (forced past the gate)" if force and not verdict.passed else ""
+        report = build_report(
+            settings, version, candidate, data, judged, exported, calibration, evidence,
+            figures, verdict, outcome + forced,
+        )  # fmt: skip
+        manifest = build_manifest(
+            settings, version, candidate, data, judged, exported, calibration, figures
+        )
+        publish(
+            settings.models_dir,
+            exported.onnx_path,
+            manifest.model_dump(exclude={"int8"}),
+            extra_files=report.files(data.classes),
+            rejected=not publishable,
+            keep=settings.train.keep_versions,
+            int8=exported.int8.shipped if exported.int8 is not None else None,
+        )
+    summary = (
+        f"{candidate.kind} model {version}: test accuracy {figures.evaluation.accuracy:.3f}, "
+        f"macro-F1 {figures.evaluation.macro_f1:.3f}, {figures.on_test.share:.0%} auto-sorted "
+        f"at {figures.on_test.precision:.1%} precision on {len(data.test)} test pictures; "
+        f"{verdict.reason}; {candidate.facts.seconds:.0f}s"
+    )
+    print(f"train: {outcome}: {summary}")
+    return Shipped(outcome, version, summary, figures.evaluation)
+
+
+# -- export, parity, INT8 ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Int8Outcome:
+    path: Path
+    agreement: float  # on the calibration pictures
+    test_agreement: float
+    logits: dict[str, np.ndarray]  # its outputs, by role
+
+    @property
+    def accepted(self) -> bool:
+        return self.agreement >= MIN_AGREEMENT
+
+    @property
+    def shipped(self) -> tuple[Path, float] | None:
+        return (self.path, self.agreement) if self.accepted else None
+
+    def facts(self) -> Int8Facts:
+        return Int8Facts(
+            tried=True,
+            accepted=self.accepted,
+            calibration_agreement=self.agreement,
+            test_agreement=self.test_agreement,
+            required=MIN_AGREEMENT,
+        )
+
+
+@dataclass(frozen=True)
+class Exported:
+    onnx_path: Path
+    parity: float  # the largest difference between PyTorch's and ONNX Runtime's outputs
+    int8: Int8Outcome | None  # None: not tried (train.int8 = false)
+    logits: dict[str, np.ndarray]  # of the model the daemon will run, by role
+
+
+def export_checked(
+    settings: Settings, candidate: Candidate, data: TrainingSet, scratch: Path
+) -> Exported:
+    spec = candidate.model.backbone.preprocessing
+    onnx_path = export_onnx(
+        candidate.model, spec.crop, scratch / "model.onnx", output=(LOGITS, UNKNOWN)
+    )
+    pictures = next(plain_pictures(data.test[:PARITY_IMAGES], spec, settings.max_pixels))
+    labels = data.labels()["calibration"]
+    temperature = fit_temperature(candidate.logits["calibration"], labels)
+    parity = check_parity(candidate.model, onnx_path, pictures, temperature)
+    int8 = (
+        int8_version(settings, onnx_path, spec, data, candidate.logits)
+        if settings.train.int8
+        else None
+    )
+    # what the daemon will run: calibrate and measure that, not the float model
+    logits = int8.logits if int8 is not None and int8.accepted else candidate.logits
+    return Exported(onnx_path, parity, int8, logits)
+
+
+def int8_version(
+    settings: Settings,
+    float_model: Path,
+    spec: Preprocessing,
+    data: TrainingSet,
+    float_logits: dict[str, np.ndarray],
+) -> Int8Outcome:
+    """Quantise the exported model on training pictures, and measure how often it gives the
+    float model's label on the calibration and test pictures (`float_logits`: the float
+    model's outputs on them, which the parity check proved ONNX Runtime reproduces)."""
+    max_pixels = settings.max_pixels
+    rng = np.random.default_rng(settings.train.seed)
+    chosen = rng.choice(len(data.train), min(CALIBRATION_PICTURES, len(data.train)), replace=False)
+    ranges_from = [data.train[n] for n in sorted(chosen)]
+    path = quantise(
+        float_model,
+        plain_pictures(ranges_from, spec, max_pixels),
+        float_model.with_name(INT8_MODEL_FILE),
+    )
+    checked = {
+        role: agreement_with(
+            path,
+            plain_pictures(data.role(role), spec, max_pixels),
+            float_logits[role],
+            settings.train.threads,
+        )
+        for role in ("calibration", "test")
+    }
+    outcome = Int8Outcome(
+        path,
+        checked["calibration"][0],
+        checked["test"][0],
+        {role: logits for role, (_, logits) in checked.items()},
+    )
+    verdict = "ships beside the float model" if outcome.accepted else "refused"
+    print(
+        f"train: INT8 model {verdict}: it gives the float model's label on "
+        f"{outcome.agreement:.1%} of the calibration pictures (needs {MIN_AGREEMENT:.0%})"
+    )
+    return outcome
+
+
+# -- calibrate, measure, gate ------------------------------------------------------------------
+
+
+def calibrate_candidate(
+    settings: Settings, candidate: Candidate, exported: Exported, data: TrainingSet
+) -> tuple[Calibration, int]:
+    """The calibration, and how many out-of-sample predictions it stands on."""
+    int8_runs = exported.int8 is not None and exported.int8.accepted
+    if candidate.cross_fitted is not None and not int8_runs:
+        crossed = candidate.cross_fitted
+        logits, labels, unknown = crossed.logits, crossed.labels, crossed.unknown
+    else:
+        logits = exported.logits["calibration"]
+        labels = data.labels()["calibration"]
+        unknown = candidate.unknown["calibration"]
+    calibration = calibrate(
+        logits,
+        labels,
+        data.classes,
+        settings.target_precision,
+        unknown,
+        settings.unknown_review_rate,
+    )
+    return calibration, len(labels)
+
+
+@dataclass(frozen=True)
+class TestFigures:
+    logits: np.ndarray
+    probabilities: np.ndarray
+    evaluation: Evaluation
+    predicted: list[str]
+    familiar: np.ndarray  # the test pictures the unknown check lets through
+    on_test: AutoSorted  # with the unknown check
+    unchecked: AutoSorted  # without it
+
+
+def measure_on_test(
+    logits: np.ndarray, candidate: Candidate, calibration: Calibration, data: TrainingSet
+) -> TestFigures:
+    labels, classes = data.labels()["test"], data.classes
+    probabilities = softmax(logits, calibration.temperature)
+    check = calibration.unknown_threshold
+    familiar = candidate.unknown["test"] <= (np.inf if check is None else check)
+    return TestFigures(
+        logits,
+        probabilities,
+        evaluate(probabilities, labels, classes),
+        [classes[i] for i in probabilities.argmax(axis=1)],
+        familiar,
+        auto_sorted(probabilities, labels, calibration.thresholds, classes, familiar),
+        auto_sorted(probabilities, labels, calibration.thresholds, classes),
+    )
+
+
+def judge(
+    settings: Settings,
+    candidate: Candidate,
+    figures: TestFigures,
+    data: TrainingSet,
+    force: bool,
+) -> GateResult:
+    """The gate against the current model, on the same test pictures; a fine-tuned model
+    must also beat the fast one."""
+    cfg, current = settings.train, current_manifest(settings)
+    verdict = gate(
+        [e.label for e in data.test],
+        figures.predicted,
+        current_predictions(settings, current, data.test),
+        current.classes if current else [],
+        cfg.max_macro_f1_drop,
+        cfg.max_class_recall_drop,
+    )
+    beaten = candidate.must_beat
+    if verdict.passed and beaten is not None and figures.evaluation.macro_f1 <= beaten:
+        reason = f"{verdict.reason}; not better than the fast model's macro-F1 {beaten:.4f}"
+        return dataclasses.replace(verdict, passed=False, reason=reason)
+    return verdict
+
+
+def auto_sorted(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    thresholds: dict[str, float],
+    classes: list[str],
+    familiar: np.ndarray | None = None,
+) -> AutoSorted:
+    """What the daemon would do with the test pictures. `familiar`: the pictures the unknown
+    check lets through (all where None)."""
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    auto = confidence >= np.array([thresholds[classes[p]] for p in predicted])
+    if familiar is not None:
+        auto &= familiar
+    count, right = int(auto.sum()), int((predicted[auto] == labels[auto]).sum())
+    return AutoSorted(
+        share=count / len(labels) if len(labels) else 0.0,
+        share_interval=wilson_interval(count, len(labels)),
+        precision=right / count if count else 1.0,
+        precision_interval=wilson_interval(right, count),
+        auto_sorted=count,
+        right=right,
+        pictures=len(labels),
+    )
+
+
+def current_predictions(
+    settings: Settings, current: Manifest | None, examples: list[Example]
+) -> list[str] | None:
+    """The current model's answers on the test pictures, run as the daemon runs it."""
+    if current is None:
+        return None
+    classifier = load_classifier(settings.models_dir / current.version, settings.train.threads)
+    answers: list[str] = []
+    for batch in plain_pictures(examples, classifier.manifest.preprocessing, settings.max_pixels):
+        class_logits = classifier.logits(batch)[:, : len(current.classes)]
+        answers += [current.classes[i] for i in class_logits.argmax(axis=1)]
+    return answers
+
+
+# -- report and manifest -----------------------------------------------------------------------
+
+
+def build_report(
+    settings: Settings,
+    version: str,
+    candidate: Candidate,
+    data: TrainingSet,
+    judged: Judged,
+    exported: Exported,
+    calibration: Calibration,
+    evidence: int,
+    figures: TestFigures,
+    verdict: GateResult,
+    outcome: str,
+) -> Report:
+    current = current_manifest(settings)
+    test_labels = data.labels()["test"]
+    return Report(
+        version=version,
+        kind=candidate.kind,
+        backbone=settings.train.backbone,
+        created=datetime.now(UTC),
+        parent=current.version if current else None,
+        outcome=outcome,
+        gate=verdict,
+        data=DataSummary.of(data, judged.unjudgeable, judged.left_out),
+        metrics=figures.evaluation,
+        test_auto_sorted=figures.on_test,
+        promise=promise_words(settings.target_precision),
+        unknown_check=UnknownCheck(
+            threshold=calibration.unknown_threshold,
+            review_rate_setting=settings.unknown_review_rate,
+            test_pictures_sent_to_review=float(1 - figures.familiar.mean()),
+            test_auto_share_without_check=figures.unchecked.share,
+            coverage_cost=figures.unchecked.share - figures.on_test.share,
+            held_out_class_pass_share=candidate.held_out_pass,
+        ),
+        calibration=CalibrationFacts(
+            temperature=calibration.temperature,
+            thresholds=calibration.thresholds,
+            target_precision=settings.target_precision,
+            promise_from_pictures=evidence,
+            expected_auto_share=calibration.expected_auto_share,
+            expected_auto_precision=calibration.expected_auto_precision,
+            ece_before=expected_calibration_error(softmax(figures.logits, 1.0), test_labels),
+            ece_after=expected_calibration_error(figures.probabilities, test_labels),
+        ),
+        precision_coverage=[
+            CoveragePoint(**row) for row in precision_coverage(figures.probabilities, test_labels)
+        ],
+        wrong=[
+            WrongAnswer(path=str(e.path), true=e.label, predicted=p, confidence=float(row.max()))
+            for e, p, row in zip(data.test, figures.predicted, figures.probabilities, strict=True)
+            if p != e.label
+        ],
+        training=candidate.facts.model_copy(update={"onnx_parity_max_diff": exported.parity}),
+        int8=exported.int8.facts() if exported.int8 is not None else Int8Facts(tried=False),
+    )
+
+
+def build_manifest(
+    settings: Settings,
+    version: str,
+    candidate: Candidate,
+    data: TrainingSet,
+    judged: Judged,
+    exported: Exported,
+    calibration: Calibration,
+    figures: TestFigures,
+) -> Manifest:
+    """The daemon's own type: what it reads is what was checked here."""
+    current = current_manifest(settings)
+    check = calibration.unknown_threshold
+    return Manifest(
+        version=version,
+        created=datetime.now(UTC),
+        kind=candidate.kind,  # type: ignore[arg-type]
+        backbone=settings.train.backbone,
+        classes=data.classes,
+        preprocessing=candidate.model.backbone.preprocessing,
+        temperature=calibration.temperature,
+        thresholds=calibration.thresholds,
+        calibration=calibration.points,
+        target_precision=settings.target_precision,
+        unknown_threshold=check,
+        unknown_review_rate=settings.unknown_review_rate if check is not None else None,
+        quality_limits=judged.limits,
+        parent=current.version if current else None,
+        training_set_hash=data.fingerprint,
+        expected_review_rate=1.0 - calibration.expected_auto_share,
+        model_sha256=sha256_file(exported.onnx_path),
+        metrics={
+            "accuracy": figures.evaluation.accuracy,
+            "macro_f1": figures.evaluation.macro_f1,
+            "test_images": len(data.test),
+            "test_auto_share": figures.on_test.share,
+            "test_auto_precision": figures.on_test.precision,
+            "expected_auto_share": calibration.expected_auto_share,
+            "expected_auto_precision": calibration.expected_auto_precision,
+        },
+    )
