@@ -154,3 +154,49 @@ def test_the_trainer_flags_its_own_dark_and_blurry_pictures_and_caches_the_measu
     gone = [Example(tmp_path / "gone" / e.path.name, e.sha256, e.label, "") for e in examples]
     cached = measure_examples(gone, spec, 50_000_000, tmp_path / "cache", threads=2)
     assert cached == measures
+
+
+def test_a_training_run_lists_the_pictures_too_poor_to_judge_and_ships_the_limits(
+    tmp_path: Path,
+) -> None:
+    """`sortbox train` as a user runs it: a darkened photo among real ones is listed with its
+    measure on the terminal and in the report; the model carries the limits to the daemon;
+    `train.exclude_unjudgeable` leaves flagged training pictures out."""
+    import dataclasses
+    import shutil
+
+    from helpers import CLOTHING10
+    from sortbox.daemon.sorting.manifest import current_version, read_manifest
+    from sortbox.trainer.data import Example, TrainingSet
+    from sortbox.trainer.judgeable import Judged, Unjudgeable, leave_out
+
+    home = make_home(tmp_path, dataset="dataset", cache_dir=str(tmp_path / "cache"))
+    with home.config.open("a") as fh:
+        fh.write("[train]\nfinetune_epochs = 0\nthreads = 2\nunjudgeable_share = 0.05\n")
+    for name in ("hat", "pants", "shoes"):
+        (tmp_path / "dataset" / name).mkdir(parents=True)
+        for photo in sorted((CLOTHING10 / name).iterdir())[:20]:
+            shutil.copy(photo, tmp_path / "dataset" / name / photo.name)
+    source = Image.open(sorted((CLOTHING10 / "hat").iterdir())[30]).convert("RGB")
+    Image.eval(source, lambda v: v // 12).save(tmp_path / "dataset" / "hat" / "dark.jpg")
+
+    result = sortbox("train", config=home.config, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pictures too poor to judge:" in result.stdout
+    assert "dark.jpg: too dark to judge" in result.stdout, result.stdout
+    version = home.models / str(current_version(home.models))
+    limits = read_manifest(version).quality_limits
+    assert limits is not None and limits.tail_share == 0.05
+    report = json.loads((version / "report.json").read_text())
+    listed = {Path(p["path"]).name: p for p in report["data"]["unjudgeable"]}
+    assert listed["dark.jpg"]["why"].startswith("too dark to judge"), listed
+    assert "dark.jpg" in (version / "report.md").read_text()
+
+    # leaving them out drops only training pictures, and says so among the exclusions
+    dark = Example(tmp_path / "dark.jpg", "d" * 64, "hat", "dataset")
+    other = dataclasses.replace(dark, sha256="e" * 64)
+    data = TrainingSet([dark, other], [], [], ["hat"])
+    judged = Judged(limits, [Unjudgeable(dark, "too dark to judge")], left_out=True)
+    kept = leave_out(data, judged)
+    assert kept.train == [other] and kept.excluded == [(str(dark.path), "too poor to judge")]
+    assert leave_out(data, dataclasses.replace(judged, left_out=False)) is data

@@ -12,6 +12,7 @@ after a few corrections measures only the new pictures.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sortbox.daemon.layout import replacing
+from sortbox.daemon.settings import Settings
 from sortbox.daemon.sorting.preprocess import BadImage, Preprocessing, prepare
 from sortbox.daemon.sorting.quality import (
     PictureQuality,
@@ -27,13 +29,66 @@ from sortbox.daemon.sorting.quality import (
     measure_quality,
     quality_issue,
 )
-from sortbox.trainer.data import Example
+from sortbox.trainer.data import ROLES, Example, TrainingSet
 
 
 @dataclass(frozen=True)
 class Unjudgeable:
     example: Example
     why: str  # "too dark to judge (brightness 9 of 255; ...)"
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The limits a model ships with, and the labelled pictures past them."""
+
+    limits: QualityLimits | None  # None: no check (turned off, or too few pictures)
+    unjudgeable: list[Unjudgeable]
+    left_out: bool  # train.exclude_unjudgeable: the training ones are left out
+
+    def describe(self, data: TrainingSet) -> str:
+        if self.limits is None:
+            return "pictures too poor to judge: not checked (too few training pictures, or off)"
+        shas = {role: {e.sha256 for e in data.role(role)} for role in ROLES}
+        count = {r: sum(u.example.sha256 in shas[r] for u in self.unjudgeable) for r in ROLES}
+        what = "left out of training" if self.left_out else "kept (train.exclude_unjudgeable)"
+        lines = [
+            f"pictures too poor to judge: {count['train']} of {len(data.train)} training "
+            f"pictures, {what}; {count['test']} of {len(data.test)} test pictures would go to "
+            "review as too poor to judge"
+        ]
+        lines += [f"  {u.example.path}: {u.why}" for u in self.unjudgeable[:SHOWN]]
+        if len(self.unjudgeable) > SHOWN:
+            lines.append(f"  … and {len(self.unjudgeable) - SHOWN} more, listed in report.md")
+        return "\n".join(lines)
+
+
+SHOWN = 10  # listed on the terminal; the report lists them all
+
+
+def judge_pictures(settings: Settings, data: TrainingSet, spec: Preprocessing) -> Judged:
+    """Measure every labelled picture; limits from the training ones; those past them."""
+    measures = measure_examples(
+        data.everything,
+        spec,
+        settings.max_pixels,
+        settings.resolved_cache_dir,
+        settings.train.threads,
+    )
+    limits = quality_limits(data.train, measures, settings.train.unjudgeable_share)
+    found = unjudgeable(data.everything, measures, limits)
+    return Judged(limits, found, settings.train.exclude_unjudgeable)
+
+
+def leave_out(data: TrainingSet, judged: Judged) -> TrainingSet:
+    """The training set without the unjudgeable training pictures, where the user asked for
+    it. Calibration and test pictures stay: the daemon meets such pictures too."""
+    if not judged.left_out or not judged.unjudgeable:
+        return data
+    flagged = {u.example.sha256 for u in judged.unjudgeable}
+    kept = [e for e in data.train if e.sha256 not in flagged]
+    left = [(str(e.path), "too poor to judge") for e in data.train if e.sha256 in flagged]
+    return dataclasses.replace(data, train=kept, excluded=data.excluded + left)
 
 
 def measure_examples(
