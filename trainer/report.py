@@ -119,11 +119,23 @@ class TrainingFacts(_Part):
 
 
 class Int8Facts(_Part):
+    """The INT8 model against the float one, each calibrated on its own outputs."""
+
     tried: bool
-    accepted: bool | None = None
-    calibration_agreement: float | None = None
+    accepted: bool | None = None  # it decides as the float model does
+    shipped: bool | None = None  # and it is what the daemon runs (it passed the gate too)
+    calibration_agreement: float | None = None  # the same top label
     test_agreement: float | None = None
     required: float | None = None
+    # pictures both would auto-sort, into different classes (accepted only with none)
+    calibration_conflicting: int | None = None
+    test_conflicting: int | None = None
+    # points of auto-sorted pictures it gives up against the float model
+    calibration_coverage_cost: float | None = None
+    test_coverage_cost: float | None = None
+    max_coverage_cost: float | None = None
+    float_ms_per_picture: float | None = None  # one thread
+    int8_ms_per_picture: float | None = None
 
 
 class CoveragePoint(_Part):
@@ -213,7 +225,21 @@ def _on_test_pictures(report: Report) -> list[str]:
         f"out-of-sample predictions, of which {cal.expected_auto_share:.1%} pass the "
         f"thresholds, {cal.expected_auto_precision:.1%} of them right",
         *_unknown_lines(report.unknown_check),
+        _int8_line(report.int8),
     ]
+
+
+def _int8_line(int8: Int8Facts) -> str:
+    if not int8.tried:
+        return "- INT8: not tried (`train.int8 = false`)"
+    runs = "the daemon runs it" if int8.shipped else "the daemon runs the float model"
+    return (
+        f"- INT8 ({int8.int8_ms_per_picture:.1f} ms a picture on one core against "
+        f"{int8.float_ms_per_picture:.1f}): {runs}; on the test pictures it gives the float "
+        f"model's label on {int8.test_agreement:.1%}, files {int8.test_conflicting} into "
+        f"another class than the float model would, and costs "
+        f"{100 * (int8.test_coverage_cost or 0.0):.1f} points of auto-sorted"
+    )
 
 
 def _unknown_lines(check: UnknownCheck) -> list[str]:

@@ -38,7 +38,17 @@ from sortbox.trainer.finetune import plain_pictures
 from sortbox.trainer.judgeable import Judged
 from sortbox.trainer.model import WithUnknown
 from sortbox.trainer.publish import current_manifest, new_version, publish
-from sortbox.trainer.quantize import CALIBRATION_PICTURES, MIN_AGREEMENT, agreement_with, quantise
+from sortbox.trainer.quantize import (
+    CALIBRATION_PICTURES,
+    MAX_COVERAGE_COST,
+    MIN_AGREEMENT,
+    DecisionsCompared,
+    Outputs,
+    compare_decisions,
+    ms_per_picture,
+    outputs_of,
+    quantise,
+)
 from sortbox.trainer.report import (
     AutoSorted,
     CalibrationFacts,
@@ -84,18 +94,16 @@ def ship(
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.models_dir, prefix=".scratch-") as scratch:
         exported = export_checked(settings, candidate, data, Path(scratch))
-        calibration, evidence = calibrate_candidate(settings, candidate, exported, data)
-        figures = measure_on_test(exported.logits["test"], candidate, calibration, data)
-        verdict = judge(settings, candidate, figures, data, force)
+        judged_runtime = choose_runtime(settings, candidate, exported, data, force)
+        verdict, figures = judged_runtime.verdict, judged_runtime.figures
         publishable = verdict.passed or force
         outcome = "published" if publishable else "rejected"
         forced = " (forced past the gate)" if force and not verdict.passed else ""
         report = build_report(
-            settings, version, candidate, data, judged, exported, calibration, evidence,
-            figures, verdict, outcome + forced,
-        )  # fmt: skip
+            settings, version, candidate, data, judged, exported, judged_runtime, outcome + forced
+        )
         manifest = build_manifest(
-            settings, version, candidate, data, judged, exported, calibration, figures
+            settings, version, candidate, data, judged, exported.onnx_path, judged_runtime
         )
         publish(
             settings.models_dir,
@@ -104,7 +112,7 @@ def ship(
             extra_files=report.files(data.classes),
             rejected=not publishable,
             keep=settings.train.keep_versions,
-            int8=exported.int8.shipped if exported.int8 is not None else None,
+            int8=exported.int8.shipped if judged_runtime.runtime.int8 and exported.int8 else None,
         )
     summary = (
         f"{candidate.kind} model {version}: test accuracy {figures.evaluation.accuracy:.3f}, "
@@ -116,32 +124,88 @@ def ship(
     return Shipped(outcome, version, summary, figures.evaluation)
 
 
+@dataclass(frozen=True)
+class JudgedRuntime:
+    runtime: Runtime
+    calibration: Calibration
+    evidence: int  # how many out-of-sample predictions the calibration stands on
+    figures: TestFigures
+    verdict: GateResult
+
+
+def choose_runtime(
+    settings: Settings, candidate: Candidate, exported: Exported, data: TrainingSet, force: bool
+) -> JudgedRuntime:
+    """The INT8 model where it decides as the float model does and passes the gate; else the
+    float model. Each is calibrated and measured on its own outputs, as the daemon runs it."""
+    runtimes = exported.runtimes
+    for runtime in runtimes:
+        calibration, evidence = calibrate_candidate(settings, candidate, runtime, data)
+        figures = measure_on_test(runtime, calibration, data)
+        verdict = judge(settings, candidate, figures, data)
+        if verdict.passed or force or runtime is runtimes[-1]:
+            break
+        print(f"train: the INT8 model did not pass the gate ({verdict.reason}); trying float")
+    return JudgedRuntime(runtime, calibration, evidence, figures, verdict)
+
+
 # -- export, parity, INT8 ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Int8Outcome:
     path: Path
-    agreement: float  # on the calibration pictures
-    test_agreement: float
-    logits: dict[str, np.ndarray]  # its outputs, by role
+    calibration: DecisionsCompared  # on the calibration pictures: decides
+    test: DecisionsCompared  # on the test pictures: reported
+    outputs: dict[str, Outputs]  # its outputs, by role
+    float_ms: float  # per picture, one thread
+    int8_ms: float
 
     @property
     def accepted(self) -> bool:
-        return self.agreement >= MIN_AGREEMENT
+        return self.calibration.acceptable
 
     @property
     def shipped(self) -> tuple[Path, float] | None:
-        return (self.path, self.agreement) if self.accepted else None
+        return (self.path, self.calibration.label_agreement) if self.accepted else None
 
-    def facts(self) -> Int8Facts:
+    def facts(self, shipped: bool) -> Int8Facts:
         return Int8Facts(
             tried=True,
             accepted=self.accepted,
-            calibration_agreement=self.agreement,
-            test_agreement=self.test_agreement,
+            shipped=shipped,
+            calibration_agreement=self.calibration.label_agreement,
+            test_agreement=self.test.label_agreement,
             required=MIN_AGREEMENT,
+            calibration_conflicting=self.calibration.conflicting,
+            test_conflicting=self.test.conflicting,
+            calibration_coverage_cost=self.calibration.coverage_cost,
+            test_coverage_cost=self.test.coverage_cost,
+            max_coverage_cost=MAX_COVERAGE_COST,
+            float_ms_per_picture=self.float_ms,
+            int8_ms_per_picture=self.int8_ms,
         )
+
+    def verdict(self) -> str:
+        c = self.calibration
+        how = "ships beside the float model" if self.accepted else "refused"
+        return (
+            f"INT8 model {how} ({self.int8_ms:.1f} ms a picture on one core against "
+            f"{self.float_ms:.1f}): on the calibration pictures it gives the float model's "
+            f"label on {c.label_agreement:.1%} (needs {MIN_AGREEMENT:.0%}), files "
+            f"{c.conflicting} where the float model would file another class (needs 0), and "
+            f"auto-sorts {c.int8_auto_share:.1%} of them against the float model's "
+            f"{c.float_auto_share:.1%} (at most {100 * MAX_COVERAGE_COST:.0f} points fewer)"
+        )
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A model file the daemon could run, and its outputs on the judged pictures, by role."""
+
+    int8: bool
+    logits: dict[str, np.ndarray]
+    unknown: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -149,7 +213,20 @@ class Exported:
     onnx_path: Path
     parity: float  # the largest difference between PyTorch's and ONNX Runtime's outputs
     int8: Int8Outcome | None  # None: not tried (train.int8 = false)
-    logits: dict[str, np.ndarray]  # of the model the daemon will run, by role
+    float_runtime: Runtime
+
+    @property
+    def runtimes(self) -> list[Runtime]:
+        """What to try, in order: INT8 where it decides as the float model does, then float."""
+        if self.int8 is None or not self.int8.accepted:
+            return [self.float_runtime]
+        outputs = self.int8.outputs
+        int8 = Runtime(
+            True,
+            {role: o.logits for role, o in outputs.items()},
+            {role: o.unknown for role, o in outputs.items()},
+        )
+        return [int8, self.float_runtime]
 
 
 def export_checked(
@@ -164,13 +241,11 @@ def export_checked(
     temperature = fit_temperature(candidate.logits["calibration"], labels)
     parity = check_parity(candidate.model, onnx_path, pictures, temperature)
     int8 = (
-        int8_version(settings, onnx_path, spec, data, candidate.logits)
+        int8_version(settings, onnx_path, spec, data, candidate, pictures)
         if settings.train.int8
         else None
     )
-    # what the daemon will run: calibrate and measure that, not the float model
-    logits = int8.logits if int8 is not None and int8.accepted else candidate.logits
-    return Exported(onnx_path, parity, int8, logits)
+    return Exported(onnx_path, parity, int8, Runtime(False, candidate.logits, candidate.unknown))
 
 
 def int8_version(
@@ -178,11 +253,12 @@ def int8_version(
     float_model: Path,
     spec: Preprocessing,
     data: TrainingSet,
-    float_logits: dict[str, np.ndarray],
+    candidate: Candidate,
+    sample: np.ndarray,
 ) -> Int8Outcome:
-    """Quantise the exported model on training pictures, and measure how often it gives the
-    float model's label on the calibration and test pictures (`float_logits`: the float
-    model's outputs on them, which the parity check proved ONNX Runtime reproduces)."""
+    """Quantise the exported model on training pictures, and compare the decisions the daemon
+    would take with it and with the float model on the calibration and test pictures
+    (`candidate`'s outputs on them, which the parity check proved ONNX Runtime reproduces)."""
     max_pixels = settings.max_pixels
     rng = np.random.default_rng(settings.train.seed)
     chosen = rng.choice(len(data.train), min(CALIBRATION_PICTURES, len(data.train)), replace=False)
@@ -192,26 +268,28 @@ def int8_version(
         plain_pictures(ranges_from, spec, max_pixels),
         float_model.with_name(INT8_MODEL_FILE),
     )
-    checked = {
-        role: agreement_with(
-            path,
-            plain_pictures(data.role(role), spec, max_pixels),
-            float_logits[role],
-            settings.train.threads,
+    labels = data.labels()
+    outputs, compared = {}, {}
+    for role in ("calibration", "test"):
+        pictures = plain_pictures(data.role(role), spec, max_pixels)
+        outputs[role] = outputs_of(path, pictures, settings.train.threads)
+        compared[role] = compare_decisions(
+            Outputs(candidate.logits[role], candidate.unknown[role]),
+            outputs[role],
+            labels[role],
+            data.classes,
+            settings.target_precision,
+            settings.unknown_review_rate,
         )
-        for role in ("calibration", "test")
-    }
     outcome = Int8Outcome(
         path,
-        checked["calibration"][0],
-        checked["test"][0],
-        {role: logits for role, (_, logits) in checked.items()},
+        compared["calibration"],
+        compared["test"],
+        outputs,
+        ms_per_picture(float_model, sample),
+        ms_per_picture(path, sample),
     )
-    verdict = "ships beside the float model" if outcome.accepted else "refused"
-    print(
-        f"train: INT8 model {verdict}: it gives the float model's label on "
-        f"{outcome.agreement:.1%} of the calibration pictures (needs {MIN_AGREEMENT:.0%})"
-    )
+    print(f"train: {outcome.verdict()}")
     return outcome
 
 
@@ -219,17 +297,17 @@ def int8_version(
 
 
 def calibrate_candidate(
-    settings: Settings, candidate: Candidate, exported: Exported, data: TrainingSet
+    settings: Settings, candidate: Candidate, runtime: Runtime, data: TrainingSet
 ) -> tuple[Calibration, int]:
-    """The calibration, and how many out-of-sample predictions it stands on."""
-    int8_runs = exported.int8 is not None and exported.int8.accepted
-    if candidate.cross_fitted is not None and not int8_runs:
+    """The calibration, and how many out-of-sample predictions it stands on. Cross-fitted
+    predictions stand for the float model only: INT8 is calibrated on its own outputs."""
+    if candidate.cross_fitted is not None and not runtime.int8:
         crossed = candidate.cross_fitted
         logits, labels, unknown = crossed.logits, crossed.labels, crossed.unknown
     else:
-        logits = exported.logits["calibration"]
+        logits = runtime.logits["calibration"]
         labels = data.labels()["calibration"]
-        unknown = candidate.unknown["calibration"]
+        unknown = runtime.unknown["calibration"]
     calibration = calibrate(
         logits,
         labels,
@@ -252,13 +330,11 @@ class TestFigures:
     unchecked: AutoSorted  # without it
 
 
-def measure_on_test(
-    logits: np.ndarray, candidate: Candidate, calibration: Calibration, data: TrainingSet
-) -> TestFigures:
-    labels, classes = data.labels()["test"], data.classes
+def measure_on_test(runtime: Runtime, calibration: Calibration, data: TrainingSet) -> TestFigures:
+    logits, labels, classes = runtime.logits["test"], data.labels()["test"], data.classes
     probabilities = softmax(logits, calibration.temperature)
     check = calibration.unknown_threshold
-    familiar = candidate.unknown["test"] <= (np.inf if check is None else check)
+    familiar = runtime.unknown["test"] <= (np.inf if check is None else check)
     return TestFigures(
         logits,
         probabilities,
@@ -275,7 +351,6 @@ def judge(
     candidate: Candidate,
     figures: TestFigures,
     data: TrainingSet,
-    force: bool,
 ) -> GateResult:
     """The gate against the current model, on the same test pictures; a fine-tuned model
     must also beat the fast one."""
@@ -345,14 +420,17 @@ def build_report(
     data: TrainingSet,
     judged: Judged,
     exported: Exported,
-    calibration: Calibration,
-    evidence: int,
-    figures: TestFigures,
-    verdict: GateResult,
+    chosen: JudgedRuntime,
     outcome: str,
 ) -> Report:
     current = current_manifest(settings)
     test_labels = data.labels()["test"]
+    calibration, figures, verdict = chosen.calibration, chosen.figures, chosen.verdict
+    int8 = (
+        exported.int8.facts(shipped=chosen.runtime.int8 and outcome.startswith("published"))
+        if exported.int8 is not None
+        else Int8Facts(tried=False)
+    )
     return Report(
         version=version,
         kind=candidate.kind,
@@ -377,7 +455,7 @@ def build_report(
             temperature=calibration.temperature,
             thresholds=calibration.thresholds,
             target_precision=settings.target_precision,
-            promise_from_pictures=evidence,
+            promise_from_pictures=chosen.evidence,
             expected_auto_share=calibration.expected_auto_share,
             expected_auto_precision=calibration.expected_auto_precision,
             ece_before=expected_calibration_error(softmax(figures.logits, 1.0), test_labels),
@@ -392,7 +470,7 @@ def build_report(
             if p != e.label
         ],
         training=candidate.facts.model_copy(update={"onnx_parity_max_diff": exported.parity}),
-        int8=exported.int8.facts() if exported.int8 is not None else Int8Facts(tried=False),
+        int8=int8,
     )
 
 
@@ -402,12 +480,12 @@ def build_manifest(
     candidate: Candidate,
     data: TrainingSet,
     judged: Judged,
-    exported: Exported,
-    calibration: Calibration,
-    figures: TestFigures,
+    onnx_path: Path,
+    chosen: JudgedRuntime,
 ) -> Manifest:
     """The daemon's own type: what it reads is what was checked here."""
     current = current_manifest(settings)
+    calibration, figures = chosen.calibration, chosen.figures
     check = calibration.unknown_threshold
     return Manifest(
         version=version,
@@ -426,7 +504,7 @@ def build_manifest(
         parent=current.version if current else None,
         training_set_hash=data.fingerprint,
         expected_review_rate=1.0 - calibration.expected_auto_share,
-        model_sha256=sha256_file(exported.onnx_path),
+        model_sha256=sha256_file(onnx_path),
         metrics={
             "accuracy": figures.evaluation.accuracy,
             "macro_f1": figures.evaluation.macro_f1,
