@@ -193,7 +193,7 @@ def main() -> None:
         print(
             f"  fine-tune {t['seconds'] / 60:.1f} min on {t['device']}: {t['epochs_run']} epochs "
             f"(planned {t['planned_epochs']}, best {t['best_epoch']}); blended with the fast "
-            f"model at weight {t.get('blend_fast_weight', 0.0):g}"
+            f"model at weight {t.get('blend_fast_weight', 0.0):g}; stopped: {t.get('stop_reason')}"
         )
     print(f"  whole `sortbox train`: {seconds / 60:.1f} min")
 
