@@ -349,7 +349,7 @@ def sort_command(settings: Settings, args: argparse.Namespace) -> int:
 
         def on_batch(placed: list[Placement], finished: int) -> None:
             events.extend(placed)
-            thresholds = service.classifier.manifest.thresholds
+            thresholds = service.slot.classifier.manifest.thresholds
             for event in placed:  # above the bar, which stays at the bottom (#32)
                 tqdm.write(line_of(event, thresholds, args.dry_run), file=sys.stdout)
             bar.update(finished)
@@ -357,14 +357,14 @@ def sort_command(settings: Settings, args: argparse.Namespace) -> int:
 
         service = Service(settings, inputs=inputs, dry_run=args.dry_run, on_batch=on_batch)
         failed = service.run()
-    unsorted = len(service.unfinished) + len(service.failed)
+    unsorted = len(service.intake.unfinished) + len(service.intake.failed_paths)
     # a file the journal has, unchanged, is passed over without an event (#32: say so)
     print_summary(events, args.dry_run, len(inputs) - len(events) - unsorted)
-    for path in service.unfinished:
+    for path in service.intake.unfinished:
         print(f"not sorted (it kept changing while read): {path}", file=sys.stderr)
-    for path in service.failed:
+    for path in service.intake.failed_paths:
         print(f"not sorted (an error, logged above; run again): {path}", file=sys.stderr)
-    left = service.unfinished or service.failed
+    left = service.intake.unfinished or service.intake.failed_paths
     return EXIT_FAILURE if failed or not service.done or left else EXIT_OK
 
 

@@ -26,9 +26,9 @@ STAGE_ORDER = [
     "sorting.compact_map", "sorting.index", "sorting.recovery", "sorting.library",
     "sorting.stages",
     # the parts the long-running service composes, each the owner of its state
-    "running.heap", "running.batch", "running.workload", "running.metrics",
-    "running.state_file", "running.notify", "running.model_slot", "running.intakes",
-    "running.placer",
+    "running.heap", "running.batch", "running.workload", "running.decoders",
+    "running.metrics", "running.state_file", "running.notify", "running.model_slot",
+    "running.reload", "running.health", "running.intakes", "running.placer",
     # the drivers: the daemon's lifecycle and a Ray backfill
     "service", "ray_engine",
     # answers to a person: explain, status, review, undo, ...

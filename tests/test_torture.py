@@ -776,7 +776,7 @@ def test_sighup_during_start_up_does_not_kill_the_daemon(home: Home) -> None:
 
 INJECTED = """
 import sys
-from sortbox.daemon import service
+from sortbox.daemon.running import decoders as service
 real = service.read_group
 def exploding(arrival, *args):
     if arrival.path.name == "boom.jpg":

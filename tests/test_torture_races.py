@@ -30,7 +30,7 @@ GATE = textwrap.dedent(
     import os, time
     from pathlib import Path
     from sortbox.daemon.running import intakes
-    from sortbox.daemon import service
+    from sortbox.daemon.running import decoders as service
 
     gate = Path(os.environ["GATE_DIR"])
     real_read, real_admit = service.read_group, intakes._Admission.admit

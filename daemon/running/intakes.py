@@ -14,7 +14,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import structlog
 from sortbox.daemon.intake.files import (
@@ -32,7 +32,7 @@ from sortbox.daemon.intake.watch import Notice, OverflowNotice, resolve_watch_mo
 from sortbox.daemon.running.metrics import Metrics
 from sortbox.daemon.running.workload import Workload
 from sortbox.daemon.settings import Settings
-from sortbox.daemon.sorting.journal import Placement
+from sortbox.daemon.sorting.journal import Event, ModelLoaded, Placement
 from sortbox.daemon.sorting.library import Library
 from sortbox.daemon.sorting.read import Decoded
 from watchdog.observers.api import BaseObserver
@@ -46,11 +46,23 @@ _OBSERVER_STOP_TIMEOUT_S = 5.0
 HELD_OPEN_WARNING_S = 60.0
 MAX_ATTEMPTS = 5  # `sort`: a file that keeps changing is left alone after this many tries
 
-StartThread = Callable[[Callable[[], None], str], None]
+StartThread = Callable[[Callable[[], None], str], threading.Thread]
 OnBatch = Callable[[list[Placement], int], None]
 
 
 class Intake(Protocol):
+    # the watched inbox runs until stopped, keeps a state file and metrics, and takes the
+    # library's lock; `sort`'s list of files does none of that
+    long_running: ClassVar[bool]
+    # how long the main loop waits for a picture before it looks around: `sort` ends when
+    # the placer has placed the last batch, so it looks often
+    idle_poll_s: ClassVar[float]
+    unfinished: list[Path]  # `sort`: given up on (kept changing, gone, outside their folder)
+    failed_paths: list[Path]  # `sort`: stopped by an unexpected error (logged)
+
+    def announce(self, model: str, journal: Callable[[Event], None]) -> None:
+        """Say that sorting has started, with this model."""
+
     def start(self, start_thread: StartThread) -> None: ...
 
     def finished(self, arrival: Arrival) -> None:
@@ -136,6 +148,9 @@ class WatchIntake(_Admission):
     """The inbox, watched: notices → stability → grouping → arrivals. Also rescans, names files
     held open, and watches a vanished inbox again. Its thread owns the tracker and grouper."""
 
+    long_running: ClassVar[bool] = True
+    idle_poll_s: ClassVar[float] = 0.2
+
     def __init__(
         self,
         settings: Settings,
@@ -158,6 +173,8 @@ class WatchIntake(_Admission):
             quiet or settings.quiet_period_s, confirmations=2 if poll else 1
         )
         self.grouper = Grouper(settings.pair_wait_s)
+        self.unfinished: list[Path] = []  # never: the watched inbox tries again
+        self.failed_paths: list[Path] = []  # never: left in the inbox for the next rescan
         self._notices: queue.SimpleQueue[Notice] = queue.SimpleQueue()
         self._observer: BaseObserver | None = None
         self._watched_inbox: tuple[int, int] | None = None
@@ -166,6 +183,17 @@ class WatchIntake(_Admission):
         self._rescan_soon = False  # the kernel dropped events: rescan the inbox now
 
     # -- the lifecycle the service drives ----------------------------------------------------
+
+    def announce(self, model: str, journal: Callable[[Event], None]) -> None:
+        journal(ModelLoaded(model=model, reason="daemon started"))
+        log.info(
+            "started",
+            inbox=str(self.settings.inbox),
+            library=str(self.settings.library),
+            model=model,
+            watch_mode=self.mode,
+            known_contents=self.library.index.contents,
+        )
 
     def start(self, start_thread: StartThread) -> None:
         self.settings.inbox.mkdir(parents=True, exist_ok=True)
@@ -341,6 +369,9 @@ class ListIntake(_Admission):
     """The files given to `sortbox sort`: each admitted once, and again (as it is then) while
     it keeps changing, at most MAX_ATTEMPTS times; done when every one is handled."""
 
+    long_running: ClassVar[bool] = False
+    idle_poll_s: ClassVar[float] = 0.01
+
     def __init__(
         self,
         inputs: list[Arrival],
@@ -359,6 +390,9 @@ class ListIntake(_Admission):
         self._again: deque[Arrival] = deque()
         self._attempts: Counter[Path] = Counter()
         self._listed = False  # every given input was admitted once
+
+    def announce(self, model: str, journal: Callable[[Event], None]) -> None:
+        pass  # `sort` says what it does file by file
 
     def start(self, start_thread: StartThread) -> None:
         start_thread(self._loop, "intake")

@@ -65,9 +65,7 @@ class Metrics:
             "# TYPE sortbox_batch_seconds histogram",
         ]
         for bound in _BUCKETS:
-            lines.append(
-                f'sortbox_batch_seconds_bucket{{le="{bound}"}} {buckets.get(bound, 0)}'
-            )
+            lines.append(f'sortbox_batch_seconds_bucket{{le="{bound}"}} {buckets.get(bound, 0)}')
         lines += [
             f'sortbox_batch_seconds_bucket{{le="+Inf"}} {batches}',
             f"sortbox_batch_seconds_sum {seconds_sum:.6f}",

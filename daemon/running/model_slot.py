@@ -23,7 +23,7 @@ from sortbox.daemon.settings import Settings
 from sortbox.daemon.sorting.classify import Classifier, load_classifier, load_model
 from sortbox.daemon.sorting.journal import ModelLoaded
 from sortbox.daemon.sorting.manifest import current_version, retarget
-from sortbox.daemon.sorting.preprocess import prepare
+from sortbox.daemon.sorting.preprocess import Preprocessing, prepare
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +54,10 @@ class ModelSlot:
     @property
     def version(self) -> str:
         return self.classifier.version
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.classifier.manifest.preprocessing
 
     def warm_up(self) -> None:
         """Pay before READY what the first picture would: Pillow's plugin imports on the first
