@@ -21,7 +21,6 @@ from sortbox.daemon.intake.files import (
     Arrival,
     Identity,
     identity_of,
-    inside,
     is_ignored,
     refreshed,
     walk_files,
@@ -35,6 +34,7 @@ from sortbox.daemon.settings import Settings
 from sortbox.daemon.sorting.journal import Event, ModelLoaded, Placement
 from sortbox.daemon.sorting.library import Library
 from sortbox.daemon.sorting.read import Decoded
+from sortbox.daemon.sorting.stages import passed_over
 from watchdog.observers.api import BaseObserver
 
 log = structlog.get_logger(__name__)
@@ -108,21 +108,15 @@ class _Admission:
         self, path: Path, identity: Identity, root: Path, again: bool = False
     ) -> Arrival | None:
         """The file as an arrival to sort, or None: done before (unless it is to be decided
-        `again`: `sort --force`), or outside its folder."""
-        done = None if again else self.library.index.source(path, identity)
-        if done is not None:
-            if done.original_removed and self.library.remove_originals:
-                # journaled as placed, but we stopped before removing (or moving) the original
-                self.library.remove_original(Arrival(path, root, identity), identity)
-            self.forget(Arrival(path, root, identity))
-            if self.on_batch is not None:
-                self.on_batch([], 1)  # `sort`: done before, counts towards the progress bar
-            return None
-        if not inside(path, root):
-            log.warning("outside_inbox_skipped", path=str(path))
-            self.forget(Arrival(path, root, identity))
-            return None
-        return Arrival(path, root, identity, complete_at=time.monotonic(), decide_again=again)
+        `again`: `sort --force`), or outside its folder (stages.passed_over)."""
+        arrival = Arrival(path, root, identity, complete_at=time.monotonic(), decide_again=again)
+        why_not = passed_over(arrival, self.library)
+        if why_not is None:
+            return arrival
+        self.forget(arrival)
+        if why_not == "done" and self.on_batch is not None:
+            self.on_batch([], 1)  # `sort`: done before, counts towards the progress bar
+        return None
 
     def admit(self, arrival: Arrival) -> None:
         self.workload.wait_while_paused(self.should_exit)

@@ -1,9 +1,10 @@
 """The batch stages after reading, as plain functions: classify (+ decide), then place + journal.
 
-The daemon, `sortbox sort`, a Ray backfill and `explain` run exactly these. The order of
-`place_batch` is what makes "nothing is ever lost" hold: copies are durable before their
-journal lines are written, journal lines are durable before any original is removed or moved
-(on_success = "delete" or "move").
+The daemon, `sortbox sort`, a Ray backfill and `explain` run exactly these, from the check
+that passes over what is done to the journal line. The order of `place_batch` is what makes
+"nothing is ever lost" hold: copies are durable before their journal lines are written,
+journal lines are durable before any original is removed or moved (on_success = "delete" or
+"move").
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import errno
 import functools
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import structlog
+from sortbox.daemon.intake.files import Arrival, inside
 from sortbox.daemon.intake.group import COMPANION_OF, is_raw, role_of, sidecar_name
 from sortbox.daemon.layout import REJECTED_FOLDER, REVIEW_FOLDER
 from sortbox.daemon.sorting.classify import Classifier
@@ -63,6 +65,41 @@ class Placed:
     failed_writing: str = ""  # "library" or "journal"
 
 
+def passed_over(arrival: Arrival, library: Library) -> Literal["done", "outside"] | None:
+    """Why a file found is not sorted, or None to sort it: "done" (the journal has it, as it
+    is now, unless `sort --force` asks for it to be decided again) or "outside" (not beneath
+    its folder: a link or a moved folder). The one check every driver makes before reading."""
+    done = None if arrival.decide_again else library.index.source(arrival.path, arrival.identity)
+    if done is not None:
+        if done.original_removed and library.remove_originals:
+            # journaled as placed, but we stopped before removing (or moving) the original
+            library.remove_original(arrival, arrival.identity)
+        return "done"
+    if not inside(arrival.path, arrival.root):
+        log.warning("outside_inbox_skipped", path=str(arrival.path))
+        return "outside"
+    return None
+
+
+def usable(item: Decoded) -> bool:
+    """Read and decoded, and unchanged since it was admitted: the model can look at it."""
+    return item.problem is None and not item.changed
+
+
+def model_outputs(
+    batch: list[Decoded], classifier: Classifier, wanted: Callable[[Decoded], bool] = usable
+) -> list[np.ndarray | None]:
+    """The model's outputs for the `wanted` pictures, in one run over the batch; None for the
+    rest (not classified)."""
+    chosen = [n for n, item in enumerate(batch) if wanted(item)]
+    rows: list[np.ndarray | None] = [None] * len(batch)
+    if chosen:
+        logits = classifier.logits(np.stack([batch[n].pixels for n in chosen]))
+        for n, row in zip(chosen, logits, strict=True):
+            rows[n] = row
+    return rows
+
+
 def classify_batch(
     batch: list[Decoded], classifier: Classifier, library: Library, audit_rate: float = 0.0
 ) -> Classified:
@@ -71,18 +108,11 @@ def classify_batch(
     Pictures whose content the library already holds are not run through the model (unless
     `sort --force` asks for them to be decided again); `place_batch` makes the final
     duplicate check under the lock, so this is only a saving."""
-    wanted = [
-        n
-        for n, item in enumerate(batch)
-        if item.problem is None
-        and not item.changed
-        and (item.arrival.decide_again or not library.probably_has(item.sha256))
-    ]
-    rows: list[np.ndarray | None] = [None] * len(batch)
-    if wanted:
-        logits = classifier.logits(np.stack([batch[n].pixels for n in wanted]))
-        for n, row in zip(wanted, logits, strict=True):
-            rows[n] = row
+
+    def wanted(item: Decoded) -> bool:
+        return usable(item) and (item.arrival.decide_again or not library.probably_has(item.sha256))
+
+    rows = model_outputs(batch, classifier, wanted)
     return decide_batch(batch, rows, classifier.manifest, audit_rate)
 
 
@@ -90,7 +120,7 @@ def decide_batch(
     batch: list[Decoded], rows: list[np.ndarray | None], manifest: Manifest, audit_rate: float
 ) -> Classified:
     """Each picture's model outputs (None: not classified) -> its decision: the one place
-    every driver decides (the daemon, `sort`, a Ray backfill)."""
+    every driver decides (the daemon, `sort`, a Ray backfill, `explain`)."""
     decisions = [
         decide(row, manifest, item.sha256, audit_rate, item.quality) if row is not None else None
         for item, row in zip(batch, rows, strict=True)
@@ -109,70 +139,91 @@ def place_batch(classified: Classified, library: Library) -> Placed:
     with library.exclusive():
         placed_now: dict[str, str] = {}  # sha256 -> dest, for repeats within this batch
         for item, decision in zip(classified.items, classified.decisions, strict=True):
-            if placed.failure is not None or item.changed or library.second_look(item):
-                placed.retry.append(item)
-                continue
-            earlier = (item.sha256 and placed_now.get(item.sha256)) or library.copy_of(item.sha256)
-            if earlier:
-                placed.events.append(_duplicate(item, earlier, library, decision))
-                continue
-            if item.problem is None and decision is None:
-                # skipped as known content, but that copy is gone: classify it next time
-                placed.retry.append(item)
-                continue
-            picture = None
-            if item.sha256 is not None and role_of(item.arrival.path) != "picture":
-                picture = library.picture_of(item.arrival.path)
-            try:
-                if picture is not None:  # came late: follows its picture, decided or not
-                    placed.events += _place_companions([item], picture, library, placed_now)
-                    continue
-                if item.problem is not None:
-                    event: Placement = _reject(item, library)
-                else:
-                    assert decision is not None
-                    event = _place(item, decision, classified.model, library)
-            except SourceChanged:
-                log.info("changed_while_sorting", path=str(item.arrival.path))
-                placed.retry.append(item)
-                continue
-            except OSError as exc:
-                placed.failure, placed.failed_writing = exc, "library"
-                placed.retry.append(item)
-                continue
-            placed.events.append(event)
-            if event.dest and item.sha256:
-                placed_now[item.sha256] = event.dest
-            if isinstance(event, Sorted | Review):
-                assert event.dest is not None
-                picture = PlacedPicture(
-                    event, {item.arrival.path.name: event.dest.rsplit("/", 1)[-1]}, time.monotonic()
-                )
-                library.remember_picture(item.arrival.path, picture)
-                try:
-                    placed.events += _place_companions(
-                        item.companions, picture, library, placed_now
-                    )
-                except SourceChanged:
-                    placed.alone += item.companions  # the picture stays placed; they come again
-                except OSError as exc:
-                    placed.failure, placed.failed_writing = exc, "library"
-                    placed.alone += item.companions
-            else:
-                placed.alone += item.companions
+            _place_one(item, decision, classified.model, library, placed, placed_now)
         try:
             library.sync_folders()  # the copies are durable before their journal lines
             _journal(placed.events, library)
         except OSError as exc:
             # The copies made have no journal line yet: the next attempt finds them under
             # their names and adopts them. Their inputs stay in the inbox.
-            placed.failure, placed.failed_writing = exc, "journal"
-            placed.retry = list(classified.items)
-            placed.events, placed.alone = [], []
-            return placed
+            return Placed(retry=list(classified.items), failure=exc, failed_writing="journal")
     if library.remove_originals:
         _remove_originals(placed.events, classified.items, library)
     return placed
+
+
+def _place_one(
+    item: Decoded,
+    decision: Decision | None,
+    model: str,
+    library: Library,
+    placed: Placed,
+    placed_now: dict[str, str],
+) -> None:
+    """One picture of the batch: journaled as a duplicate, placed with its companions,
+    rejected, or left for another try (what `placed` collects)."""
+    if placed.failure is not None or item.changed or library.second_look(item):
+        placed.retry.append(item)
+        return
+    earlier = (item.sha256 and placed_now.get(item.sha256)) or library.copy_of(item.sha256)
+    if earlier:
+        placed.events.append(_duplicate(item, earlier, library, decision))
+        return
+    if item.problem is None and decision is None:
+        # skipped as known content, but that copy is gone: classify it next time
+        placed.retry.append(item)
+        return
+    picture = None
+    if item.sha256 is not None and role_of(item.arrival.path) != "picture":
+        picture = library.picture_of(item.arrival.path)
+    try:
+        if picture is not None:  # came late: follows its picture, decided or not
+            placed.events += _place_companions([item], picture, library, placed_now)
+            return
+        if item.problem is not None:
+            event: Placement = _reject(item, library)
+        else:
+            assert decision is not None
+            event = _place(item, decision, model, library)
+    except SourceChanged:
+        log.info("changed_while_sorting", path=str(item.arrival.path))
+        placed.retry.append(item)
+        return
+    except OSError as exc:
+        placed.failure, placed.failed_writing = exc, "library"
+        placed.retry.append(item)
+        return
+    placed.events.append(event)
+    if event.dest and item.sha256:
+        placed_now[item.sha256] = event.dest
+    _place_its_companions(item, event, library, placed, placed_now)
+
+
+def _place_its_companions(
+    item: Decoded,
+    event: Placement,
+    library: Library,
+    placed: Placed,
+    placed_now: dict[str, str],
+) -> None:
+    """A placed picture's RAW files and sidecars go where it went; a rejected or duplicate
+    picture's come again on their own (`alone`)."""
+    if not isinstance(event, Sorted | Review):
+        placed.alone += item.companions
+        return
+    assert event.dest is not None
+    picture = PlacedPicture(
+        event, {item.arrival.path.name: event.dest.rsplit("/", 1)[-1]}, time.monotonic()
+    )
+    # remembered even without companions now: one that comes late follows it
+    library.remember_picture(item.arrival.path, picture)
+    try:
+        placed.events += _place_companions(item.companions, picture, library, placed_now)
+    except SourceChanged:
+        placed.alone += item.companions  # the picture stays placed; they come again
+    except OSError as exc:
+        placed.failure, placed.failed_writing = exc, "library"
+        placed.alone += item.companions
 
 
 def is_disk_full(exc: OSError) -> bool:
