@@ -3,13 +3,18 @@ the same exactly-once journal as the local pipeline.
 
 Split of the work (chosen so that exactly-once needs nothing new):
 
-    driver ─ list files, skip what the journal has, group pairs
-      │        (the daemon's done-index and grouping)
+    driver ─ load the model, open the library, pass over what is done, group pairs
+      │        (load_model, open_library, stages.passed_over, group_all: the daemon's own)
       ▼
-    Ray Data map_batches on an actor pool ─ read, hash, decode, classify
-      │        (each actor loads the published model once and checks its sha256)
+    Ray Data map_batches on an actor pool ─ read, hash, decode, run the model
+      │        (read_group and stages.model_outputs; each actor loads the driver's model
+      │        version once and checks its sha256)
       ▼
-    driver ─ decide, place, journal: `place_batch` under the library lock, as the daemon does
+    driver ─ decide, place, journal: `decide_batch` and `place_batch` under the library lock,
+             as the daemon does
+
+This module is only the Ray plumbing around those stage functions: it decides, places and
+skips nothing on its own.
 
 Workers return per-file results: the file's identity and sha256 and the model's logits, or the
 reason it cannot be used. Only the driver writes: placing from the workers would need the same
@@ -30,32 +35,27 @@ import pickle
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import structlog
-from sortbox.daemon.intake.files import Arrival, inside
+from sortbox.daemon.intake.files import Arrival
 from sortbox.daemon.intake.group import group_all
 from sortbox.daemon.settings import Settings
-from sortbox.daemon.sorting.classify import CPU_ONLY, load_classifier
+from sortbox.daemon.sorting.classify import CPU_ONLY, load_classifier, load_model
 from sortbox.daemon.sorting.journal import Placement
 from sortbox.daemon.sorting.library import Library, open_library
-from sortbox.daemon.sorting.manifest import (
-    Manifest,
-    ModelError,
-    current_version,
-    read_manifest,
-    retarget,
-)
+from sortbox.daemon.sorting.manifest import Manifest
 from sortbox.daemon.sorting.read import Decoded, read_group
-from sortbox.daemon.sorting.stages import decide_batch, place_batch
+from sortbox.daemon.sorting.stages import decide_batch, model_outputs, passed_over, place_batch
 
 log = structlog.get_logger(__name__)
 
 CLUSTER_EXTRA_MISSING = "--engine ray needs the cluster extra: pip install -e '.[cluster]'"
+OnBatch = Callable[[list[Placement], int], None]
 
 
 class ClusterExtraMissing(Exception):
@@ -97,12 +97,7 @@ class ClassifyFiles:
         spec = self.classifier.manifest.preprocessing
         arrivals = [pickle.loads(blob) for blob in batch["arrival"]]
         items = [read_group(a, spec, self.max_pixels, self.max_bytes) for a in arrivals]
-        usable = [n for n, item in enumerate(items) if item.problem is None and not item.changed]
-        logits: list[np.ndarray | None] = [None] * len(items)
-        if usable:
-            rows = self.classifier.logits(np.stack([items[n].pixels for n in usable]))
-            for n, row in zip(usable, rows, strict=True):
-                logits[n] = row
+        logits = model_outputs(items, self.classifier)
         return {
             # pixels and bytes stay here: the driver copies from the file and checks its hash
             "item": [pickle.dumps(_slim(item)) for item in items],
@@ -122,60 +117,27 @@ def sort_on_ray(
     address: str | None,
     workers: int | None,
     dry_run: bool = False,
-    on_batch: Callable[[list[Placement], int], None] | None = None,
+    on_batch: OnBatch | None = None,
 ) -> Backfill:
     try:
         import ray
         import ray.data
     except ImportError:
         raise ClusterExtraMissing(CLUSTER_EXTRA_MISSING) from None
-    version = current_version(settings.models_dir)
-    if version is None:
-        raise ModelError(f"no current model in {settings.models_dir}; run `sortbox init`")
-    version_dir = settings.models_dir / version
-    manifest = retarget(read_manifest(version_dir), settings.target_precision)
-
+    # the driver decides with the current model as the daemon loads it (checked, retargeted);
+    # the workers load that same version, even if `current` moves on during the run
+    manifest = load_model(settings).manifest
     # as the daemon and `sort` open it: a driver killed mid-copy leaves nothing behind
     library = open_library(settings, dry_run=dry_run)
     outcome = Backfill()
-    todo = []
-    for arrival in inputs:
-        if library.index.source(arrival.path, arrival.identity) or not inside(
-            arrival.path, arrival.root
-        ):
-            outcome.skipped_done += 1
-        else:
-            todo.append(arrival)
-    if on_batch is not None and outcome.skipped_done:
-        on_batch([], outcome.skipped_done)
-    groups = group_all(todo)
-
+    groups = _to_sort(inputs, library, outcome, on_batch)
     ray.init(address=address, log_to_driver=False, logging_level="ERROR", include_dashboard=False)
     try:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        outcome.workers = size
+        outcome.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         started = time.monotonic()
         if groups:
-            rows = ray.data.from_items(
-                [{"arrival": pickle.dumps(g)} for g in groups],
-                override_num_blocks=max(1, min(len(groups), size * 8)),
-            ).map_batches(
-                ClassifyFiles,
-                fn_constructor_args=(
-                    str(version_dir),
-                    settings.max_pixels,
-                    settings.max_file_bytes,
-                ),
-                batch_size=settings.batch_size,
-                concurrency=size,
-                num_cpus=1,
-                # a lost node's actors are started again elsewhere and their batches redone
-                max_restarts=-1,
-                max_task_retries=-1,
-            )
-            for batch in rows.iter_batches(batch_size=settings.batch_size, batch_format="numpy"):
+            version_dir = settings.models_dir / manifest.version
+            for batch in _classified_on_ray(groups, settings, version_dir, outcome.workers):
                 _place(batch, manifest, settings.audit_rate, library, outcome, on_batch)
         outcome.seconds = time.monotonic() - started
     finally:
@@ -185,13 +147,48 @@ def sort_on_ray(
     return outcome
 
 
+def _to_sort(
+    inputs: list[Arrival], library: Library, outcome: Backfill, on_batch: OnBatch | None
+) -> list[Arrival]:
+    """The inputs the journal does not have, grouped with their companions."""
+    todo = [arrival for arrival in inputs if passed_over(arrival, library) is None]
+    outcome.skipped_done = len(inputs) - len(todo)
+    if on_batch is not None and outcome.skipped_done:
+        on_batch([], outcome.skipped_done)
+    return group_all(todo)
+
+
+def _classified_on_ray(
+    groups: list[Arrival], settings: Settings, version_dir: Path, size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """The groups read and run through the model on an actor pool of `size`, as batches of
+    results."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    rows = ray.data.from_items(
+        [{"arrival": pickle.dumps(g)} for g in groups],
+        override_num_blocks=max(1, min(len(groups), size * 8)),
+    ).map_batches(
+        ClassifyFiles,
+        fn_constructor_args=(str(version_dir), settings.max_pixels, settings.max_file_bytes),
+        batch_size=settings.batch_size,
+        concurrency=size,
+        num_cpus=1,
+        # a lost node's actors are started again elsewhere and their batches redone
+        max_restarts=-1,
+        max_task_retries=-1,
+    )
+    yield from rows.iter_batches(batch_size=settings.batch_size, batch_format="numpy")
+
+
 def _place(
     batch: dict[str, np.ndarray],
     manifest: Manifest,
     audit_rate: float,
     library: Library,
     outcome: Backfill,
-    on_batch: Callable[[list[Placement], int], None] | None,
+    on_batch: OnBatch | None,
 ) -> None:
     """The driver's half: the local pipeline's decide and place_batch, unchanged."""
     items: list[Decoded] = [pickle.loads(blob) for blob in batch["item"]]
