@@ -65,6 +65,48 @@ def test_explain_gives_the_daemons_own_decision(home: Home) -> None:
     assert home.file_events() == list(journaled.values())  # touched nothing
 
 
+def test_explain_shows_companions_where_the_daemon_places_them(home: Home) -> None:
+    """A picture's sidecars are explained as the daemon groups and places them: with the
+    picture, into its folder; a sidecar without a picture, or whose picture is rejected, on its
+    own (rejected, saying why). `sort` then journals them just so."""
+    card = home.root / "card"
+    card.mkdir()
+    write_picture(card / "IMG_1.JPG", "red", 1)
+    (card / "IMG_1.xmp").write_bytes(b"<x:xmpmeta>rating 5</x:xmpmeta>")
+    (card / "IMG_1.JPG.xmp").write_bytes(b"<x:xmpmeta>for the JPEG</x:xmpmeta>")
+    (card / "lonely.xmp").write_bytes(b"<x:xmpmeta/>")
+    (card / "IMG_2.JPG").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    (card / "IMG_2.xmp").write_bytes(b"<x:xmpmeta>its picture is broken</x:xmpmeta>")
+    names = ["IMG_1.xmp", "IMG_1.JPG", "lonely.xmp", "IMG_1.JPG.xmp", "IMG_2.xmp", "IMG_2.JPG"]
+
+    result = sortbox("explain", "--json", *(str(card / n) for n in names), config=home.config)
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(a["file"]).name for a in answers] == names  # in the order asked
+    by_name = {Path(a["file"]).name: a for a in answers}
+    picture = by_name["IMG_1.JPG"]
+    assert picture["decision"].startswith("sorted into red (")
+    for sidecar in ("IMG_1.xmp", "IMG_1.JPG.xmp"):
+        answer = by_name[sidecar]
+        assert answer["decision"] == f"with IMG_1.JPG: {picture['decision']}", answer
+        assert answer["folder"] == "red" and answer["label"] == picture["label"]
+        assert Path(answer["companion_of"]).name == "IMG_1.JPG"
+    for alone in ("lonely.xmp", "IMG_2.xmp"):
+        answer = by_name[alone]
+        assert answer["decision"].startswith("rejected: ") and "sidecar" in answer["decision"]
+        assert answer["folder"] == "rejected" and "companion_of" not in answer
+    assert by_name["IMG_2.JPG"]["folder"] == "rejected"
+    assert home.file_events() == []  # explain wrote nothing
+
+    assert sortbox("sort", str(card), config=home.config).returncode == 0
+    placed = {e["src"]: e for e in home.file_events()}
+    assert set(placed) == set(names)
+    event_in = {"red": "sorted", "rejected": "rejected"}
+    for name, answer in by_name.items():
+        assert placed[name]["dest"].split("/")[0] == answer["folder"], (name, placed[name])
+        assert placed[name]["event"] == event_in[answer["folder"]], (name, placed[name])
+
+
 def test_spot_checks_hold_their_rate_over_1000_decisions(tmp_path: Path) -> None:
     """The pure choice: 1,000 confident decisions at audit_rate 0.02 give 20 ± binomial noise."""
     publish_rgb_model(tmp_path / "models", "v1")
