@@ -129,51 +129,73 @@ def _waiting(settings: Settings, events: list[Event]) -> int:
 
 
 def render(status: dict[str, Any]) -> str:
-    model = status["model"]
-    lines = []
+    """`sortbox status` for a person: one block per question, top to bottom."""
+    lines = [
+        *_render_model(status["model"]),
+        *_render_counts(status),
+        *_render_review_rate(status["review_rate"]),
+        *_render_precision(status["precision"]),
+        *_render_training(status["last_training"]),
+        *_render_waiting(status),
+        *_render_daemon(status["daemon"]),
+        *_render_recovered(status["last_day"].get("recovered", 0)),
+    ]
+    return "\n".join(lines)
+
+
+def _render_model(model: dict[str, Any]) -> list[str]:
     if model.get("problem"):
-        lines.append(f"model:          {model.get('version') or '-'}: {model['problem']}")
-    else:
-        lines.append(
-            f"model:          {model['version']} ({model['kind']}, "
-            f"{model['age_days']:.1f} days old, {len(model['classes'])} classes)"
-        )
+        return [f"model:          {model.get('version') or '-'}: {model['problem']}"]
+    return [
+        f"model:          {model['version']} ({model['kind']}, "
+        f"{model['age_days']:.1f} days old, {len(model['classes'])} classes)"
+    ]
+
+
+def _render_counts(status: dict[str, Any]) -> list[str]:
+    lines = []
     for key, title in (("last_hour", "last hour"), ("last_day", "last day")):
         c = status[key]
         lines.append(
             f"{title + ':':15} {c['sorted']} sorted, {c['review']} to review, "
             f"{c['rejected']} rejected, {plural(c['duplicate'], 'duplicate')}"
         )
-    rate = status["review_rate"]
+    return lines
+
+
+def _render_review_rate(rate: dict[str, Any]) -> list[str]:
     if rate["observed"] is None:
-        lines.append("review rate:    no files in the last day")
-    else:
-        expected = f"{rate['expected']:.0%}" if rate["expected"] is not None else "unknown"
+        return ["review rate:    no files in the last day"]
+    expected = f"{rate['expected']:.0%}" if rate["expected"] is not None else "unknown"
+    lines = [
+        f"review rate:    {rate['observed']:.0%} of {rate['files']} (model expected {expected})"
+    ]
+    if rate["drift"]:
         lines.append(
-            f"review rate:    {rate['observed']:.0%} of {rate['files']} (model expected {expected})"
+            "WARNING:        far more pictures go to review than the model expected: "
+            "the pictures changed; review them and run `sortbox train`"
         )
-        if rate["drift"]:
-            lines.append(
-                "WARNING:        far more pictures go to review than the model expected: "
-                "the pictures changed; review them and run `sortbox train`"
-            )
-    lines += _render_precision(status["precision"])
-    training = status["last_training"]
+    return lines
+
+
+def _render_training(training: dict[str, Any] | None) -> list[str]:
     if training is None:
-        lines.append("last training:  never")
-    else:
-        lines.append(
-            f"last training:  {training['ts']}: {training['outcome']} ({training['reason']})"
-        )
-    lines.append(f"inbox waiting:  {plural(status['inbox_waiting'], 'file')}")
+        return ["last training:  never"]
+    return [f"last training:  {training['ts']}: {training['outcome']} ({training['reason']})"]
+
+
+def _render_waiting(status: dict[str, Any]) -> list[str]:
     backlog = status["review_backlog"]
     age = f", the oldest for {backlog['oldest_hours']:.0f} h" if backlog["oldest_hours"] else ""
-    lines.append(
+    return [
+        f"inbox waiting:  {plural(status['inbox_waiting'], 'file')}",
         f"to review:      {plural(backlog['files'], 'picture')} in needs_review{age}"
-        + (" (`sortbox web` to review them)" if backlog["files"] else "")
-    )
-    daemon = status["daemon"]
-    lines.append(f"daemon:         {daemon['state'] if daemon else 'not running'}")
+        + (" (`sortbox web` to review them)" if backlog["files"] else ""),
+    ]
+
+
+def _render_daemon(daemon: dict[str, Any] | None) -> list[str]:
+    lines = [f"daemon:         {daemon['state'] if daemon else 'not running'}"]
     loss = (daemon or {}).get("journal_lost")
     if loss:
         what = {"replaced": "deleted or moved away", "truncated": "emptied"}.get(loss["what"])
@@ -182,13 +204,16 @@ def render(status: dict[str, Any]) -> str:
             f"{loss['recovered']} copies it knew of were recorded again as 'recovered' "
             "(not labels for training). Don't delete, move or empty the journal"
         )
-    recovered = status["last_day"].get("recovered", 0)
-    if recovered:
-        lines.append(
-            f"recovered:      {recovered} library copies had no journal line in the last day "
-            "and were recorded from the library (`sortbox undo` can put them back)"
-        )
-    return "\n".join(lines)
+    return lines
+
+
+def _render_recovered(recovered: int) -> list[str]:
+    if not recovered:
+        return []
+    return [
+        f"recovered:      {recovered} library copies had no journal line in the last day "
+        "and were recorded from the library (`sortbox undo` can put them back)"
+    ]
 
 
 def _render_precision(report: dict[str, Any]) -> list[str]:

@@ -106,58 +106,114 @@ def below(base: Path, relative: str) -> Path | None:
     return base / candidate
 
 
+class _Refused(Exception):
+    """Nothing of this placement could be undone; the message says why."""
+
+
 def undo_one(
     event: Undoable, library: Path, journal: Journal | None, done_folder: str = ".done"
 ) -> UndoOutcome:
-    """`journal=None` is a dry run. `done_folder`: where on_success = "move" put originals."""
+    """`journal=None` is a dry run. `done_folder`: where on_success = "move" put originals.
+    The original is put back before the copy is removed: a refusal on the way leaves both."""
     original = below(Path(event.root), event.src)
     copy = below(library, event.dest) if event.dest else None
     if original is None or (event.dest and copy is None):
         return UndoOutcome(event, None, "refused: the journal line names a path outside its folder")
-    copy_intact = copy is not None and event.sha256 is not None and same_content(copy, event.sha256)
-    restored = False
-    moved = moved_original(event, done_folder) if event.original_removed else None
-    if moved is not None:
-        # on_success = "move": the very original, moved back where it came from
-        if original.exists() or original.is_symlink():
-            return UndoOutcome(
-                event, None, f"cannot restore {original}: something is already there"
-            )
-        if journal is not None:
-            try:
-                back = move_beneath(Path(event.root), moved[0], moved[1], event.src, False)
-            except FileExistsError:
-                back, why = None, "something is already there"
-            except OSError as exc:  # a link on the way (never followed), a read-only inbox
-                back, why = None, exc.strerror or str(exc)
-            else:
-                why = "it changed in the done folder"
-            if back is None:
-                return UndoOutcome(event, None, f"cannot restore {original}: {why}")
-        restored = True
-    elif event.original_removed:
-        if not copy_intact:
-            return UndoOutcome(
-                event, None, f"cannot restore {original}: the library copy was moved or edited"
-            )
-        if original.exists():
-            return UndoOutcome(
-                event, None, f"cannot restore {original}: something is already there"
-            )
-        if journal is not None:
-            _restore(copy, original, event.sha256)  # type: ignore[arg-type]
-        restored = True
-    removed = False
-    if _made_copy(event):
-        if copy_intact:
-            if journal is not None:
-                copy.unlink()  # type: ignore[union-attr]
-                fsync_dir(copy.parent)  # type: ignore[union-attr]
-            removed = True
-        elif not restored:
-            return UndoOutcome(event, None, f"left alone: {where_now(library, event.dest)}")
+    # only a copy still byte for byte what was placed is removed, or restored from
+    intact = copy if copy is not None and _holds(copy, event.sha256) else None
+    try:
+        restored = _put_original_back(event, original, intact, journal, done_folder)
+        removed = _remove_copy(event, library, intact, restored, journal)
+    except _Refused as exc:
+        return UndoOutcome(event, None, str(exc))
     identity = identity_of(original) if restored and journal is not None else None
-    undone = Undone(
+    undone = _undone(event, restored, identity)
+    if journal is not None:
+        journal.append([undone])
+    did = ("would remove", "would restore") if journal is None else ("removed", "restored")
+    parts = [
+        f"{did[0]} {event.dest}" if removed else "",
+        f"{did[1]} {original}" if restored else "",
+    ]
+    return UndoOutcome(event, undone, "; ".join(p for p in parts if p))
+
+
+def _holds(copy: Path, sha256: str | None) -> bool:
+    return sha256 is not None and same_content(copy, sha256)
+
+
+def _put_original_back(
+    event: Undoable,
+    original: Path,
+    intact: Path | None,
+    journal: Journal | None,
+    done_folder: str,
+) -> bool:
+    """Where the original left the inbox: the very file moved back from the done folder
+    (on_success = "move"), else written again from the intact library copy. True if it is
+    (or, in a dry run, would be) back."""
+    if not event.original_removed:
+        return False
+    moved = moved_original(event, done_folder)
+    if moved is not None:
+        _move_back(event, original, moved, journal)
+        return True
+    if intact is None:
+        raise _Refused(f"cannot restore {original}: the library copy was moved or edited")
+    if original.exists():
+        raise _Refused(f"cannot restore {original}: something is already there")
+    if journal is not None:
+        assert event.sha256 is not None  # an intact copy was checked against it
+        _restore(intact, original, event.sha256)
+    return True
+
+
+def _move_back(
+    event: Undoable, original: Path, moved: tuple[str, Identity], journal: Journal | None
+) -> None:
+    """on_success = "move": the very original, moved back where it came from."""
+    if original.exists() or original.is_symlink():
+        raise _Refused(f"cannot restore {original}: something is already there")
+    if journal is None:
+        return
+    try:
+        back = move_beneath(Path(event.root), moved[0], moved[1], event.src, False)
+    except FileExistsError:
+        back, why = None, "something is already there"
+    except OSError as exc:  # a link on the way (never followed), a read-only inbox
+        back, why = None, exc.strerror or str(exc)
+    else:
+        why = "it changed in the done folder"
+    if back is None:
+        raise _Refused(f"cannot restore {original}: {why}")
+
+
+def _remove_copy(
+    event: Undoable,
+    library: Path,
+    intact: Path | None,
+    restored: bool,
+    journal: Journal | None,
+) -> bool:
+    """The library copy, if it is still as placed: True if it is (or would be) removed. One
+    the user moved or edited is left alone; with nothing restored either, that is a refusal."""
+    if not _made_copy(event):
+        return False
+    if intact is not None:
+        if journal is not None:
+            intact.unlink()
+            fsync_dir(intact.parent)
+        return True
+    if not restored:
+        assert event.dest is not None  # a copy was made
+        raise _Refused(f"left alone: {where_now(library, event.dest)}")
+    return False
+
+
+def _undone(event: Undoable, restored: bool, identity: Identity | None) -> Undone:
+    """The journal line: with the identity of the original as put back, where it was (a new
+    inode and mtime when it was written again), else as the placement journaled it."""
+    return Undone(
         src=event.src,
         root=event.root,
         sha256=event.sha256,
@@ -169,16 +225,6 @@ def undo_one(
         reason=f"undo of {event.event}",
         restored=restored,
     )
-    if journal is not None:
-        journal.append([undone])
-    remove, restore = (
-        ("would remove", "would restore") if journal is None else ("removed", "restored")
-    )
-    parts = [
-        f"{remove} {event.dest}" if removed else "",
-        f"{restore} {original}" if restored else "",
-    ]
-    return UndoOutcome(event, undone, "; ".join(p for p in parts if p))
 
 
 def moved_original(event: Undoable, done_folder: str) -> tuple[str, Identity] | None:
