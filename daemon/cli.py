@@ -98,6 +98,9 @@ class TrainerMissing(Exception):
     pass
 
 
+AddCommand = Callable[[str, Callable[..., int | None], str], argparse.ArgumentParser]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sortbox", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sortbox {installed_version()}")
@@ -107,18 +110,44 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="config file (default: $SORTBOX_CONFIG or ./config.toml)",
     )
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    command = _command_adder(parser.add_subparsers(required=True, metavar="COMMAND"))
+    # in this order in `sortbox --help`
+    command("run", run, "run the daemon in the foreground (systemd runs it this way)")
+    _add_sort(command)
+    _add_undo(command)
+    _add_explain(command)
+    command(
+        "init", init_command, "create the default model (ImageNet classes grouped into folders)"
+    )
+    _add_train(command)
+    _add_models(command)
+    _add_status(command)
+    command("doctor", doctor_command, "check the setup and say what to fix")
+    _add_export_and_import(command)
+    _add_install_units(command)
+    _add_completion(command)
+    _add_web(command)
+    return parser
 
+
+def _command_adder(commands: argparse._SubParsersAction) -> AddCommand:
     def command(
         name: str, handler: Callable[..., int | None], help: str
     ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
-        sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        _config_here_too(sub)
         sub.set_defaults(handler=handler)
         return sub
 
-    command("run", run, "run the daemon in the foreground (systemd runs it this way)")
+    return command
 
+
+def _config_here_too(sub: argparse.ArgumentParser) -> None:
+    """`sortbox status --config x.toml` works as `sortbox --config x.toml status` does."""
+    sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _add_sort(command: AddCommand) -> None:
     sort = command("sort", sort_command, "sort existing files or folders once, then exit")
     sort.add_argument("paths", nargs="+", type=Path)
     sort.add_argument(
@@ -143,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="--engine ray: model actors (default: the cluster's CPUs)"
     )
 
+
+def _add_undo(command: AddCommand) -> None:
     undo = command("undo", undo_command, "reverse placements recorded in the journal")
     which = undo.add_mutually_exclusive_group()
     which.add_argument("--last", type=int, metavar="N", help="the last N placements (default 1)")
@@ -156,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     undo.add_argument("--dry-run", action="store_true", help="print what would be undone")
 
+
+def _add_explain(command: AddCommand) -> None:
     explain = command(
         "explain",
         explain_command,
@@ -164,10 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("files", nargs="+", type=Path)
     explain.add_argument("--json", action="store_true", help="one JSON object per file")
 
-    command(
-        "init", init_command, "create the default model (ImageNet classes grouped into folders)"
-    )
 
+def _add_train(command: AddCommand) -> None:
     train = command(
         "train", train_command, "train on labelled folders and corrections; publish if better"
     )
@@ -187,22 +218,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="let the new model forget classes of the current one that have no labels left",
     )
 
+
+def _add_models(command: AddCommand) -> None:
     models = command("models", models_list_command, "list published models")
     models_sub = models.add_subparsers(metavar="ACTION")
     listing = models_sub.add_parser("list", help="list versions (the default)")
-    listing.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _config_here_too(listing)
     listing.set_defaults(handler=models_list_command)
     rollback = models_sub.add_parser("rollback", help="switch `current` back to an earlier version")
-    rollback.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _config_here_too(rollback)
     rollback.add_argument("version", nargs="?", help="default: the current model's parent")
     rollback.set_defaults(handler=models_rollback_command)
+
+
+def _add_status(command: AddCommand) -> None:
     status = command(
         "status", status_command, "model, recent counts, review rate, last training, inbox"
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    command("doctor", doctor_command, "check the setup and say what to fix")
 
+def _add_export_and_import(command: AddCommand) -> None:
     export = command(
         "export", export_command, "back up the journal, the models and the config to ARCHIVE"
     )
@@ -214,10 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("archive", type=Path)
 
+
+def _add_install_units(command: AddCommand) -> None:
     units = command("install-units", install_units_command, "write systemd units for this install")
     units.add_argument("--user", action="store_true", help="user units (~/.config/systemd/user)")
     units.add_argument("--target", type=Path, help="write into this folder instead")
 
+
+def _add_completion(command: AddCommand) -> None:
     completion = command(
         "completion",
         completion_command,
@@ -225,10 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     completion.add_argument("shell", choices=["bash", "zsh"])
 
+
+def _add_web(command: AddCommand) -> None:
     web = command("web", web_command, "review pictures in a browser: a page on this machine")
     web.add_argument("--listen", help="address to bind (default: [web] listen, 127.0.0.1)")
     web.add_argument("--port", type=int, help="port (default: [web] port, 8765)")
-    return parser
 
 
 def web_command(settings: Settings, args: argparse.Namespace) -> int:
