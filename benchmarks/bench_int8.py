@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnxruntime.quantization import (
-    CalibrationDataReader,
     CalibrationMethod,
     QuantFormat,
     QuantType,
@@ -38,6 +37,7 @@ from sortbox.trainer.finetune import plain_pictures
 from sortbox.trainer.model import BACKBONES
 from sortbox.trainer.quantize import (
     KEEP_FLOAT_PREFIX,
+    CalibrationPictures,
     Outputs,
     compare_decisions,
     ms_per_picture,
@@ -45,15 +45,6 @@ from sortbox.trainer.quantize import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class _Pictures(CalibrationDataReader):
-    def __init__(self, pictures: np.ndarray) -> None:
-        self._pictures = iter(pictures)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        picture = next(self._pictures, None)
-        return None if picture is None else {"input": picture[np.newaxis]}
 
 
 def train_fast_model(dataset: Path, workdir: Path) -> tuple[Path, Path]:
@@ -94,7 +85,7 @@ def quantise(prepared: Path, target: Path, pictures: np.ndarray, options: dict) 
     exclude = [n.name for n in graph if n.name.startswith(KEEP_FLOAT_PREFIX)]
     exclude += options.pop("exclude", [])
     quantize_static(
-        str(prepared), str(target), _Pictures(pictures),
+        str(prepared), str(target), CalibrationPictures(iter([pictures]), "input"),
         quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         nodes_to_exclude=exclude, **options,

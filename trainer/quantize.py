@@ -44,7 +44,7 @@ MAX_COVERAGE_COST = 0.03  # it may auto-sort at most 3 points fewer calibration 
 CALIBRATION_PICTURES = 200  # activation ranges settle well before this
 
 
-class _Pictures(CalibrationDataReader):
+class CalibrationPictures(CalibrationDataReader):
     def __init__(self, batches: Iterator[np.ndarray], input_name: str) -> None:
         self._pictures = (picture for batch in batches for picture in batch)
         self._input_name = input_name
@@ -76,7 +76,7 @@ def quantise(float_model: Path, calibration: Iterator[np.ndarray], target: Path)
         quantize_static(
             str(prepared),
             str(target),
-            _Pictures(calibration, "input"),
+            CalibrationPictures(calibration, "input"),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
@@ -94,11 +94,10 @@ def agreement_with(
 ) -> tuple[float, np.ndarray]:
     """Run the quantised model on the pictures `float_logits` came from: the share of them
     where it gives the float model's label, and its outputs."""
-    session = open_session(quantised_model, threads)
-    rows = [session.run(None, {"input": batch})[0] for batch in batches]
-    logits = np.concatenate(rows).astype(np.float32) if rows else np.zeros_like(float_logits)
-    same = logits.argmax(axis=1) == float_logits.argmax(axis=1)
-    return (float(same.mean()) if len(same) else 0.0), logits
+    logits = outputs_of(quantised_model, batches, threads).logits
+    if not len(logits):
+        return 0.0, np.zeros_like(float_logits)
+    return float((logits.argmax(axis=1) == float_logits.argmax(axis=1)).mean()), logits
 
 
 @dataclass(frozen=True)

@@ -94,17 +94,20 @@ def ship(
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.models_dir, prefix=".scratch-") as scratch:
         exported = export_checked(settings, candidate, data, Path(scratch))
-        judged_runtime = choose_runtime(settings, candidate, exported, data, force)
+        current = Current.of(settings, data)
+        judged_runtime = choose_runtime(settings, candidate, exported, data, current, force)
         verdict, figures = judged_runtime.verdict, judged_runtime.figures
         publishable = verdict.passed or force
         outcome = "published" if publishable else "rejected"
         forced = " (forced past the gate)" if force and not verdict.passed else ""
         report = build_report(
-            settings, version, candidate, data, judged, exported, judged_runtime, outcome + forced
-        )
+            settings, version, candidate, data, judged, exported, judged_runtime, current.manifest,
+            outcome + forced,
+        )  # fmt: skip
         manifest = build_manifest(
-            settings, version, candidate, data, judged, exported.onnx_path, judged_runtime
-        )
+            settings, version, candidate, data, judged, exported.onnx_path, judged_runtime,
+            current.manifest,
+        )  # fmt: skip
         publish(
             settings.models_dir,
             exported.onnx_path,
@@ -125,6 +128,20 @@ def ship(
 
 
 @dataclass(frozen=True)
+class Current:
+    """The model in use when the candidate is judged, and its answers on the test pictures
+    (run once, however many runtimes the gate judges)."""
+
+    manifest: Manifest | None
+    answers: list[str] | None
+
+    @classmethod
+    def of(cls, settings: Settings, data: TrainingSet) -> Current:
+        manifest = current_manifest(settings)
+        return cls(manifest, current_predictions(settings, manifest, data.test))
+
+
+@dataclass(frozen=True)
 class JudgedRuntime:
     runtime: Runtime
     calibration: Calibration
@@ -134,7 +151,12 @@ class JudgedRuntime:
 
 
 def choose_runtime(
-    settings: Settings, candidate: Candidate, exported: Exported, data: TrainingSet, force: bool
+    settings: Settings,
+    candidate: Candidate,
+    exported: Exported,
+    data: TrainingSet,
+    current: Current,
+    force: bool,
 ) -> JudgedRuntime:
     """The INT8 model where it decides as the float model does and passes the gate; else the
     float model. Each is calibrated and measured on its own outputs, as the daemon runs it."""
@@ -142,7 +164,7 @@ def choose_runtime(
     for runtime in runtimes:
         calibration, evidence = calibrate_candidate(settings, candidate, runtime, data)
         figures = measure_on_test(runtime, calibration, data)
-        verdict = judge(settings, candidate, figures, data)
+        verdict = judge(settings, candidate, figures, data, current)
         if verdict.passed or force or runtime is runtimes[-1]:
             break
         print(f"train: the INT8 model did not pass the gate ({verdict.reason}); trying float")
@@ -351,15 +373,16 @@ def judge(
     candidate: Candidate,
     figures: TestFigures,
     data: TrainingSet,
+    current: Current,
 ) -> GateResult:
     """The gate against the current model, on the same test pictures; a fine-tuned model
     must also beat the fast one."""
-    cfg, current = settings.train, current_manifest(settings)
+    cfg = settings.train
     verdict = gate(
         [e.label for e in data.test],
         figures.predicted,
-        current_predictions(settings, current, data.test),
-        current.classes if current else [],
+        current.answers,
+        current.manifest.classes if current.manifest else [],
         cfg.max_macro_f1_drop,
         cfg.max_class_recall_drop,
     )
@@ -421,9 +444,9 @@ def build_report(
     judged: Judged,
     exported: Exported,
     chosen: JudgedRuntime,
+    current: Manifest | None,
     outcome: str,
 ) -> Report:
-    current = current_manifest(settings)
     test_labels = data.labels()["test"]
     calibration, figures, verdict = chosen.calibration, chosen.figures, chosen.verdict
     int8 = (
@@ -482,9 +505,9 @@ def build_manifest(
     judged: Judged,
     onnx_path: Path,
     chosen: JudgedRuntime,
+    current: Manifest | None,
 ) -> Manifest:
     """The daemon's own type: what it reads is what was checked here."""
-    current = current_manifest(settings)
     calibration, figures = chosen.calibration, chosen.figures
     check = calibration.unknown_threshold
     return Manifest(
