@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from sortbox.daemon.sorting.copies import LIBRARY_NAME, copy_into, library_name
+from sortbox.daemon.sorting.copies import (
+    LIBRARY_NAME,
+    Scratch,
+    _write_direct,
+    copy_into,
+    library_name,
+)
 from sortbox.daemon.sorting.manifest import check_class_name
 
 # -- naming and placement ------------------------------------------------------------------------
@@ -43,8 +54,6 @@ def test_long_names_are_cut_to_fit_the_filesystem() -> None:
 def test_copy_never_overwrites_other_content(tmp_path: Path) -> None:
     source = tmp_path / "in.jpg"
     source.write_bytes(b"new content")
-    import hashlib
-
     sha = hashlib.sha256(b"new content").hexdigest()
     folder = tmp_path / "lib"
     folder.mkdir()
@@ -55,6 +64,53 @@ def test_copy_never_overwrites_other_content(tmp_path: Path) -> None:
     assert squatter.read_bytes() == b"someone else's file"
     assert copy_into(source, folder, "in.jpg", sha) == final  # identical content: no second copy
     assert sorted(p.name for p in folder.iterdir()) == sorted([squatter.name, final.name])
+
+
+# sizes around the 4096-byte blocks direct writes are made of, and past the scratch kept
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 3 * 4096, 2_000_003, (8 << 20) + 5])
+def test_copies_written_around_the_page_cache_are_the_very_bytes(tmp_path: Path, size: int) -> None:
+    content = os.urandom(size)
+    source = tmp_path / "in.jpg"
+    source.write_bytes(content)
+    sha = hashlib.sha256(content).hexdigest()
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    scratch = Scratch()
+    final = copy_into(source, folder, "in.jpg", sha, content, scratch=scratch)
+    if size >= 2 * 4096 and shutil.which("fincore") and not _in_memory(folder):
+        # before anything reads it back: only the last part block went through the page
+        # cache (fincore asks mincore(2) which pages of the file are in memory)
+        shown = subprocess.run(
+            ["fincore", "--bytes", "--noheadings", "--output", "RES", str(final)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert int(shown.stdout) <= 4096
+    assert final.read_bytes() == content
+    assert [p.name for p in folder.iterdir()] == [final.name]  # no temporary file left
+
+
+def _in_memory(folder: Path) -> bool:
+    """tmpfs: a file's pages are the page cache, however it was written."""
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(folder)], capture_output=True, text=True)
+    return kind.stdout.strip() in ("tmpfs", "ramfs")
+
+
+def test_a_direct_write_the_kernel_refuses_goes_through_the_cache(tmp_path: Path) -> None:
+    """A real EINVAL: direct writes at a file offset off the block size are refused."""
+    content = os.urandom(5 * 4096 + 7)
+    target = tmp_path / "copy"
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+    except OSError:
+        pytest.skip("this filesystem has no direct I/O")
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        os.write(fd, b"head")  # the offset is now 4: no direct write is possible from here
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+        _write_direct(fd, content, Scratch())
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == b"head" + content
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "", ".hidden", "needs_review", "tab\there"])

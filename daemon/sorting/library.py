@@ -31,6 +31,7 @@ from sortbox.daemon.intake.group import group_key
 from sortbox.daemon.layout import REJECTED_FOLDER, REVIEW_FOLDER, STATE_FOLDER, fsync_dir
 from sortbox.daemon.settings import Settings
 from sortbox.daemon.sorting.copies import (
+    Scratch,
     portable_folder,
     remove_leftover_temps,
     same_content,
@@ -109,6 +110,7 @@ class Library:
         # finishes what was due (intakes.py), and `undo` brings it back
         self.remove_originals = self.originals.action != "keep" and journal is not None
         self.keep_subfolders = keep_subfolders
+        self.scratch = Scratch()  # memory for writing copies around the page cache
         self._unsynced: set[Path] = set()  # folders with new names not yet fsynced
         self._recent: OrderedDict[tuple[Path, str], PlacedPicture] = OrderedDict()
         self._originals_kept: set[Path] = set()  # done, but the inbox would not let them go

@@ -262,6 +262,7 @@ def _copy(item: Decoded, folder: str, library: Library, preferred: str | None = 
         preferred,
         sync_folder=library.sync_later,
         beneath=library.root,
+        scratch=library.scratch,
     )
     if item.identity is not None:
         # keep the capture time photo tools sort by; best effort
