@@ -14,6 +14,7 @@ from sortbox.daemon.cpus import cgroup_cpu_quota, usable_cpus
 from sortbox.daemon.intake.files import walk_files
 from sortbox.daemon.settings import (
     AUTO_THREADS_AT_MOST,
+    CPUS_PER_INFERENCE_THREAD,
     ConfigError,
     TrainSettings,
     load_settings,
@@ -71,9 +72,10 @@ def test_auto_threads_follow_the_cpus_this_process_may_use(tmp_path: Path) -> No
     pinned = subprocess.run(["taskset", "-c", "0", *python], capture_output=True, text=True)
     assert pinned.stdout.split() == ["1", "1", "1"], pinned.stderr
     cpus = usable_cpus()
-    threads = str(min(cpus, AUTO_THREADS_AT_MOST))
+    threads = min(cpus, AUTO_THREADS_AT_MOST)
     free = subprocess.run(python, capture_output=True, text=True)
-    assert free.stdout.split() == [threads, threads, str(cpus)], free.stderr
+    model_threads = max(1, threads // CPUS_PER_INFERENCE_THREAD)
+    assert free.stdout.split() == [str(threads), str(model_threads), str(cpus)], free.stderr
     given = subprocess.run(
         ["taskset", "-c", "0", *python],
         capture_output=True,
