@@ -163,7 +163,7 @@ class Service:
                 self.settings.batch_size,
                 max_wait_s,
                 self.should_exit,
-                more_coming=self.decoders.more_coming,
+                more_coming=self.decoders.more_queued,
                 idle_poll_s=self.intake.idle_poll_s,
             )
             if batch:

@@ -58,6 +58,12 @@ class Decoders:
         """Pictures on their way to the batch: queued for decoding, or being decoded."""
         return self.workload.decoders_busy or not self.arrivals.empty()
 
+    def more_queued(self) -> bool:
+        """Pictures waiting for a decoder. What a decoder holds now is not waited for: it
+        joins the next batch, decoded while the model runs this one, so the end of a burst
+        costs the model's time for one or two pictures, not for a whole batch (#31)."""
+        return not self.arrivals.empty()
+
     def stop(self) -> None:
         """Inputs not yet decoded stay where they are for the next start; each decoder
         finishes what it holds and ends."""
