@@ -2,6 +2,7 @@
 
     git clone https://github.com/alexeygrigorev/clothing-dataset-small
     python benchmarks/bench_train.py clothing-dataset-small [--backbone lite0] [--budget-minutes 60]
+                                     [--seed 0] [--no-retrain]
 
 The dataset's train/ folder (less 10 pictures per class, held back to arrive later) is the
 labelled data, validation/ the calibration split and test/ the test split: sortbox keeps a
@@ -135,7 +136,7 @@ def correct_like_a_user(home: Path, limit: int) -> int:
     return made
 
 
-def prepare(home: Path, dataset: Path, backbone: str, budget: float) -> None:
+def prepare(home: Path, dataset: Path, backbone: str, budget: float, seed: int) -> None:
     shutil.rmtree(home, ignore_errors=True)
     for split in ("train", "validation", "test"):
         for folder in sorted((dataset / split).iterdir()):
@@ -150,7 +151,7 @@ def prepare(home: Path, dataset: Path, backbone: str, budget: float) -> None:
         'inbox = "inbox"\nlibrary = "library"\njournal = "journal.jsonl"\n'
         f'models_dir = "models"\ndataset = "dataset"\ntarget_precision = {TARGET}\n'
         "create_folders = true\n"
-        f'[train]\nbackbone = "{backbone}"\nbudget_minutes = {budget}\n'
+        f'[train]\nbackbone = "{backbone}"\nbudget_minutes = {budget}\nseed = {seed}\n'
     )
 
 
@@ -164,12 +165,16 @@ def main() -> None:
     parser.add_argument("--backbone", default="lite0", choices=["lite0", "lite2"])
     parser.add_argument("--budget-minutes", type=float, default=60.0)
     parser.add_argument("--workdir", type=Path, default=REPO / ".bench" / "train")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed: the fine-tune's order")
+    parser.add_argument(
+        "--no-retrain", action="store_true", help="stop after the first training (no corrections)"
+    )
     args = parser.parse_args()
     home = args.workdir.absolute()
-    prepare(home, args.dataset.absolute(), args.backbone, args.budget_minutes)
+    prepare(home, args.dataset.absolute(), args.backbone, args.budget_minutes, args.seed)
     print(
         f"machine: {os.cpu_count()} CPUs; backbone {args.backbone}; budget {args.budget_minutes:g} min; "
-        f"target precision {TARGET}; cold caches\n"
+        f"seed {args.seed}; target precision {TARGET}; cold caches\n"
     )
 
     seconds, first = sortbox(home, "train")
@@ -196,6 +201,8 @@ def main() -> None:
             f"model at weight {t.get('blend_fast_weight', 0.0):g}; stopped: {t.get('stop_reason')}"
         )
     print(f"  whole `sortbox train`: {seconds / 60:.1f} min")
+    if args.no_retrain:
+        return
 
     sortbox(home, "sort", str(home / "arriving"))
     corrections = correct_like_a_user(home, CORRECTIONS)
