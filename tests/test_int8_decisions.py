@@ -35,3 +35,22 @@ def test_one_picture_filed_into_another_class_refuses_it() -> None:
     assert not DecisionsCompared(0.99, 1, 0.69, 0.69).acceptable
     assert not DecisionsCompared(0.99, 0, 0.69, 0.69 - MAX_COVERAGE_COST - 0.01).acceptable
     assert not DecisionsCompared(MIN_AGREEMENT - 0.01, 0, 0.69, 0.69).acceptable
+
+
+def test_the_comparison_uses_the_calibration_that_ships_with_both() -> None:
+    """The INT8 model's own outputs on the calibration pictures are in-sample wherever the fast
+    model's head is in it: it takes the float model's calibration, and is compared under it."""
+    from sortbox.trainer.quantize import compare_decisions
+
+    labels = np.array([0, 1] * 500)
+    confident = np.where(labels[:, None] == np.arange(2), 3.0, 0.0).astype(np.float32)
+    float_outputs = Outputs(confident, np.zeros(1000, np.float32))
+    int8_outputs = Outputs(confident * 0.5, np.zeros(1000, np.float32))  # less sure of each
+    shipped = calibration(0.9)  # the float model's: the INT8 one falls below it everywhere
+    compared = compare_decisions(
+        float_outputs, int8_outputs, labels, CLASSES, 0.97, 0.0, shipped=shipped
+    )
+    assert compared.float_auto_share == 1.0 and compared.int8_auto_share == 0.0
+    assert not compared.acceptable  # all its pictures would go to review
+    own = compare_decisions(float_outputs, int8_outputs, labels, CLASSES, 0.97, 0.0)
+    assert own.int8_auto_share > 0.0  # calibrated on itself it would have looked as good

@@ -120,3 +120,23 @@ def test_a_batch_of_400_keeps_the_target_when_the_average_is_above_it_by_enough(
     batch = derive_thresholds(points, ["a"], 0.97).per_class["a"]
     average = derive_thresholds(points, ["a"], 0.97, batch=None).per_class["a"]
     assert average < batch < 1.0
+
+
+def test_cross_fitted_scores_are_set_against_the_check_that_ships() -> None:
+    """The folds' unknown checks learnt from fewer pictures than the shipped one, so their
+    scores run higher: the threshold is the shipped check's own quantile on pictures it never
+    saw, and the folds' scores are rescaled so it refuses the same share of the evidence."""
+    from sortbox.trainer.calibrate import calibrate
+    from sortbox.trainer.unknown import unknown_threshold
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 1000)
+    logits = np.where(labels[:, None] == np.arange(2), 4.0, 0.0) + rng.normal(0, 1, (1000, 2))
+    folds = rng.gamma(4.0, 2.0, 1000)  # the cross-fitted scores: larger
+    shipped = rng.gamma(4.0, 1.0, 300)  # the shipped check on the calibration pictures
+    own = calibrate(logits, labels, ["a", "b"], 0.97, folds, 0.05)
+    set_on_shipped = calibrate(logits, labels, ["a", "b"], 0.97, folds, 0.05, check_scores=shipped)
+    assert set_on_shipped.unknown_threshold == unknown_threshold(shipped, 0.05)
+    assert set_on_shipped.unknown_threshold < own.unknown_threshold  # type: ignore[operator]
+    refused = np.array(set_on_shipped.points.unknown) > set_on_shipped.unknown_threshold
+    assert refused.sum() == (folds > own.unknown_threshold).sum()  # the same evidence kept

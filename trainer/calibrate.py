@@ -93,13 +93,23 @@ def calibrate(
     target: float,
     unknown: np.ndarray | None = None,
     unknown_review_rate: float = 0.0,
+    check_scores: np.ndarray | None = None,
 ) -> Calibration:
     """`unknown`: the calibration pictures' unknown scores, where the model has them; at most
-    `unknown_review_rate` of such known pictures are to be sent to review by the check."""
+    `unknown_review_rate` of such known pictures are to be sent to review by the check.
+    `check_scores`: where `unknown` comes from other checks than the one that ships (the
+    cross-fitted folds'), the shipped check's scores on known pictures it never learnt from.
+    The threshold is set on those, and `unknown` is rescaled so that the same share of it lies
+    past the threshold: the evidence the walk keeps is what the shipped check would keep."""
     temperature = fit_temperature(logits, labels)
     probabilities = softmax(logits, temperature)
     predicted = probabilities.argmax(axis=1)
     check = None if unknown is None else unknown_threshold(unknown, unknown_review_rate)
+    if unknown is not None and check is not None and check_scores is not None:
+        shipped_check = unknown_threshold(check_scores, unknown_review_rate)
+        if shipped_check is not None and check > 0:
+            unknown = unknown * (shipped_check / check)
+            check = shipped_check
     points = CalibrationPoints(
         predicted=predicted.tolist(),
         confidence=[round(float(c), 6) for c in probabilities.max(axis=1)],

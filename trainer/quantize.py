@@ -148,12 +148,13 @@ def compare_decisions(
     classes: list[str],
     target: float,
     unknown_review_rate: float,
+    shipped: Calibration | None = None,
 ) -> DecisionsCompared:
-    """Calibrate each model on its own outputs (as the trainer would ship it), then compare
-    what the daemon would do with each picture."""
+    """What the daemon would do with each picture, under the calibration that ships with both
+    (`shipped`, as the trainer compares them), or each calibrated on its own outputs (None)."""
 
     def decisions(outputs: Outputs) -> np.ndarray:
-        calibration = calibrate(
+        calibration = shipped or calibrate(
             outputs.logits, labels, classes, target, outputs.unknown, unknown_review_rate
         )
         return auto_decisions(outputs, calibration, classes)

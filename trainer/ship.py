@@ -159,10 +159,11 @@ def choose_runtime(
     force: bool,
 ) -> JudgedRuntime:
     """The INT8 model where it decides as the float model does and passes the gate; else the
-    float model. Each is calibrated and measured on its own outputs, as the daemon runs it."""
+    float model. Both take the float model's calibration (out-of-sample evidence) and are
+    measured on their own outputs, as the daemon runs them."""
     runtimes = exported.runtimes
+    calibration, evidence = calibrate_candidate(settings, candidate, data)
     for runtime in runtimes:
-        calibration, evidence = calibrate_candidate(settings, candidate, runtime, data)
         figures = measure_on_test(runtime, calibration, data)
         verdict = judge(settings, candidate, figures, data, current)
         if verdict.passed or force or runtime is runtimes[-1]:
@@ -280,7 +281,8 @@ def int8_version(
 ) -> Int8Outcome:
     """Quantise the exported model on training pictures, and compare the decisions the daemon
     would take with it and with the float model on the calibration and test pictures
-    (`candidate`'s outputs on them, which the parity check proved ONNX Runtime reproduces)."""
+    (`candidate`'s outputs on them, which the parity check proved ONNX Runtime reproduces),
+    both under the calibration that ships."""
     max_pixels = settings.max_pixels
     rng = np.random.default_rng(settings.train.seed)
     chosen = rng.choice(len(data.train), min(CALIBRATION_PICTURES, len(data.train)), replace=False)
@@ -291,6 +293,7 @@ def int8_version(
         float_model.with_name(INT8_MODEL_FILE),
     )
     labels = data.labels()
+    shipped, _ = calibrate_candidate(settings, candidate, data)
     outputs, compared = {}, {}
     for role in ("calibration", "test"):
         pictures = plain_pictures(data.role(role), spec, max_pixels)
@@ -302,6 +305,7 @@ def int8_version(
             data.classes,
             settings.target_precision,
             settings.unknown_review_rate,
+            shipped,
         )
     outcome = Int8Outcome(
         path,
@@ -319,17 +323,21 @@ def int8_version(
 
 
 def calibrate_candidate(
-    settings: Settings, candidate: Candidate, runtime: Runtime, data: TrainingSet
+    settings: Settings, candidate: Candidate, data: TrainingSet
 ) -> tuple[Calibration, int]:
-    """The calibration, and how many out-of-sample predictions it stands on. Cross-fitted
-    predictions stand for the float model only: INT8 is calibrated on its own outputs."""
-    if candidate.cross_fitted is not None and not runtime.int8:
+    """The calibration, and how many out-of-sample predictions it stands on: the cross-fitted
+    ones where the model learnt from the calibration pictures (the fast model), else its
+    PyTorch outputs on them (a fine-tuned model, its fast part cross-fitted too). An INT8
+    model takes the same: its own outputs on the calibration pictures are in-sample wherever
+    the fast model's head is in it, and would promise more than the pictures show."""
+    shipped_check = candidate.unknown["calibration"]  # fitted on the train pictures only
+    if candidate.cross_fitted is not None:
         crossed = candidate.cross_fitted
         logits, labels, unknown = crossed.logits, crossed.labels, crossed.unknown
     else:
-        logits = runtime.logits["calibration"]
-        labels = data.labels()["calibration"]
-        unknown = runtime.unknown["calibration"]
+        logits, labels, unknown = (
+            candidate.logits["calibration"], data.labels()["calibration"], shipped_check
+        )  # fmt: skip
     calibration = calibrate(
         logits,
         labels,
@@ -337,6 +345,7 @@ def calibrate_candidate(
         settings.target_precision,
         unknown,
         settings.unknown_review_rate,
+        check_scores=shipped_check if candidate.cross_fitted is not None else None,
     )
     return calibration, len(labels)
 
