@@ -445,6 +445,43 @@ def test_gate_refuses_a_candidate_that_breaks_one_class() -> None:
     assert gate(truth, noisy, current, classes, 0.02, 0.05).passed
 
 
+def test_a_fine_tuned_model_must_not_buy_accuracy_with_review() -> None:
+    from sortbox.trainer.evaluate import Standing, falls_short_of
+
+    fast = Standing(macro_f1=0.90, auto_share=0.667)
+    # more accurate, and it sorts about as much: it improves on the fast model
+    assert falls_short_of(Standing(0.93, 0.64), fast) == []
+    # more accurate, but its calibration promises nothing: everything would go to review
+    (problem,) = falls_short_of(Standing(0.93, 0.0), fast)
+    assert "auto-sorts 0.0% of the test pictures against the fast model's 66.7%" in problem
+    # sorts as much, but no more accurate: not worth the extra model time
+    (problem,) = falls_short_of(Standing(0.90, 0.70), fast)
+    assert "not better than the fast model's macro-F1 0.9000" in problem
+
+
+def test_a_fine_tuned_model_that_can_promise_nothing_does_not_replace_the_fast_one(
+    tmp_path: Path, feature_cache: Path
+) -> None:
+    """A real run in which the fine-tuned model's calibration cannot promise 90 %: it stands on
+    its 12 calibration pictures, and 22 right in a row are the fewest that could show it. The
+    fast model stands on 84 cross-fitted predictions and auto-sorts. The gate keeps it."""
+    home = trainer_home(tmp_path, feature_cache)
+    dataset = tmp_path / "dataset"
+    copy_photos(dataset / "train", dict.fromkeys(("hat", "pants", "shoes"), 24))
+    copy_photos(dataset / "validation", dict.fromkeys(("hat", "pants", "shoes"), 4), skip=24)
+    copy_photos(dataset / "test", dict.fromkeys(("hat", "pants", "shoes"), 12), skip=28)
+    run = sortbox(
+        "train", config=home.config, timeout=600, env={"SORTBOX_TARGET_PRECISION": "0.9"}
+    )
+    assert run.returncode == 0, run.stdout + run.stderr  # the fast model was published
+    published = read_manifest(home.models / str(current_version(home.models)))
+    assert published.kind == "fast" and published.metrics["test_auto_share"] > 0.05
+    (refused,) = fine_tuned_reports(home)
+    assert refused["outcome"] == "rejected", refused["outcome"]
+    (train_run,) = home.events("train")
+    assert "auto-sorts 0.0% of the test pictures against the fast model's" in train_run["reason"]
+
+
 def test_device_choice_uses_cuda_only_when_torch_sees_it(tmp_path: Path) -> None:
     from sortbox.trainer.finetune import NoCuda, choose_device
 

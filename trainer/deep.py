@@ -83,6 +83,9 @@ def fine_tune(
         progress=progress,
         warm_started=warm is not None,
     )
+    # the same seed trains the same network whatever ran before it (the fast model's
+    # cross-fitting draws from torch's generator too): dropout and drop-connect draw from it
+    torch.manual_seed(cfg.seed)
     outcome = finetune(job)
     print(f"train: fine-tune: {outcome.stop_reason}")
     return Tuned(outcome, warm_from, time.monotonic() - started)

@@ -17,6 +17,37 @@ class Evaluation:
     most_confused: list[tuple[str, str, int]]
 
 
+@dataclass(frozen=True)
+class Standing:
+    """A model's results on the test pictures, which a fine-tuned model must improve on."""
+
+    macro_f1: float
+    auto_share: float  # the test pictures it auto-sorts under its own promise
+
+
+# A fine-tuned model may auto-sort at most this many points fewer test pictures than the fast
+# model it would replace: a better macro-F1 that the user only meets in needs_review is not
+# worth more review. A fine-tuned run on clothing-dataset-small whose calibration could promise
+# nothing (threshold above 1) replaced a fast model that auto-sorted 66.7 % (#33).
+MAX_AUTO_SORT_LOSS = 0.05
+
+
+def falls_short_of(
+    candidate: Standing, fast: Standing, max_auto_sort_loss: float = MAX_AUTO_SORT_LOSS
+) -> list[str]:
+    """Why `candidate` does not improve on the fast model (empty: it does). It must be more
+    accurate, and must not send much more to review to be so."""
+    problems = []
+    if candidate.macro_f1 <= fast.macro_f1:
+        problems.append(f"not better than the fast model's macro-F1 {fast.macro_f1:.4f}")
+    if candidate.auto_share < fast.auto_share - max_auto_sort_loss:
+        problems.append(
+            f"auto-sorts {candidate.auto_share:.1%} of the test pictures against the fast "
+            f"model's {fast.auto_share:.1%} (at most {100 * max_auto_sort_loss:.0f} points fewer)"
+        )
+    return problems
+
+
 def f1_scores(
     true: list[str], predicted: list[str], classes: list[str]
 ) -> dict[str, dict[str, float]]:

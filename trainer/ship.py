@@ -1,8 +1,9 @@
 """From a trained candidate to a published model, or a refused one kept for its report.
 
-export (and check ONNX Runtime agrees with PyTorch) → INT8 (kept when it agrees) →
-calibrate (temperature, thresholds, the unknown check) → measure on the test pictures →
-gate against the current model → report and manifest → publish.
+calibrate (temperature, thresholds, the unknown check) → export (and check ONNX Runtime agrees
+with PyTorch) → INT8 (kept when it decides as the float model does under that calibration) →
+measure on the test pictures → gate against the current model (and a fine-tuned one against
+the fast one) → report and manifest → publish.
 
 Calibration uses only out-of-sample predictions (the calibration pictures', or cross-fitted
 ones); the gate and every reported figure use only the test pictures.
@@ -31,7 +32,14 @@ from sortbox.trainer.calibrate import (
     precision_coverage,
 )
 from sortbox.trainer.data import Example, TrainingSet
-from sortbox.trainer.evaluate import Evaluation, GateResult, evaluate, gate
+from sortbox.trainer.evaluate import (
+    Evaluation,
+    GateResult,
+    Standing,
+    evaluate,
+    falls_short_of,
+    gate,
+)
 from sortbox.trainer.export import LOGITS, UNKNOWN, check_parity, export_onnx
 from sortbox.trainer.fast import CrossFitted
 from sortbox.trainer.finetune import plain_pictures
@@ -75,7 +83,7 @@ class Candidate:
     # model that learnt from them), unless INT8 ships: its outputs are what runs
     cross_fitted: CrossFitted | None = None
     held_out_pass: float | None = None
-    must_beat: float | None = None  # a macro-F1 it must beat (the fast model's)
+    must_beat: Standing | None = None  # the fast model's results, for a fine-tuned one
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ class Shipped:
     outcome: str  # published, rejected or paused
     version: str | None
     summary: str
-    evaluation: Evaluation | None
+    standing: Standing | None  # on the test pictures, as judged
 
 
 def ship(
@@ -93,9 +101,12 @@ def ship(
     version = new_version(settings.models_dir)
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.models_dir, prefix=".scratch-") as scratch:
-        exported = export_checked(settings, candidate, data, Path(scratch))
+        calibrated = calibrate_candidate(settings, candidate, data)
+        exported = export_checked(settings, candidate, data, calibrated.calibration, Path(scratch))
         current = Current.of(settings, data)
-        judged_runtime = choose_runtime(settings, candidate, exported, data, current, force)
+        judged_runtime = choose_runtime(
+            settings, candidate, calibrated, exported, data, current, force
+        )
         verdict, figures = judged_runtime.verdict, judged_runtime.figures
         publishable = verdict.passed or force
         outcome = "published" if publishable else "rejected"
@@ -124,7 +135,7 @@ def ship(
         f"{verdict.reason}; {candidate.facts.seconds:.0f}s"
     )
     print(f"train: {outcome}: {summary}")
-    return Shipped(outcome, version, summary, figures.evaluation)
+    return Shipped(outcome, version, summary, figures.standing)
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,7 @@ class JudgedRuntime:
 def choose_runtime(
     settings: Settings,
     candidate: Candidate,
+    calibrated: Calibrated,
     exported: Exported,
     data: TrainingSet,
     current: Current,
@@ -161,15 +173,14 @@ def choose_runtime(
     """The INT8 model where it decides as the float model does and passes the gate; else the
     float model. Both take the float model's calibration (out-of-sample evidence) and are
     measured on their own outputs, as the daemon runs them."""
-    runtimes = exported.runtimes
-    calibration, evidence = calibrate_candidate(settings, candidate, data)
+    runtimes, calibration = exported.runtimes, calibrated.calibration
     for runtime in runtimes:
         figures = measure_on_test(runtime, calibration, data)
         verdict = judge(settings, candidate, figures, data, current)
         if verdict.passed or force or runtime is runtimes[-1]:
             break
         print(f"train: the INT8 model did not pass the gate ({verdict.reason}); trying float")
-    return JudgedRuntime(runtime, calibration, evidence, figures, verdict)
+    return JudgedRuntime(runtime, calibration, calibrated.evidence, figures, verdict)
 
 
 # -- export, parity, INT8 ----------------------------------------------------------------------
@@ -253,7 +264,11 @@ class Exported:
 
 
 def export_checked(
-    settings: Settings, candidate: Candidate, data: TrainingSet, scratch: Path
+    settings: Settings,
+    candidate: Candidate,
+    data: TrainingSet,
+    calibration: Calibration,
+    scratch: Path,
 ) -> Exported:
     spec = candidate.model.backbone.preprocessing
     onnx_path = export_onnx(
@@ -264,7 +279,7 @@ def export_checked(
     temperature = fit_temperature(candidate.logits["calibration"], labels)
     parity = check_parity(candidate.model, onnx_path, pictures, temperature)
     int8 = (
-        int8_version(settings, onnx_path, spec, data, candidate, pictures)
+        int8_version(settings, onnx_path, spec, data, candidate, calibration, pictures)
         if settings.train.int8
         else None
     )
@@ -277,6 +292,7 @@ def int8_version(
     spec: Preprocessing,
     data: TrainingSet,
     candidate: Candidate,
+    shipped: Calibration,
     sample: np.ndarray,
 ) -> Int8Outcome:
     """Quantise the exported model on training pictures, and compare the decisions the daemon
@@ -293,7 +309,6 @@ def int8_version(
         float_model.with_name(INT8_MODEL_FILE),
     )
     labels = data.labels()
-    shipped, _ = calibrate_candidate(settings, candidate, data)
     outputs, compared = {}, {}
     for role in ("calibration", "test"):
         pictures = plain_pictures(data.role(role), spec, max_pixels)
@@ -322,9 +337,13 @@ def int8_version(
 # -- calibrate, measure, gate ------------------------------------------------------------------
 
 
-def calibrate_candidate(
-    settings: Settings, candidate: Candidate, data: TrainingSet
-) -> tuple[Calibration, int]:
+@dataclass(frozen=True)
+class Calibrated:
+    calibration: Calibration
+    evidence: int  # how many out-of-sample predictions it stands on
+
+
+def calibrate_candidate(settings: Settings, candidate: Candidate, data: TrainingSet) -> Calibrated:
     """The calibration, and how many out-of-sample predictions it stands on: the cross-fitted
     ones where the model learnt from the calibration pictures (the fast model), else its
     PyTorch outputs on them (a fine-tuned model, its fast part cross-fitted too). An INT8
@@ -347,7 +366,7 @@ def calibrate_candidate(
         settings.unknown_review_rate,
         check_scores=shipped_check if candidate.cross_fitted is not None else None,
     )
-    return calibration, len(labels)
+    return Calibrated(calibration, len(labels))
 
 
 @dataclass(frozen=True)
@@ -359,6 +378,10 @@ class TestFigures:
     familiar: np.ndarray  # the test pictures the unknown check lets through
     on_test: AutoSorted  # with the unknown check
     unchecked: AutoSorted  # without it
+
+    @property
+    def standing(self) -> Standing:
+        return Standing(self.evaluation.macro_f1, self.on_test.share)
 
 
 def measure_on_test(runtime: Runtime, calibration: Calibration, data: TrainingSet) -> TestFigures:
@@ -385,7 +408,7 @@ def judge(
     current: Current,
 ) -> GateResult:
     """The gate against the current model, on the same test pictures; a fine-tuned model
-    must also beat the fast one."""
+    must also improve on the fast one."""
     cfg = settings.train
     verdict = gate(
         [e.label for e in data.test],
@@ -395,9 +418,10 @@ def judge(
         cfg.max_macro_f1_drop,
         cfg.max_class_recall_drop,
     )
-    beaten = candidate.must_beat
-    if verdict.passed and beaten is not None and figures.evaluation.macro_f1 <= beaten:
-        reason = f"{verdict.reason}; not better than the fast model's macro-F1 {beaten:.4f}"
+    fast = candidate.must_beat
+    problems = falls_short_of(figures.standing, fast) if fast is not None else []
+    if verdict.passed and problems:
+        reason = "; ".join([verdict.reason, *problems])
         return dataclasses.replace(verdict, passed=False, reason=reason)
     return verdict
 

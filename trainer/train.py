@@ -8,7 +8,8 @@
    until they stop improving (trainer/finetune.py; a run cut short resumes next time);
 4. the blend: mixed with the fast model when that calibrates better (trainer/deep.py);
 5. each candidate shipped (trainer/ship.py): export → INT8 → calibrate → evaluate → gate →
-   publish; the fine-tuned one only if it also beats the fast one on the test pictures.
+   publish; the fine-tuned one only if it also improves on the fast one on the test pictures:
+   a better macro-F1, auto-sorting at most a few points fewer.
 
 Calibration (temperature, thresholds, early stopping, the blend) uses only out-of-sample
 predictions; the gate and every reported figure use only the test pictures. Everything
@@ -28,6 +29,7 @@ from sortbox.daemon.sorting.journal import Journal, TrainingRun
 from sortbox.daemon.sorting.manifest import Manifest, published_versions
 from sortbox.trainer.data import TrainingSet, describe, gather
 from sortbox.trainer.deep import CHECKPOINT, blend_with_fast, fine_tune, keep_weights
+from sortbox.trainer.evaluate import Standing
 from sortbox.trainer.fast import CROSS_FIT_FOLDS, FastModel, train_fast_model
 from sortbox.trainer.finetune import NoCuda, choose_device
 from sortbox.trainer.judgeable import judge_pictures, leave_out
@@ -99,10 +101,9 @@ def train_and_publish(
     # 4. The blend with the fast model, then 5. ship it if it beats the fast one.
     deep = blend_with_fast(settings, tuned.outcome.network, fast, data)
     facts = tuned.facts(device).model_copy(update={"blend_fast_weight": deep.fast_weight})
-    beat = next((o.evaluation.macro_f1 for o in outcomes if o.evaluation is not None), None)
     candidate = Candidate(
         "fine-tuned", deep.model, deep.logits, fast.unknown, facts,
-        held_out_pass=fast.held_out_pass, must_beat=beat,
+        held_out_pass=fast.held_out_pass, must_beat=fast_standing(outcomes, current, data),
     )  # fmt: skip
     outcomes.append(ship(settings, candidate, data, judged, force))
     if outcomes[-1].outcome == "published" and outcomes[-1].version:
@@ -124,6 +125,22 @@ def fast_candidate(fast: FastModel) -> Candidate:
         cross_fitted=fast.crossed,
         held_out_pass=fast.held_out_pass,
     )
+
+
+def fast_standing(
+    outcomes: list[Shipped], current: Manifest | None, data: TrainingSet
+) -> Standing | None:
+    """The fast model's results on the test pictures: judged in this run, or, where this run
+    left it as it was (a fine-tune resumed after its budget paused it), the current model's."""
+    judged = next((o.standing for o in outcomes if o.standing is not None), None)
+    if judged is not None or current is None:
+        return judged
+    if current.kind != "fast" or current.training_set_hash != data.fingerprint:
+        return None
+    macro_f1, auto_share = current.metrics.get("macro_f1"), current.metrics.get("test_auto_share")
+    if macro_f1 is None or auto_share is None:
+        return None
+    return Standing(float(macro_f1), float(auto_share))
 
 
 # -- before training: can it, and would it change anything ------------------------------------
