@@ -7,7 +7,8 @@ random and per class, into sortbox's roles (70% train, 15% calibration, 15% test
 resplit. The fast model is made as `sortbox train` makes it, on the frozen Lite0 features
 through the trainer's feature cache: its head's L2 strength chosen on the calibration
 pictures, four heads cross-fitted on train and calibration pictures (their average ships),
-thresholds (and the unknown check, at its default rate) from their out-of-sample predictions. The precision of what
+thresholds (and the unknown check, at its default rate, set on the shipped check's scores of
+the calibration pictures, the folds' rescaled onto it) from their out-of-sample predictions. The precision of what
 it auto-sorts is measured on the test pictures. For comparison, the same with thresholds from
 the calibration pictures alone and a head fitted on train (as the fine-tuned model is
 calibrated). The promise is "at least `target` right, measured on 400 or more auto-sorted
@@ -56,10 +57,14 @@ def measure(
     test: tuple[np.ndarray, np.ndarray, np.ndarray],
     names: list[str],
     target: float,
+    check_scores: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """(precision, coverage) on the test pictures, calibrated on `evidence`; each a tuple of
-    logits, labels and unknown scores."""
-    calibration = calibrate(evidence[0], evidence[1], names, target, evidence[2], REVIEW_RATE)
+    logits, labels and unknown scores. `check_scores`: the shipped check's scores on the
+    calibration pictures, where `evidence` holds the folds' (as the trainer calibrates)."""
+    calibration = calibrate(
+        evidence[0], evidence[1], names, target, evidence[2], REVIEW_RATE, check_scores
+    )
     probabilities = softmax(test[0], calibration.temperature)
     predicted = probabilities.argmax(axis=1)
     threshold = np.array([calibration.thresholds[name] for name in names])[predicted]
@@ -105,13 +110,15 @@ def main() -> None:
         line = [f"resplit {n}: accuracy {accuracy:.3f}"]
         for target in args.targets:
             for way in ways:
+                check_scores = None
                 if way == ways[0]:
                     evidence = (crossed.logits, crossed.labels, crossed.unknown)
                     test = (test_logits, labels["test"], unknown["test"])
+                    check_scores = unknown["calibration"]
                 else:
                     evidence = (alone["calibration"], labels["calibration"], unknown["calibration"])
                     test = (alone["test"], labels["test"], unknown["test"])
-                precision, coverage = measure(evidence, test, names, target)
+                precision, coverage = measure(evidence, test, names, target, check_scores)
                 results.setdefault((way, target), []).append((precision, coverage))
             p, c = results[(ways[0], target)][-1]
             line.append(f"{target}: {p:.1%} precise, {c:.1%} auto-sorted")

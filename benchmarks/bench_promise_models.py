@@ -2,7 +2,7 @@
 official test split.
 
     python benchmarks/bench_promise_models.py clothing-dataset-small MODEL_DIR [MODEL_DIR ...]
-                                              [--targets 0.97 0.98]
+                                              [--targets 0.97 0.98] [--float]
 
 MODEL_DIR is a published model folder (e.g. one `bench_train.py` made in its workdir's
 models/). Each model is run as the daemon runs it (the file its manifest names, INT8 where it
@@ -11,7 +11,8 @@ user sets `target_precision`: the thresholds derived again from the calibration 
 the manifest carries (`retarget`), which are the out-of-sample evidence the trainer kept. So
 one training serves every target. Prints, per model and target: the share of test pictures
 auto-sorted and the precision of those (95% Wilson intervals), and whether the precision
-reached the target. Needs the trainer extra.
+reached the target. `--float` runs the float model file where INT8 shipped too, so the two
+can be compared (the manifest's calibration is the same for both). Needs the trainer extra.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def test_pictures(dataset: Path, classes: list[str]) -> list[Example]:
     ]
 
 
-def on_test(model_dir: Path, manifest: Manifest, dataset: Path) -> tuple[Outputs, np.ndarray]:
-    """The shipped model file's outputs on test/, and the labels."""
-    model_file = verify_model_file(model_dir, manifest)
+def on_test(
+    model_dir: Path, manifest: Manifest, dataset: Path, runtime: bool = True
+) -> tuple[Outputs, np.ndarray]:
+    """The model file's outputs on test/ (`runtime`: the one the daemon runs), and the labels."""
+    model_file = verify_model_file(model_dir, manifest, runtime)
     found = test_pictures(dataset, manifest.classes)
     batches = plain_pictures(found, manifest.preprocessing, Settings().max_pixels)
     labels = np.array([manifest.classes.index(e.label) for e in found])
@@ -72,12 +75,15 @@ def main() -> None:
     parser.add_argument("dataset", type=Path, help="clothing-dataset-small (test/)")
     parser.add_argument("models", type=Path, nargs="+", help="published model folders")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.97, 0.98])
+    parser.add_argument("--float", action="store_true", help="also run the float model file")
     args = parser.parse_args()
     for model_dir in args.models:
         manifest = read_manifest(model_dir)
-        outputs, labels = on_test(model_dir, manifest, args.dataset)
-        for target in args.targets:
-            print(f"  target {target:.2f}: " + at_target(manifest, outputs, labels, target))
+        runtimes = [True, False] if args.float and manifest.int8 is not None else [True]
+        for runtime in runtimes:
+            outputs, labels = on_test(model_dir, manifest, args.dataset, runtime)
+            for target in args.targets:
+                print(f"  target {target:.2f}: " + at_target(manifest, outputs, labels, target))
 
 
 if __name__ == "__main__":

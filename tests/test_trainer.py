@@ -359,7 +359,7 @@ def test_train_publish_skip_gate_rollback_with_a_running_daemon(
         manifest = read_manifest(home.models / trained)
         assert manifest.classes == ["hat", "pants", "shoes"]
         assert manifest.kind in ("fast", "fine-tuned")
-        # the fast model is published first; the fine-tuned one only if it beats it
+        # the fast model is published first; the fine-tuned one only if it passes the gate
         lineage = [manifest.parent, read_manifest(home.models / manifest.parent).parent]
         assert default in lineage
         assert manifest.metrics["accuracy"] >= 0.7
@@ -459,20 +459,50 @@ def test_a_fine_tuned_model_must_not_buy_accuracy_with_review() -> None:
     assert "not better than the fast model's macro-F1 0.9000" in problem
 
 
+def test_the_fast_models_bar_is_measured_for_the_promise_in_force(tmp_path: Path) -> None:
+    """A resumed fine-tune is compared with the current fast model's test figures only where
+    they answered the same promise: its auto-sorted share under another target says nothing."""
+    from datetime import UTC, datetime
+
+    from sortbox.daemon.settings import load_settings
+    from sortbox.daemon.sorting.manifest import Manifest
+    from sortbox.daemon.sorting.preprocess import Preprocessing
+    from sortbox.trainer.data import TrainingSet
+    from sortbox.trainer.evaluate import Standing
+    from sortbox.trainer.train import fast_standing
+
+    config = tmp_path / "config.toml"
+    config.write_text('inbox = "in"\nlibrary = "lib"\njournal = "j.jsonl"\nmodels_dir = "m"\n')
+    settings = load_settings(config)  # target_precision 0.97, unknown_review_rate 0.05
+    data = TrainingSet(train=[], calibration=[], test=[], classes=["hat", "pants"])
+
+    def current(target: float, data_hash: str = data.fingerprint) -> Manifest:
+        return Manifest(
+            version="fast1", created=datetime.now(UTC), classes=data.classes, kind="fast",
+            preprocessing=Preprocessing(), temperature=1.0, model_sha256="0" * 64,
+            thresholds=dict.fromkeys(data.classes, 0.5),
+            training_set_hash=data_hash, target_precision=target, unknown_review_rate=0.05,
+            metrics={"macro_f1": 0.9, "test_auto_share": 0.6},
+        )  # fmt: skip
+
+    assert fast_standing(settings, [], current(0.97), data) == Standing(0.9, 0.6)
+    assert fast_standing(settings, [], current(0.90), data) is None, "another promise"
+    assert fast_standing(settings, [], current(0.97, "other"), data) is None, "other pictures"
+
+
 def test_a_fine_tuned_model_that_can_promise_nothing_does_not_replace_the_fast_one(
     tmp_path: Path, feature_cache: Path
 ) -> None:
     """A real run in which the fine-tuned model's calibration cannot promise 90 %: it stands on
-    its 12 calibration pictures, and 22 right in a row are the fewest that could show it. The
-    fast model stands on 84 cross-fitted predictions and auto-sorts. The gate keeps it."""
+    its 12 calibration pictures, where 37 right in a row are the fewest that could show it (at
+    the batch target 0.921, 5 % risk). The fast model stands on 84 cross-fitted predictions and
+    auto-sorts. The gate keeps it."""
     home = trainer_home(tmp_path, feature_cache)
     dataset = tmp_path / "dataset"
     copy_photos(dataset / "train", dict.fromkeys(("hat", "pants", "shoes"), 24))
     copy_photos(dataset / "validation", dict.fromkeys(("hat", "pants", "shoes"), 4), skip=24)
     copy_photos(dataset / "test", dict.fromkeys(("hat", "pants", "shoes"), 12), skip=28)
-    run = sortbox(
-        "train", config=home.config, timeout=600, env={"SORTBOX_TARGET_PRECISION": "0.9"}
-    )
+    run = sortbox("train", config=home.config, timeout=600, env={"SORTBOX_TARGET_PRECISION": "0.9"})
     assert run.returncode == 0, run.stdout + run.stderr  # the fast model was published
     published = read_manifest(home.models / str(current_version(home.models)))
     assert published.kind == "fast" and published.metrics["test_auto_share"] > 0.05

@@ -80,7 +80,7 @@ class Candidate:
     unknown: dict[str, np.ndarray]  # the unknown scores, by role
     facts: TrainingFacts
     # out-of-sample predictions to calibrate on instead of the calibration pictures' (for a
-    # model that learnt from them), unless INT8 ships: its outputs are what runs
+    # model that learnt from them); an INT8 version takes the same calibration
     cross_fitted: CrossFitted | None = None
     held_out_pass: float | None = None
     must_beat: Standing | None = None  # the fast model's results, for a fine-tuned one
@@ -420,7 +420,7 @@ def judge(
     )
     fast = candidate.must_beat
     problems = falls_short_of(figures.standing, fast) if fast is not None else []
-    if verdict.passed and problems:
+    if problems:  # said even where the gate refused it already: both are worth knowing
         reason = "; ".join([verdict.reason, *problems])
         return dataclasses.replace(verdict, passed=False, reason=reason)
     return verdict

@@ -7,9 +7,9 @@
 3. the deep model: the last stages fine-tuned on augmented pictures within the time budget,
    until they stop improving (trainer/finetune.py; a run cut short resumes next time);
 4. the blend: mixed with the fast model when that calibrates better (trainer/deep.py);
-5. each candidate shipped (trainer/ship.py): export → INT8 → calibrate → evaluate → gate →
-   publish; the fine-tuned one only if it also improves on the fast one on the test pictures:
-   a better macro-F1, auto-sorting at most a few points fewer.
+5. each candidate shipped (trainer/ship.py): calibrate → export → INT8 → evaluate → gate →
+   publish; the fine-tuned one only if it auto-sorts at most a few points fewer test pictures
+   than the fast one (trainer/evaluate.py: `falls_short_of`).
 
 Calibration (temperature, thresholds, early stopping, the blend) uses only out-of-sample
 predictions; the gate and every reported figure use only the test pictures. Everything
@@ -98,12 +98,14 @@ def train_and_publish(
         outcomes.append(Shipped("paused", None, f"fine-tune {tuned.outcome.stop_reason}", None))
         return finish_all(settings, outcomes)
 
-    # 4. The blend with the fast model, then 5. ship it if it beats the fast one.
+    # 4. The blend with the fast model, then 5. ship it if it passes the gate and the fast
+    # model's bar.
     deep = blend_with_fast(settings, tuned.outcome.network, fast, data)
     facts = tuned.facts(device).model_copy(update={"blend_fast_weight": deep.fast_weight})
+    bar = fast_standing(settings, outcomes, current, data)
     candidate = Candidate(
         "fine-tuned", deep.model, deep.logits, fast.unknown, facts,
-        held_out_pass=fast.held_out_pass, must_beat=fast_standing(outcomes, current, data),
+        held_out_pass=fast.held_out_pass, must_beat=bar,
     )  # fmt: skip
     outcomes.append(ship(settings, candidate, data, judged, force))
     if outcomes[-1].outcome == "published" and outcomes[-1].version:
@@ -128,15 +130,19 @@ def fast_candidate(fast: FastModel) -> Candidate:
 
 
 def fast_standing(
-    outcomes: list[Shipped], current: Manifest | None, data: TrainingSet
+    settings: Settings, outcomes: list[Shipped], current: Manifest | None, data: TrainingSet
 ) -> Standing | None:
     """The fast model's results on the test pictures: judged in this run, or, where this run
-    left it as it was (a fine-tune resumed after its budget paused it), the current model's."""
+    left it as it was (a fine-tune resumed after its budget paused it), the current model's,
+    if it was measured on the same pictures for the same promise."""
     judged = next((o.standing for o in outcomes if o.standing is not None), None)
     if judged is not None or current is None:
         return judged
     if current.kind != "fast" or current.training_set_hash != data.fingerprint:
         return None
+    other_rate = current.unknown_review_rate not in (None, settings.unknown_review_rate)
+    if current.target_precision != settings.target_precision or other_rate:
+        return None  # its auto-sorted share answered another promise
     macro_f1, auto_share = current.metrics.get("macro_f1"), current.metrics.get("test_auto_share")
     if macro_f1 is None or auto_share is None:
         return None
