@@ -8,8 +8,8 @@
    until they stop improving (trainer/finetune.py; a run cut short resumes next time);
 4. the blend: mixed with the fast model when that calibrates better (trainer/deep.py);
 5. each candidate shipped (trainer/ship.py): calibrate → export → INT8 → evaluate → gate →
-   publish; the fine-tuned one only if it auto-sorts at most a few points fewer test pictures
-   than the fast one (trainer/evaluate.py: `falls_short_of`).
+   publish; the fine-tuned one only if it is more accurate than the fast one on the test
+   pictures and auto-sorts at most a few points fewer (trainer/evaluate.py: `falls_short_of`).
 
 Calibration (temperature, thresholds, early stopping, the blend) uses only out-of-sample
 predictions; the gate and every reported figure use only the test pictures. Everything
