@@ -79,11 +79,19 @@ def evaluate(probabilities: np.ndarray, labels: np.ndarray, classes: list[str]) 
     ]
     return Evaluation(
         accuracy=float((predicted == labels).mean()) if len(labels) else 0.0,
-        macro_f1=float(np.mean([s["f1"] for s in per_class.values()])) if classes else 0.0,
+        macro_f1=macro_average(per_class, set(true_names) | set(predicted_names)),
         per_class=per_class,
         confusion=confusion.tolist(),
         most_confused=sorted(pairs, key=lambda x: -x[2])[:10],
     )
+
+
+def macro_average(per_class: dict[str, dict[str, float]], present: set[str]) -> float:
+    """The mean F1 over the classes the test pictures hold or the model predicted on them: a
+    class with no test picture that the model never chose has no F1 (it is not a 0 that
+    drags the mean down; a user's small set left two classes without test pictures)."""
+    scores = [s["f1"] for name, s in per_class.items() if name in present]
+    return float(np.mean(scores)) if scores else 0.0
 
 
 @dataclass(frozen=True)

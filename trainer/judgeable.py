@@ -55,7 +55,8 @@ class Judged:
         lines = [
             f"pictures too poor to judge: {count['train']} of {len(data.train)} training "
             f"pictures, {what}; {count['test']} of {len(data.test)} test pictures would go to "
-            "review as too poor to judge"
+            f"review as too poor to judge; the {len(self.unjudgeable)} labelled pictures past "
+            "the limits:"
         ]
         lines += [f"  {u.example.path}: {u.why}" for u in self.unjudgeable[:SHOWN]]
         if len(self.unjudgeable) > SHOWN:

@@ -269,10 +269,12 @@ def _per_class(report: Report, classes: list[str]) -> list[str]:
         s = report.metrics.per_class[name]
         threshold = report.calibration.thresholds[name]
         shown = "always review" if threshold > 1.0 else f"{threshold:.3f}"
-        lines.append(
-            f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | "
-            f"{int(s['support'])} | {shown} |"
+        scores = (
+            f"{s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f}"
+            if s["support"] or s["precision"]
+            else "- | - | - (no test pictures)"
         )
+        lines.append(f"| {name} | {scores} | {int(s['support'])} | {shown} |")
     return lines
 
 

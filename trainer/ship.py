@@ -130,12 +130,30 @@ def ship(
         )
     summary = (
         f"{candidate.kind} model {version}: test accuracy {figures.evaluation.accuracy:.3f}, "
-        f"macro-F1 {figures.evaluation.macro_f1:.3f}, {figures.on_test.share:.0%} auto-sorted "
-        f"at {figures.on_test.precision:.1%} precision on {len(data.test)} test pictures; "
+        f"macro-F1 {figures.evaluation.macro_f1:.3f}, "
+        f"{auto_sorted_words(figures.on_test, judged_runtime, settings.target_precision)}; "
         f"{verdict.reason}; {candidate.facts.seconds:.0f}s"
     )
     print(f"train: {outcome}: {summary}")
     return Shipped(outcome, version, summary, figures.standing)
+
+
+def auto_sorted_words(on_test: AutoSorted, judged: JudgedRuntime, target: float) -> str:
+    """What the model will auto-sort, in words. A model whose evidence cannot show the target
+    sorts nothing by itself, and "0% auto-sorted at 100.0% precision" hid that (#33)."""
+    if on_test.auto_sorted:
+        return (
+            f"{on_test.share:.0%} auto-sorted at {on_test.precision:.1%} precision on "
+            f"{on_test.pictures} test pictures"
+        )
+    if min(judged.calibration.thresholds.values()) > 1.0:
+        return (
+            f"NOTHING auto-sorted: its {judged.evidence} out-of-sample predictions cannot show "
+            f"{target:.0%} precision, so every picture goes to needs_review with the model's "
+            "suggestion; auto-sorting starts once more pictures are labelled (a lower "
+            "target_precision needs fewer; docs/training.md)"
+        )
+    return f"nothing auto-sorted of its {on_test.pictures} test pictures"
 
 
 @dataclass(frozen=True)
@@ -222,7 +240,8 @@ class Int8Outcome:
 
     def verdict(self) -> str:
         c = self.calibration
-        how = "ships beside the float model" if self.accepted else "refused"
+        # accepted is not shipped yet: the gate judges the INT8 model before the float one
+        how = "agrees with the float model; the gate decides" if self.accepted else "refused"
         return (
             f"INT8 model {how} ({self.int8_ms:.1f} ms a picture on one core against "
             f"{self.float_ms:.1f}): on the calibration pictures it gives the float model's "
