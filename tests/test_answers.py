@@ -170,19 +170,41 @@ def test_status_measures_precision_from_what_the_user_moved(tmp_path: Path) -> N
     assert overall["auto_sorted"] == still_there
     assert overall["corrections"] == 2
     assert overall["spot_checks_reviewed"] == 2 and overall["spot_checks_right"] == 1
-    # only what a person judged counts (#32): 2 moved out (wrong), 2 spot checks (1 right);
-    # the pictures nobody looked at are not "right" before anyone looked
+    # only the random sample measures: 2 spot checks, 1 right. The 2 moved out are known
+    # mistakes: they cap precision (a person moves only what is wrong, so they are no sample),
+    # and the pictures nobody looked at are not "right" before anyone looked (#32)
     assert overall["judged"] == 4
-    expected = 1 / 4
-    assert math.isclose(overall["precision"], expected)
+    assert math.isclose(overall["precision"], 1 / 2)
     low, high = overall["interval"]
-    assert low < expected < high
+    assert low < 1 / 2 < high
+    assert math.isclose(overall["at_most"], (still_there - 2) / still_there, abs_tol=1e-4)
     assert overall["promised"] is None  # hand-set thresholds, no calibration: no promise
     red = status["per_class"]["red"]
     assert red["corrections"] == 2
+    reds_there = red["auto_sorted"]
+    assert math.isclose(red["at_most"], (reds_there - 2) / reds_there, abs_tol=1e-4)
     human = sortbox("status", config=home.config).stdout
-    assert "measured only over pictures a person judged" in human and "moved" in human
+    assert "measured on spot checks" in human and "at most" in human
     assert "promises no precision" in human
+
+
+def test_moves_alone_cap_precision_and_never_measure_it(tmp_path: Path) -> None:
+    """A first user moved one wrong picture of 167 and was shown 0.0% precision: a move is
+    a known mistake, not a sample."""
+    home = make_home(tmp_path, audit_rate=0.0)
+    publish_rgb_model(home.models, "v1")
+    for n in range(30):
+        write_picture(home.inbox / f"{n:03}.jpg", ("red", "green", "blue")[n % 3], n)
+    assert sortbox("sort", str(home.inbox), config=home.config).returncode == 0
+    auto = [e for e in home.file_events() if e["event"] == "sorted"]
+    move(home, auto[0]["dest"], "green" if auto[0]["label"] != "green" else "blue")
+    overall = json.loads(sortbox("status", "--json", config=home.config).stdout)["precision"][
+        "overall"
+    ]
+    assert overall["precision"] is None and overall["interval"] is None
+    assert math.isclose(overall["at_most"], (len(auto) - 1) / len(auto), abs_tol=1e-4)
+    human = sortbox("status", config=home.config).stdout
+    assert " 0.0%" not in human and f"{(len(auto) - 1) / len(auto):.1%}" in human
 
 
 def move(home: Home, dest: str, folder: str) -> None:

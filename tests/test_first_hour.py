@@ -418,12 +418,12 @@ def test_sort_says_what_it_skipped_as_already_sorted(home: Home) -> None:
     assert "5 files: 3 sorted, 1 to review, 0 duplicates, 1 rejected" in first.stderr
     again = cli("sort", "inbox", cwd=home.root)
     assert again.returncode == 0
-    assert "0 files to sort: 5 files already sorted (journal), skipped" in again.stderr
+    assert "0 files to sort: 5 files skipped, already handled (the journal" in again.stderr
     one = cli("sort", "inbox/red.jpg", cwd=home.root)
-    assert "1 file already sorted (journal), skipped" in one.stderr, one.stderr
+    assert "1 file skipped, already handled" in one.stderr, one.stderr
     write_picture(home.inbox / "new.jpg", "blue", seed=42)
     mixed = cli("sort", "inbox", cwd=home.root)
-    assert "1 file: 1 sorted, 0 to review, 0 duplicates, 0 rejected; 5 files already" in (
+    assert "1 file: 1 sorted, 0 to review, 0 duplicates, 0 rejected; 5 files skipped" in (
         mixed.stderr
     )
 
@@ -566,3 +566,25 @@ def test_sort_without_a_terminal_says_how_far_it_got_for_the_whole_run(capsys) -
         "sort: 2/5 files, 1 sorted, 1 to review, 0 duplicates, 0 rejected",
         "sort: 5/5 files, 4 sorted, 1 to review, 0 duplicates, 0 rejected",
     ]
+
+
+def test_a_model_that_can_promise_nothing_says_so_and_undone_counts_are_said(
+    tmp_path: Path,
+) -> None:
+    """A first user's `sortbox train` on 260 labelled pictures published a model whose
+    calibration could show no threshold keeping 97%: every picture went to review, and
+    `status` raised no alarm. And after `undo`, the counts still read as if nothing was undone."""
+    home = make_home(tmp_path)
+    ten_right = {"predicted": [0] * 10, "confidence": [0.99] * 10, "correct": [True] * 10}
+    publish_rgb_model(home.models, "v1", calibration=ten_right, target_precision=0.97)
+    for n in range(4):
+        write_picture(home.inbox / f"{n}.jpg", ("red", "green")[n % 2], n)
+    sorted_now = cli("sort", "inbox", cwd=home.root)
+    assert sorted_now.returncode == 0, sorted_now.stderr
+    assert sorted_now.stdout.count("needs_review") == 4, sorted_now.stdout
+    status = cli("status", cwd=home.root).stdout
+    assert "this model sorts nothing by itself" in status, status
+    assert "(model expected 100%)" in status
+    assert cli("undo", "--last", "2", cwd=home.root).returncode == 0
+    status = cli("status", cwd=home.root).stdout
+    assert "4 to review, 0 rejected, 0 duplicates, 2 of them since undone" in status, status

@@ -1,15 +1,17 @@
 """Real-world precision, measured from what people do with the library.
 
-The folder is the label, and only what a person judged counts (#32: untouched files are not
-"right" before anyone looked at them):
-- an auto-sorted picture a person moved into another class folder is a measured mistake;
-- one a person confirmed where it was (audit in the web page, `reviewed` with the same folder)
-  is measured right;
-- a spot check (a confident decision sent to review on purpose, `audit_rate`) that a person
-  files into a class folder is right if that is the class the model chose, wrong otherwise:
-  spot checks are a random sample, so they keep the measure unbiased.
-Auto-sorted pictures nobody touched are counted (`auto_sorted`) but not judged. Pictures
-deleted, renamed beyond recognition or not yet reviewed are not counted either way.
+The folder is the label, and untouched files are not "right" before anyone looked at them
+(#32). What a person did is evidence of two kinds:
+- spot checks (confident decisions sent to review on purpose, `audit_rate`) are a random
+  sample of what would have been auto-sorted: one filed into a class folder is right if that is
+  the class the model chose. Only they *measure* precision, with a 95% interval;
+- an auto-sorted picture a person moved into another class folder is a known mistake. Moves
+  are not a sample (a person moves only what is wrong), so they cannot measure precision; they
+  cap it: of the auto-sorted pictures, at most (auto-sorted - moved) are right (`at_most`).
+  Confirmations in an audit are not a sample either (the audit shows the least confident
+  first): they are counted, and they are labels, but they measure nothing. A first user who
+  moved one wrong picture of 167 was shown "0.0%" when these were mixed with the spot checks.
+Pictures deleted, renamed beyond recognition or not yet reviewed are not counted either way.
 
 Files are recognised by the 12-hex content hash in their library name, which moving a file
 in a file manager keeps: no hashing of the library is needed.
@@ -30,10 +32,10 @@ from sortbox.daemon.sorting.copies import LIBRARY_NAME
 from sortbox.daemon.sorting.decide import SPOT_CHECK
 from sortbox.daemon.sorting.journal import Event, Review, Reviewed, Sorted, Undone
 from sortbox.daemon.sorting.manifest import Manifest
-from sortbox.daemon.sorting.thresholds import derive_thresholds, wilson_interval
+from sortbox.daemon.sorting.thresholds import PROMISE_BATCH, derive_thresholds, wilson_interval
 
 WINDOW_DAYS = 30
-MIN_FOR_WARNING = 20  # judged pictures before measured precision may raise a warning
+MIN_FOR_WARNING = 20  # spot checks before measured precision may raise a warning
 
 
 def folders_by_hash(library: Path) -> dict[str, set[str]]:
@@ -76,23 +78,31 @@ class Tally:
 
     @property
     def judged(self) -> int:
+        """Pictures a person looked at, of every kind (the sample is `spot_checks`)."""
         return self.corrections + self.confirmed + self.spot_checks
 
     @property
-    def right(self) -> int:
-        return self.confirmed + self.spot_checks_right
+    def at_most(self) -> float | None:
+        """The most the auto-sorted pictures can be right, the moved ones being wrong; None
+        while nothing was moved (then it caps nothing)."""
+        if not self.auto_sorted or not self.corrections:
+            return None
+        return (self.auto_sorted - self.corrections) / self.auto_sorted
 
     def report(self, promised: float | None) -> dict[str, Any]:
-        low, high = wilson_interval(self.right, self.judged)
+        sampled = self.spot_checks
+        low, high = wilson_interval(self.spot_checks_right, sampled)
         return {
             "auto_sorted": self.auto_sorted,
             "corrections": self.corrections,
             "confirmed": self.confirmed,
             "judged": self.judged,
-            "spot_checks_reviewed": self.spot_checks,
+            "spot_checks_reviewed": sampled,
             "spot_checks_right": self.spot_checks_right,
-            "precision": self.right / self.judged if self.judged else None,
-            "interval": [round(low, 4), round(high, 4)] if self.judged else None,
+            # measured on the random sample only
+            "precision": self.spot_checks_right / sampled if sampled else None,
+            "interval": [round(low, 4), round(high, 4)] if sampled else None,
+            "at_most": None if self.at_most is None else round(self.at_most, 4),
             "promised": promised,
         }
 
@@ -162,13 +172,7 @@ def precision_report(
         promised_precision(manifest, target) if manifest is not None else (None, {})
     )
     overall = measured.overall.report(overall_promise)
-    interval = overall["interval"]
-    overall["below_promise"] = bool(
-        overall_promise is not None
-        and measured.overall.judged >= MIN_FOR_WARNING
-        and interval is not None
-        and interval[1] < overall_promise
-    )
+    overall["below_promise"] = below_promise(measured.overall, overall_promise)
     return {
         "days": WINDOW_DAYS,
         "overall": overall,
@@ -177,3 +181,21 @@ def precision_report(
             for name, tally in sorted(measured.per_class.items())
         },
     }
+
+
+def below_promise(tally: Tally, promised: float | None) -> bool:
+    """The promise is measurably broken: the spot checks' whole 95% interval lies below it, or
+    people moved so many of PROMISE_BATCH or more auto-sorted pictures that fewer than the
+    promised share can be right (what the promise says, counted)."""
+    if promised is None:
+        return False
+    sampled = tally.spot_checks
+    measured_below = (
+        sampled >= MIN_FOR_WARNING
+        and wilson_interval(tally.spot_checks_right, sampled)[1] < promised
+    )
+    at_most = tally.at_most
+    counted_below = (
+        at_most is not None and tally.auto_sorted >= PROMISE_BATCH and at_most < promised
+    )
+    return measured_below or counted_below

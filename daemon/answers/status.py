@@ -20,10 +20,17 @@ from sortbox.daemon.sorting.journal import (
     Review,
     Sorted,
     TrainingRun,
+    Undone,
     read_journal,
     utc_now,
 )
-from sortbox.daemon.sorting.manifest import Manifest, ModelError, current_version, read_manifest
+from sortbox.daemon.sorting.manifest import (
+    Manifest,
+    ModelError,
+    current_version,
+    read_manifest,
+    retarget,
+)
 from sortbox.daemon.sorting.thresholds import promise_words
 
 COUNTED = {
@@ -32,6 +39,7 @@ COUNTED = {
     "rejected": Rejected,
     "duplicate": Duplicate,
     "recovered": Recovered,
+    "undone": Undone,  # decisions since reversed: the counts above still include them
 }
 MIN_FILES_FOR_DRIFT = 20
 
@@ -71,7 +79,8 @@ def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest 
     if version is None:
         return {"version": None, "problem": "no current model (run `sortbox init`)"}, None
     try:
-        manifest = read_manifest(settings.models_dir / version)
+        # as the daemon runs it: its thresholds for the target_precision in config.toml
+        manifest = retarget(read_manifest(settings.models_dir / version), settings.target_precision)
     except ModelError as exc:
         return {"version": version, "problem": str(exc)}, None
     described = {
@@ -81,6 +90,9 @@ def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest 
         "age_days": round((now - manifest.created).total_seconds() / 86400, 2),
         "classes": manifest.classes,
         "expected_review_rate": manifest.expected_review_rate,
+        # no threshold could be shown to keep the target: every picture goes to review
+        "sorts_nothing": min(manifest.thresholds.values()) > 1.0,
+        "target_precision": settings.target_precision,
     }
     return described, manifest
 
@@ -146,19 +158,28 @@ def render(status: dict[str, Any]) -> str:
 def _render_model(model: dict[str, Any]) -> list[str]:
     if model.get("problem"):
         return [f"model:          {model.get('version') or '-'}: {model['problem']}"]
-    return [
+    lines = [
         f"model:          {model['version']} ({model['kind']}, "
-        f"{model['age_days']:.1f} days old, {len(model['classes'])} classes)"
+        f"{model['age_days']:.1f} days old, {plural(len(model['classes']), 'class', 'classes')})"
     ]
+    if model["sorts_nothing"]:
+        lines.append(
+            f"WARNING:        this model sorts nothing by itself: its calibration cannot show "
+            f"{model['target_precision']:.0%} precision, so every picture goes to needs_review "
+            "with its suggestion. Label more pictures and run `sortbox train` (or lower "
+            "target_precision)"
+        )
+    return lines
 
 
 def _render_counts(status: dict[str, Any]) -> list[str]:
     lines = []
     for key, title in (("last_hour", "last hour"), ("last_day", "last day")):
         c = status[key]
+        undone = f", {c['undone']} of them since undone" if c["undone"] else ""
         lines.append(
             f"{title + ':':15} {c['sorted']} sorted, {c['review']} to review, "
-            f"{c['rejected']} rejected, {plural(c['duplicate'], 'duplicate')}"
+            f"{c['rejected']} rejected, {plural(c['duplicate'], 'duplicate')}{undone}"
         )
     return lines
 
@@ -166,10 +187,12 @@ def _render_counts(status: dict[str, Any]) -> list[str]:
 def _render_review_rate(rate: dict[str, Any]) -> list[str]:
     if rate["observed"] is None:
         return ["review rate:    no files in the last day"]
-    expected = f"{rate['expected']:.0%}" if rate["expected"] is not None else "unknown"
-    lines = [
-        f"review rate:    {rate['observed']:.0%} of {rate['files']} (model expected {expected})"
-    ]
+    expected = (
+        f"model expected {rate['expected']:.0%}"
+        if rate["expected"] is not None
+        else "this model made no estimate"
+    )
+    lines = [f"review rate:    {rate['observed']:.0%} of {rate['files']} ({expected})"]
     if rate["drift"]:
         lines.append(
             "WARNING:        far more pictures go to review than the model expected: "
@@ -186,12 +209,17 @@ def _render_training(training: dict[str, Any] | None) -> list[str]:
 
 def _render_waiting(status: dict[str, Any]) -> list[str]:
     backlog = status["review_backlog"]
-    age = f", the oldest for {backlog['oldest_hours']:.0f} h" if backlog["oldest_hours"] else ""
+    hours = backlog["oldest_hours"]
+    age = "" if hours is None else f", the oldest for {_hours_words(hours)}"
     return [
         f"inbox waiting:  {plural(status['inbox_waiting'], 'file')}",
         f"to review:      {plural(backlog['files'], 'picture')} in needs_review{age}"
         + (" (`sortbox web` to review them)" if backlog["files"] else ""),
     ]
+
+
+def _hours_words(hours: float) -> str:
+    return "under an hour" if hours < 1 else f"{hours:.0f} h"
 
 
 def _render_daemon(daemon: dict[str, Any] | None) -> list[str]:
@@ -219,14 +247,15 @@ def _render_recovered(recovered: int) -> list[str]:
 def _render_precision(report: dict[str, Any]) -> list[str]:
     overall = report["overall"]
     title = (
-        f"precision ({report['days']} days, measured only over pictures a person judged: "
-        "moved, confirmed in an audit, or filed spot checks):"
+        f"precision ({report['days']} days; measured on spot checks, the random sample "
+        "audit_rate sends to review; pictures moved out of a class are known mistakes and "
+        "cap it):"
     )
-    if overall["precision"] is None:
+    if overall["precision"] is None and overall["at_most"] is None:
         untouched = overall["auto_sorted"]
         return [
-            f"{title} nothing judged yet"
-            + (f" ({untouched} auto-sorted, none looked at)" if untouched else "")
+            f"{title} nothing measured yet"
+            + (f" ({untouched} auto-sorted, no spot check filed, none moved)" if untouched else "")
         ]
 
     def row(name: str, tally: dict[str, Any]) -> str:
@@ -235,16 +264,17 @@ def _render_precision(report: dict[str, Any]) -> list[str]:
             if tally["precision"] is not None
             else "-"
         )
+        at_most = f"{tally['at_most']:.1%}" if tally["at_most"] is not None else "-"
         promised = f"{tally['promised']:.1%}" if tally["promised"] is not None else "-"
         return (
-            f"  {name:14} {tally['auto_sorted']:6} {tally['corrections']:6} "
-            f"{tally['confirmed']:6} {tally['spot_checks_reviewed']:6} {tally['judged']:6} "
+            f"  {name:14} {tally['auto_sorted']:6} {tally['corrections']:6} {at_most:>8} "
+            f"{tally['confirmed']:6} {tally['spot_checks_reviewed']:6} "
             f"{measured:>24} {promised:>9}"
         )
 
     lines = [
         title,
-        f"  {'class':14} {'auto':>6} {'moved':>6} {'conf.':>6} {'spot':>6} {'judged':>6} "
+        f"  {'class':14} {'auto':>6} {'moved':>6} {'at most':>8} {'conf.':>6} {'spot':>6} "
         f"{'measured [95% CI]':>24} {'promised':>9}",
         *(row(name, tally) for name, tally in report["per_class"].items()),
         row("all", overall),
