@@ -200,12 +200,12 @@ def _add_explain(command: AddCommand) -> None:
 
 def _add_train(command: AddCommand) -> None:
     train = command(
-        "train", train_command, "train on labelled folders and corrections; publish if better"
+        "train", train_command, "train on labelled folders and corrections; publish if not worse"
     )
     train.add_argument(
         "--force",
         action="store_true",
-        help="train even if nothing changed; publish even if not better",
+        help="train even if nothing changed, AND publish even if the gate finds it worse",
     )
     train.add_argument(
         "--dry-run",
@@ -483,10 +483,20 @@ def print_summary(events: list, dry_run: bool, already: int) -> None:
 
     line = f"{plural(len(events), 'file')}: {counts_of(events, dry_run)}"
     if already > 0 and not events:
-        line = f"0 files to sort: {plural(already, 'file')} already sorted (journal), skipped"
+        line = f"0 files to sort: {already_words(already)}"
     elif already > 0:
-        line += f"; {plural(already, 'file')} already sorted (journal), skipped"
+        line += f"; {already_words(already)}"
     print(f"dry run, nothing was changed: {line}" if dry_run else line, file=sys.stderr)
+
+
+def already_words(already: int) -> str:
+    """Files the journal has already decided (sorted, sent to review, rejected), unchanged."""
+    from sortbox.daemon.console import plural
+
+    return (
+        f"{plural(already, 'file')} skipped, already handled (the journal has them, "
+        "unchanged; --force decides them again)"
+    )
 
 
 FILE_OUTCOMES = ("sorted", "review", "duplicate", "rejected")

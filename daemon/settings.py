@@ -426,8 +426,8 @@ def default_config_text() -> str:
     other key commented out with its default, from the code, so the two never differ."""
     lines = [
         "# sortbox configuration, written by `sortbox init`. Relative paths are relative to",
-        "# this file's folder. A key commented out has the default shown; the README's",
-        '# "Configuration" table says what each one does.',
+        "# this file's folder. A key commented out has the default shown; what each one does,",
+        "# [train] included: docs/reference/settings.md (and docs/configuration.md).",
     ]
     for key, field in Settings.model_fields.items():
         value = field.get_default(call_default_factory=True)

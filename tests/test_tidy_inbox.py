@@ -393,11 +393,11 @@ def test_sort_force_decides_again_without_copying_twice(tmp_path: Path) -> None:
     assert len(placed) == 3
 
     again = sortbox("sort", str(backlog), config=home.config)
-    assert "3 files already sorted (journal), skipped" in again.stderr
+    assert "3 files skipped, already handled (the journal has them" in again.stderr
 
     forced = sortbox("sort", "--force", str(backlog), config=home.config)
     assert forced.returncode == 0, forced.stderr
-    assert "already sorted" not in forced.stderr
+    assert "already handled" not in forced.stderr
     assert "3 duplicates" in forced.stderr, forced.stderr
     assert forced.stdout.count("decided again: ") == 3, forced.stdout
     assert "red.jpg → duplicate: same content as red/red." in forced.stdout
@@ -407,7 +407,7 @@ def test_sort_force_decides_again_without_copying_twice(tmp_path: Path) -> None:
 
     # a copy the user deleted is placed again by --force (plain `sort` would skip it)
     placed[0].unlink()
-    assert "already sorted" in sortbox("sort", str(backlog), config=home.config).stderr
+    assert "already handled" in sortbox("sort", str(backlog), config=home.config).stderr
     assert len(home.library_files()) == 2
     forced = sortbox("sort", "--force", str(backlog), config=home.config)
     assert forced.returncode == 0, forced.stderr

@@ -86,27 +86,35 @@ def limits_from(measured: list[PictureQuality], tail_share: float) -> QualityLim
 
 
 def quality_issue(quality: PictureQuality, limits: QualityLimits) -> str | None:
-    """Why the picture is too poor to judge, in words; None when it can be judged."""
+    """Why the picture is too poor to judge, in words; None when it can be judged. The limits
+    are quantiles of the training pictures (`tail_share` of them lie past each), not their
+    extremes, and are said as such."""
     # darkness and glare first: a dark picture is flat and blurry too, and "too dark" is
     # what a person can do something about
     if quality.brightness < limits.min_brightness:
-        return (
-            f"too dark to judge (brightness {quality.brightness:.0f} of 255; the training "
-            f"pictures went down to {limits.min_brightness:.0f})"
-        )
+        value, limit = _apart(quality.brightness, limits.min_brightness)
+        return f"too dark to judge (brightness {value} of 255; {_limit_words(limits, limit)})"
     if quality.brightness > limits.max_brightness:
-        return (
-            f"too washed out to judge (brightness {quality.brightness:.0f} of 255; the "
-            f"training pictures went up to {limits.max_brightness:.0f})"
-        )
+        value, limit = _apart(quality.brightness, limits.max_brightness)
+        return f"too washed out to judge (brightness {value} of 255; {_limit_words(limits, limit)})"
     if quality.contrast < limits.min_contrast:
-        return (
-            f"too flat to judge (contrast {quality.contrast:.1f}; the training pictures "
-            f"went down to {limits.min_contrast:.1f})"
-        )
+        value, limit = _apart(quality.contrast, limits.min_contrast, digits=1)
+        return f"too flat to judge (contrast {value}; {_limit_words(limits, limit)})"
     if quality.sharpness < limits.min_sharpness:
-        return (
-            f"too blurry to judge (sharpness {quality.sharpness:.0f}; the training pictures "
-            f"went down to {limits.min_sharpness:.0f})"
-        )
+        value, limit = _apart(quality.sharpness, limits.min_sharpness)
+        return f"too blurry to judge (sharpness {value}; {_limit_words(limits, limit)})"
     return None
+
+
+def _limit_words(limits: QualityLimits, limit: str) -> str:
+    return f"the limit is {limit}, past which lie {limits.tail_share:.1%} of the training pictures"
+
+
+def _apart(value: float, limit: float, digits: int = 0) -> tuple[str, str]:
+    """The measure and its limit, with as many decimals as it takes to tell them apart (a
+    sharpness of 20.6 against a limit of 21.0 read "21; … 21")."""
+    for places in range(digits, digits + 3):
+        shown = f"{value:.{places}f}", f"{limit:.{places}f}"
+        if shown[0] != shown[1]:
+            return shown
+    return shown
