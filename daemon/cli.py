@@ -298,15 +298,21 @@ def installed_version() -> str:
 def configure_logging(level: str, file_lines: bool = True, dry_run: bool = False) -> None:
     """Readable lines on a terminal, in local time, one per file; JSON lines otherwise
     (journald), unchanged (#32)."""
-    from sortbox.daemon.console import BarFriendlyLogger, TerminalRenderer
+    from sortbox.daemon.console import (
+        BarFriendlyLogger,
+        TerminalRenderer,
+        drop_what_the_command_prints,
+    )
 
     on_terminal = sys.stderr.isatty()
     processors: list[structlog.typing.Processor] = [structlog.processors.add_log_level]
+    if not file_lines:
+        processors.append(drop_what_the_command_prints)
     if on_terminal:
         processors += [
             structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
             structlog.processors.format_exc_info,
-            TerminalRenderer(file_lines, dry_run),
+            TerminalRenderer(dry_run),
         ]
     else:
         processors += [

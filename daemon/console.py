@@ -114,12 +114,25 @@ def plain_reason(reason: str | None) -> str:
 # -- the log on a terminal ---------------------------------------------------------------------
 
 
+def drop_what_the_command_prints(
+    logger: object, method: str, event_dict: dict[str, Any]
+) -> dict[str, Any]:
+    """A structlog processor for a command that prints each file's line and its own summary
+    (`sort`): their log events would say it all twice, on a terminal and in JSON alike (a
+    first user's `sort >out 2>err` found every file line again in err, as JSON)."""
+    event = event_dict.get("event")
+    if (event in FILE_EVENTS and "src" in event_dict) or event in DAEMON_ONLY:
+        raise structlog.DropEvent
+    if event == "rejected" and "path" in event_dict:
+        raise structlog.DropEvent
+    return event_dict
+
+
 class TerminalRenderer:
     """structlog's last processor for a person at a terminal: local time, one line per file
     (each outcome once), no empty fields. journald gets the JSON lines unchanged."""
 
-    def __init__(self, file_lines: bool = True, dry_run: bool = False) -> None:
-        self.file_lines = file_lines  # False: the command prints each file itself (`sort`)
+    def __init__(self, dry_run: bool = False) -> None:
         self.dry_run = dry_run
 
     def __call__(self, logger: object, method: str, event_dict: dict[str, Any]) -> str:
@@ -128,8 +141,6 @@ class TerminalRenderer:
         level = event_dict.pop("level", method)
         trace = event_dict.pop("exception", None)
         if event in FILE_EVENTS and "src" in event_dict:
-            if not self.file_lines:
-                raise structlog.DropEvent
             text = outcome_line(
                 event,
                 event_dict["src"],
@@ -140,8 +151,6 @@ class TerminalRenderer:
             )
         elif event == "rejected" and "path" in event_dict:
             raise structlog.DropEvent  # the same outcome is logged with its file line
-        elif event in DAEMON_ONLY and not self.file_lines:
-            raise structlog.DropEvent  # the command sums up itself, in its own words
         elif event == "model_switched" and event_dict.get("old") == event_dict.get("new"):
             text = f"model {event_dict.get('new')} reloaded, unchanged"
         else:

@@ -588,3 +588,13 @@ def test_a_model_that_can_promise_nothing_says_so_and_undone_counts_are_said(
     assert cli("undo", "--last", "2", cwd=home.root).returncode == 0
     status = cli("status", cwd=home.root).stdout
     assert "4 to review, 0 rejected, 0 duplicates, 2 of them since undone" in status, status
+
+
+def test_sort_piped_says_each_file_once(home: Home) -> None:
+    """`sortbox sort inbox >out 2>err` put every file's line in out and again, as JSON, in
+    err: a script reading both saw each file twice."""
+    some_pictures(home)
+    piped = cli("sort", "inbox", cwd=home.root)  # stdout and stderr are pipes, not a terminal
+    assert piped.stdout.count(" → ") == 5, piped.stdout
+    assert '"src"' not in piped.stderr and " → " not in piped.stderr, piped.stderr
+    assert "5 files: 3 sorted, 1 to review, 0 duplicates, 1 rejected" in piped.stderr
