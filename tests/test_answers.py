@@ -319,3 +319,53 @@ def test_import_refuses_an_archive_that_writes_outside(tmp_path: Path) -> None:
     assert result.returncode == 2 and "unexpected entry" in result.stderr
     assert not (tmp_path / "escaped.txt").exists()
     assert list((tmp_path / "home").iterdir()) == []
+
+
+def test_moves_cap_the_measure_and_break_a_promise_only_when_counted_on_a_batch() -> None:
+    from sortbox.daemon.answers.feedback import Tally, below_promise
+
+    # 5 spot checks all right, but 2 of 10 auto-sorted were moved out: at most 80% are right
+    capped = Tally(auto_sorted=10, corrections=2, spot_checks=5, spot_checks_right=5).report(0.97)
+    assert capped["at_most"] == 0.8 and capped["precision"] == 0.8
+    assert capped["interval"][1] == 0.8
+    # 20 moved of 400 auto-sorted: at most 95% right, under a 97% promise on 400 pictures
+    assert below_promise(Tally(auto_sorted=400, corrections=20), 0.97)
+    # the same share on fewer than the promise's 400 is no broken promise
+    assert not below_promise(Tally(auto_sorted=100, corrections=5), 0.97)
+    # spot checks: 20 with 15 right lie wholly below 97%; 20 with 20 right do not
+    assert below_promise(Tally(auto_sorted=500, spot_checks=20, spot_checks_right=15), 0.97)
+    assert not below_promise(Tally(auto_sorted=500, spot_checks=20, spot_checks_right=20), 0.97)
+    assert not below_promise(Tally(auto_sorted=400, corrections=20), None)  # nothing promised
+
+
+def test_spot_checks_lead_the_review_queue_in_an_order_their_confidence_has_no_part_in(
+    tmp_path: Path,
+) -> None:
+    """Spot checks measure precision only as a random sample; sorted by margin with the
+    unsure pictures, the least confident were filed first and the measure read low."""
+    from sortbox.daemon.answers.review import Decisions, review_queue
+    from sortbox.daemon.sorting.journal import Review
+
+    folder = tmp_path / "library" / "needs_review"
+    folder.mkdir(parents=True)
+    events = []
+    for n in range(30):
+        sha = hashlib.sha256(str(n).encode()).hexdigest()
+        spot = n % 3 == 0
+        confidence = 0.9 + n / 1000 if spot else 0.4 + n / 100
+        name = f"p{n}.{sha[:12]}.jpg"
+        (folder / name).write_bytes(b"x")
+        events.append(
+            Review(
+                src=f"p{n}.jpg", root=str(tmp_path), sha256=sha, size=1,
+                dest=f"needs_review/{name}", label="red", confidence=confidence,
+                top3=[("red", confidence), ("blue", 1 - confidence)],
+                reason=SPOT_CHECK if spot else "0.40 < 0.60 for red",
+            )
+        )  # fmt: skip
+    queue = review_queue(tmp_path / "library", Decisions.of(events), seed="test")
+    spot_first = queue[:10]
+    assert all(p.pick == SPOT_CHECK for p in spot_first), [p.pick for p in queue]
+    assert [p.hash12 for p in spot_first] == sorted(p.hash12 for p in spot_first)
+    rest = [p for p in queue[10:] if p.pick != "random pick"]
+    assert [p.margin for p in rest] == sorted(p.margin for p in rest)

@@ -587,7 +587,7 @@ def test_a_model_that_can_promise_nothing_says_so_and_undone_counts_are_said(
     assert "(model expected 100%)" in status
     assert cli("undo", "--last", "2", cwd=home.root).returncode == 0
     status = cli("status", cwd=home.root).stdout
-    assert "4 to review, 0 rejected, 0 duplicates, 2 of them since undone" in status, status
+    assert "4 to review, 0 rejected, 0 duplicates, 2 undone" in status, status
 
 
 def test_sort_piped_says_each_file_once(home: Home) -> None:

@@ -90,8 +90,11 @@ class Tally:
         return (self.auto_sorted - self.corrections) / self.auto_sorted
 
     def report(self, promised: float | None) -> dict[str, Any]:
-        sampled = self.spot_checks
+        sampled, cap = self.spot_checks, self.at_most
+        precision = self.spot_checks_right / sampled if sampled else None
         low, high = wilson_interval(self.spot_checks_right, sampled)
+        if precision is not None and cap is not None:  # the sample cannot outdo the count
+            precision, low, high = min(precision, cap), min(low, cap), min(high, cap)
         return {
             "auto_sorted": self.auto_sorted,
             "corrections": self.corrections,
@@ -99,10 +102,10 @@ class Tally:
             "judged": self.judged,
             "spot_checks_reviewed": sampled,
             "spot_checks_right": self.spot_checks_right,
-            # measured on the random sample only
-            "precision": self.spot_checks_right / sampled if sampled else None,
+            # measured on the random sample only, capped by the known mistakes
+            "precision": precision,
             "interval": [round(low, 4), round(high, 4)] if sampled else None,
-            "at_most": None if self.at_most is None else round(self.at_most, 4),
+            "at_most": None if cap is None else round(cap, 4),
             "promised": promised,
         }
 
@@ -113,8 +116,11 @@ class Measured:
     per_class: dict[str, Tally] = field(default_factory=dict)
 
 
-def measure(events: Iterable[Event], where: dict[str, set[str]], since: datetime) -> Measured:
-    """Tally the decisions made since `since` against where their files are now. Pure."""
+def measure(
+    events: Iterable[Event], where: dict[str, set[str]], since: datetime, model: str | None = None
+) -> Measured:
+    """Tally the decisions made since `since` (by `model` only, if given) against where their
+    files are now. Pure."""
     latest: dict[str, Sorted | Review] = {}
     confirmed: set[str] = set()  # contents a person confirmed where the daemon put them
     for event in events:
@@ -128,7 +134,7 @@ def measure(events: Iterable[Event], where: dict[str, set[str]], since: datetime
             confirmed.add(event.sha256)
     measured = Measured()
     for sha256, event in latest.items():
-        if event.ts < since:
+        if event.ts < since or (model is not None and event.model != model):
             continue
         classes_now = {f for f in where.get(sha256[:12], set()) if f not in RESERVED_FOLDERS}
         if not classes_now:
@@ -167,12 +173,19 @@ def promised_precision(manifest: Manifest, target: float) -> tuple[float | None,
 def precision_report(
     events: list[Event], library: Path, manifest: Manifest | None, target: float, now: datetime
 ) -> dict[str, Any]:
-    measured = measure(events, folders_by_hash(library), now - timedelta(days=WINDOW_DAYS))
+    where, since = folders_by_hash(library), now - timedelta(days=WINDOW_DAYS)
+    measured = measure(events, where, since)
     overall_promise, class_promise = (
         promised_precision(manifest, target) if manifest is not None else (None, {})
     )
     overall = measured.overall.report(overall_promise)
-    overall["below_promise"] = below_promise(measured.overall, overall_promise)
+    # the promise is the current model's: only its own decisions can break it (an older
+    # model's mistakes would keep the warning up for 30 days after training fixed them)
+    if manifest is not None and overall_promise is not None:
+        own = measure(events, where, since, manifest.version).overall
+        overall["below_promise"] = below_promise(own, overall_promise)
+    else:
+        overall["below_promise"] = False
     return {
         "days": WINDOW_DAYS,
         "overall": overall,

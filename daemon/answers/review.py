@@ -115,14 +115,23 @@ def pictures(library: Path, folder: str, decisions: Decisions) -> list[Picture]:
 
 
 def review_queue(library: Path, decisions: Decisions, seed: str) -> list[Picture]:
-    """`needs_review/` ordered by how much a label teaches the model (smallest margin first),
-    with every tenth slot a random pick (marked), so what is reviewed is not only the hard
-    cases. `seed` keeps the order still between two page loads."""
-    waiting = sorted(pictures(library, REVIEW_FOLDER, decisions), key=lambda p: (p.margin, p.name))
+    """`needs_review/` with the spot checks first, then ordered by how much a label teaches
+    the model (smallest margin first), with every tenth slot a random pick (marked), so what
+    is reviewed is not only the hard cases. `seed` keeps the order still between two page loads.
+
+    Spot checks measure precision only as a random sample (feedback.py): sorted by margin,
+    the least confident were filed first and the measure read low wherever a reviewer
+    stopped. In the order of their content hash, which their confidence has no part in,
+    whatever prefix is filed is a random sample."""
+    everything = pictures(library, REVIEW_FOLDER, decisions)
+    spot_checks = sorted((p for p in everything if p.pick == SPOT_CHECK), key=lambda p: p.hash12)
+    waiting = sorted(
+        (p for p in everything if p.pick != SPOT_CHECK), key=lambda p: (p.margin, p.name)
+    )
     rng = random.Random(seed)
-    ordered: list[Picture] = []
+    ordered: list[Picture] = list(spot_checks)
     while waiting:
-        if len(ordered) % RANDOM_EVERY == RANDOM_EVERY - 1:
+        if (len(ordered) - len(spot_checks)) % RANDOM_EVERY == RANDOM_EVERY - 1:
             chosen = waiting.pop(rng.randrange(len(waiting)))
             if not chosen.pick:
                 chosen = _picked(chosen, "random pick")
@@ -214,8 +223,9 @@ def confirm_picture(
     library: Path, journal: Path, hash12: str, folder: str, allowed: list[str], where: str = "web"
 ) -> Reviewed:
     """A person looked at an auto-sorted picture in an audit and found it right where it is:
-    journaled as `reviewed` with the same folder before and after. It counts as judged right
-    in the measured precision (feedback.py); the file is not touched."""
+    journaled as `reviewed` with the same folder before and after: a label for the trainer,
+    counted in `status` but not a measure of precision (the audit is no random sample,
+    feedback.py); the file is not touched."""
     if folder not in allowed:
         raise FilingError(f"no class folder {folder!r}", 404)
     with locked(library):

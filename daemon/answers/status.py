@@ -31,7 +31,7 @@ from sortbox.daemon.sorting.manifest import (
     read_manifest,
     retarget,
 )
-from sortbox.daemon.sorting.thresholds import promise_words
+from sortbox.daemon.sorting.thresholds import promise_words, sorts_nothing
 
 COUNTED = {
     "sorted": Sorted,
@@ -39,7 +39,7 @@ COUNTED = {
     "rejected": Rejected,
     "duplicate": Duplicate,
     "recovered": Recovered,
-    "undone": Undone,  # decisions since reversed: the counts above still include them
+    "undone": Undone,  # `sortbox undo`s in the period; the counts above are decisions made
 }
 MIN_FILES_FOR_DRIFT = 20
 
@@ -91,7 +91,7 @@ def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest 
         "classes": manifest.classes,
         "expected_review_rate": manifest.expected_review_rate,
         # no threshold could be shown to keep the target: every picture goes to review
-        "sorts_nothing": min(manifest.thresholds.values()) > 1.0,
+        "sorts_nothing": sorts_nothing(manifest.thresholds),
         "target_precision": settings.target_precision,
     }
     return described, manifest
@@ -176,7 +176,7 @@ def _render_counts(status: dict[str, Any]) -> list[str]:
     lines = []
     for key, title in (("last_hour", "last hour"), ("last_day", "last day")):
         c = status[key]
-        undone = f", {c['undone']} of them since undone" if c["undone"] else ""
+        undone = f", {c['undone']} undone" if c["undone"] else ""
         lines.append(
             f"{title + ':':15} {c['sorted']} sorted, {c['review']} to review, "
             f"{c['rejected']} rejected, {plural(c['duplicate'], 'duplicate')}{undone}"
@@ -283,8 +283,9 @@ def _render_precision(report: dict[str, Any]) -> list[str]:
         lines.append(f"  promised: {promise_words(overall['promised'])}")
     if overall["promised"] is None:
         lines.append(
-            "  (this model's thresholds were set by hand: it promises no precision; "
-            "`sortbox train` makes one that does)"
+            "  (this model promises no precision: its thresholds were set by hand, or its "
+            "evidence can show none; `sortbox train` on enough labelled pictures makes one "
+            "that does)"
         )
     if overall["below_promise"]:
         lines.append(

@@ -87,6 +87,12 @@ class Thresholds:
     total: int
 
 
+def sorts_nothing(thresholds: dict[str, float]) -> bool:
+    """No class can be auto-sorted: the evidence showed no threshold keeping the target, and
+    every picture goes to review with its suggestion."""
+    return all(t >= ALWAYS_REVIEW for t in thresholds.values())
+
+
 def promise_words(target: float, risk: float = CONFIDENCE_RISK) -> str:
     """The precision promise as what it is, for the report and `sortbox status`."""
     return (

@@ -70,7 +70,7 @@ if (queue) {
     focus(current);
   }
 
-  async function confirm() {  // audit: right where it is; counts as judged right
+  async function confirm() {  // audit: right where it is; counted, and a label
     const all = cards();
     if (!all.length) return;
     const chosen = selected().length ? selected() : [all[current]];
