@@ -447,7 +447,8 @@ def test_gate_refuses_a_candidate_that_breaks_one_class() -> None:
 
 def test_macro_f1_leaves_out_classes_with_no_test_picture_it_never_chose() -> None:
     """A user's 260 labelled pictures left two of ten classes without a test picture: each
-    counted as an F1 of 0, and the gate compared 0.575 where the eight real ones gave 0.718."""
+    counted as an F1 of 0 in the report's macro-F1 (0.575 where the eight real ones gave
+    0.718), which is also the fine-tuned model's bar."""
     from sortbox.trainer.evaluate import evaluate
 
     classes = ["a", "b", "c", "d"]
@@ -457,6 +458,24 @@ def test_macro_f1_leaves_out_classes_with_no_test_picture_it_never_chose() -> No
     # choosing d for a picture of b is a mistake of d's too (a false positive): d counts
     wrong_d = np.eye(4)[[0, 0, 1, 3]]
     assert np.isclose(evaluate(wrong_d, labels, classes).macro_f1, (1 + 2 / 3 + 0) / 3)
+
+
+def test_a_model_that_can_show_no_threshold_says_it_sorts_nothing() -> None:
+    """'0% auto-sorted at 100.0% precision' read as a perfect model; it sorted nothing."""
+    from sortbox.daemon.sorting.thresholds import ALWAYS_REVIEW
+    from sortbox.trainer.report import AutoSorted
+    from sortbox.trainer.ship import auto_sorted_words
+
+    nothing = AutoSorted(
+        share=0.0, share_interval=(0.0, 0.1), precision=1.0, precision_interval=(0.0, 1.0),
+        auto_sorted=0, right=0, pictures=36,
+    )  # fmt: skip
+    words = auto_sorted_words(nothing, {"a": ALWAYS_REVIEW, "b": ALWAYS_REVIEW}, 224, 0.97)
+    assert words.startswith("NOTHING auto-sorted: its 224 out-of-sample predictions cannot")
+    assert "100.0%" not in words
+    some = nothing.model_copy(update={"share": 0.004, "auto_sorted": 1, "right": 1})
+    words = auto_sorted_words(some, {"a": 0.9, "b": 0.9}, 224, 0.97)
+    assert words.startswith("0.4% auto-sorted at 100.0% precision on 36 test pictures")
 
 
 def test_a_fine_tuned_model_must_not_buy_accuracy_with_review() -> None:

@@ -59,7 +59,13 @@ def f1_scores(
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        scores[name] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+        scores[name] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": tp + fn,
+            "predicted": tp + fp,
+        }
     return scores
 
 
@@ -79,18 +85,18 @@ def evaluate(probabilities: np.ndarray, labels: np.ndarray, classes: list[str]) 
     ]
     return Evaluation(
         accuracy=float((predicted == labels).mean()) if len(labels) else 0.0,
-        macro_f1=macro_average(per_class, set(true_names) | set(predicted_names)),
+        macro_f1=macro_average(per_class),
         per_class=per_class,
         confusion=confusion.tolist(),
         most_confused=sorted(pairs, key=lambda x: -x[2])[:10],
     )
 
 
-def macro_average(per_class: dict[str, dict[str, float]], present: set[str]) -> float:
-    """The mean F1 over the classes the test pictures hold or the model predicted on them: a
+def macro_average(per_class: dict[str, dict[str, float]]) -> float:
+    """The mean F1 over the classes the test pictures hold or the model chose for them: a
     class with no test picture that the model never chose has no F1 (it is not a 0 that
     drags the mean down; a user's small set left two classes without test pictures)."""
-    scores = [s["f1"] for name, s in per_class.items() if name in present]
+    scores = [s["f1"] for s in per_class.values() if s["support"] or s["predicted"]]
     return float(np.mean(scores)) if scores else 0.0
 
 

@@ -217,16 +217,27 @@ def _on_test_pictures(report: Report) -> list[str]:
         f"- temperature {cal.temperature:.3f}; expected calibration error "
         f"{cal.ece_before:.4f} before, {cal.ece_after:.4f} after scaling",
         f"- at the calibrated thresholds (target precision {cal.target_precision}): "
-        f"**{auto.share:.1%}** auto-sorted (95% interval {auto.share_interval[0]:.1%}–"
-        f"{auto.share_interval[1]:.1%}) at **{auto.precision:.1%}** precision "
-        f"({auto.precision_interval[0]:.1%}–{auto.precision_interval[1]:.1%}, "
-        f"{auto.right} of {auto.auto_sorted} right); the rest go to needs_review",
+        + _auto_sorted_words(auto),
         f"- the promise: {report.promise}; shown on {cal.promise_from_pictures} "
         f"out-of-sample predictions, of which {cal.expected_auto_share:.1%} pass the "
         f"thresholds, {cal.expected_auto_precision:.1%} of them right",
         *_unknown_lines(report.unknown_check),
         _int8_line(report.int8),
     ]
+
+
+def _auto_sorted_words(auto: AutoSorted) -> str:
+    if not auto.auto_sorted:  # "0.0% at 100.0% precision (0 of 0 right)" said nothing true
+        return (
+            "**nothing auto-sorted**: every test picture goes to needs_review (the evidence "
+            "showed no threshold keeping the target; more labelled pictures will)"
+        )
+    return (
+        f"**{auto.share:.1%}** auto-sorted (95% interval {auto.share_interval[0]:.1%}–"
+        f"{auto.share_interval[1]:.1%}) at **{auto.precision:.1%}** precision "
+        f"({auto.precision_interval[0]:.1%}–{auto.precision_interval[1]:.1%}, "
+        f"{auto.right} of {auto.auto_sorted} right); the rest go to needs_review"
+    )
 
 
 def _int8_line(int8: Int8Facts) -> str:
@@ -271,7 +282,7 @@ def _per_class(report: Report, classes: list[str]) -> list[str]:
         shown = "always review" if threshold > 1.0 else f"{threshold:.3f}"
         scores = (
             f"{s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f}"
-            if s["support"] or s["precision"]
+            if s["support"] or s.get("predicted", 1)
             else "- | - | - (no test pictures)"
         )
         lines.append(f"| {name} | {scores} | {int(s['support'])} | {shown} |")

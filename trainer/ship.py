@@ -23,7 +23,7 @@ from sortbox.daemon.sorting.classify import load_classifier
 from sortbox.daemon.sorting.decide import softmax
 from sortbox.daemon.sorting.manifest import INT8_MODEL_FILE, Manifest, sha256_file
 from sortbox.daemon.sorting.preprocess import Preprocessing
-from sortbox.daemon.sorting.thresholds import promise_words, wilson_interval
+from sortbox.daemon.sorting.thresholds import promise_words, sorts_nothing, wilson_interval
 from sortbox.trainer.calibrate import (
     Calibration,
     calibrate,
@@ -131,24 +131,31 @@ def ship(
     summary = (
         f"{candidate.kind} model {version}: test accuracy {figures.evaluation.accuracy:.3f}, "
         f"macro-F1 {figures.evaluation.macro_f1:.3f}, "
-        f"{auto_sorted_words(figures.on_test, judged_runtime, settings.target_precision)}; "
-        f"{verdict.reason}; {candidate.facts.seconds:.0f}s"
+        + auto_sorted_words(
+            figures.on_test,
+            judged_runtime.calibration.thresholds,
+            judged_runtime.evidence,
+            settings.target_precision,
+        )
+        + f"; {verdict.reason}; {candidate.facts.seconds:.0f}s"
     )
     print(f"train: {outcome}: {summary}")
     return Shipped(outcome, version, summary, figures.standing)
 
 
-def auto_sorted_words(on_test: AutoSorted, judged: JudgedRuntime, target: float) -> str:
+def auto_sorted_words(
+    on_test: AutoSorted, thresholds: dict[str, float], evidence: int, target: float
+) -> str:
     """What the model will auto-sort, in words. A model whose evidence cannot show the target
     sorts nothing by itself, and "0% auto-sorted at 100.0% precision" hid that (#33)."""
     if on_test.auto_sorted:
         return (
-            f"{on_test.share:.0%} auto-sorted at {on_test.precision:.1%} precision on "
+            f"{on_test.share:.1%} auto-sorted at {on_test.precision:.1%} precision on "
             f"{on_test.pictures} test pictures"
         )
-    if min(judged.calibration.thresholds.values()) > 1.0:
+    if sorts_nothing(thresholds):
         return (
-            f"NOTHING auto-sorted: its {judged.evidence} out-of-sample predictions cannot show "
+            f"NOTHING auto-sorted: its {evidence} out-of-sample predictions cannot show "
             f"{target:.0%} precision, so every picture goes to needs_review with the model's "
             "suggestion; auto-sorting starts once more pictures are labelled (a lower "
             "target_precision needs fewer; docs/training.md)"
