@@ -546,7 +546,8 @@ def test_train_dry_run_predicts_the_real_run(tmp_path: Path) -> None:
     assert "--drop-classes" in dry.stdout
     dry = sortbox("train", "--dry-run", "--drop-classes", config=home.config, timeout=300)
     assert dry.returncode == 0, dry.stdout
-    assert "would be dropped" in dry.stdout and "train would train" in dry.stdout
+    assert "would be dropped" in dry.stdout
+    assert "train would learn from these pictures" in dry.stdout
 
 
 def test_sort_without_a_terminal_says_how_far_it_got_for_the_whole_run(capsys) -> None:
@@ -584,7 +585,7 @@ def test_a_model_that_can_promise_nothing_says_so_and_undone_counts_are_said(
     assert sorted_now.stdout.count("needs_review") == 4, sorted_now.stdout
     status = cli("status", cwd=home.root).stdout
     assert "this model sorts nothing by itself" in status, status
-    assert "(model expected 100%)" in status
+    assert "(model expected 100% from its calibration evidence)" in status
     assert cli("undo", "--last", "2", cwd=home.root).returncode == 0
     status = cli("status", cwd=home.root).stdout
     assert "4 to review, 0 rejected, 0 duplicates, 2 undone" in status, status

@@ -136,7 +136,8 @@ def test_an_unknown_picture_goes_to_review_in_the_daemon_sort_and_explain(
     assert dark_answer["unknown"] > THRESHOLD == dark_answer["unknown_threshold"]
     assert red_answer["folder"] == "red" and red_answer["unknown"] < THRESHOLD
     human = sortbox("explain", str(arrived / "dark2.jpg"), config=home.config)
-    assert "unlike any class: score 0." in human.stdout and "review above 0.5" in human.stdout
+    assert "how unlike every class: 0." in human.stdout, human.stdout
+    assert "sent to review as unlike any class above 0.5" in human.stdout
 
 
 def test_the_journal_says_why_and_keeps_the_score(tmp_path: Path) -> None:

@@ -54,7 +54,8 @@ class Judged:
         what = "left out of training" if self.left_out else "kept (train.exclude_unjudgeable)"
         lines = [
             f"pictures too poor to judge: {count['train']} of {len(data.train)} training "
-            f"pictures, {what}; {count['test']} of {len(data.test)} test pictures would go to "
+            f"pictures, {what}; {count['calibration']} of {len(data.calibration)} calibration "
+            f"pictures; {count['test']} of {len(data.test)} test pictures would go to "
             f"review as too poor to judge; the {len(self.unjudgeable)} labelled pictures past "
             "the limits:"
         ]

@@ -248,9 +248,16 @@ def _int8_line(int8: Int8Facts) -> str:
         f"- INT8 ({int8.int8_ms_per_picture:.1f} ms a picture on one core against "
         f"{int8.float_ms_per_picture:.1f}): {runs}; on the test pictures it gives the float "
         f"model's label on {int8.test_agreement:.1%}, files {int8.test_conflicting} into "
-        f"another class than the float model would, and costs "
-        f"{100 * (int8.test_coverage_cost or 0.0):.1f} points of auto-sorted"
+        f"another class than the float model would, and "
+        + _points_of_auto_sorted(int8.test_coverage_cost or 0.0)
     )
+
+
+def _points_of_auto_sorted(cost: float) -> str:
+    """A coverage cost in words: a negative cost is a gain."""
+    if cost < 0:
+        return f"auto-sorts {100 * -cost:.1f} points more"
+    return f"costs {100 * cost:.1f} points of auto-sorted"
 
 
 def _unknown_lines(check: UnknownCheck) -> list[str]:
@@ -327,7 +334,11 @@ def _wrong(report: Report) -> list[str]:
 
 def _unjudgeable(report: Report) -> list[str]:
     pictures = report.data.unjudgeable
-    what = "left out of training" if report.data.unjudgeable_left_out else "kept (your choice)"
+    what = (
+        "left out of training (train.exclude_unjudgeable)"
+        if report.data.unjudgeable_left_out
+        else "kept (train.exclude_unjudgeable = false)"
+    )
     listed = [f"- `{p.path}` ({p.label}, {p.role}): {p.why}" for p in pictures]
     return [
         f"## Pictures too poor to judge: {len(pictures)}, {what}",

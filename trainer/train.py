@@ -90,6 +90,7 @@ def train_and_publish(
     if not same_data or force:
         outcomes.append(ship(settings, fast_candidate(fast), data, judged, force))
     if cfg.finetune_epochs == 0:
+        print("train: no fine-tuned model: the fine-tune is off (train.finetune_epochs = 0)")
         return finish_all(settings, outcomes)
 
     # 3. The deep model: fine-tune until it stops improving, or the budget pauses it.
@@ -163,7 +164,7 @@ def predict_run(settings: Settings, drop_classes: bool) -> int:
     if problem is not None:
         print(f"train would stop: {problem}")
         return EXIT_FAILED
-    print("train would train on these pictures, and publish the result if the gate passes it")
+    print("train would learn from these pictures, and publish the model if the gate passes it")
     return EXIT_OK
 
 

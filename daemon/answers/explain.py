@@ -136,9 +136,14 @@ def render(answer: Answer) -> str:
         top = "  ".join(f"{t['class']} {t['probability']:.2f}" for t in answer["top3"])
         lines.append(f"  top 3: {top}   (model {answer['model']})")
     if answer.get("unknown") is not None:
+        limit = answer.get("unknown_threshold")
         lines.append(
-            f"  unlike any class: score {answer['unknown']:.3g} "
-            f"(review above {answer['unknown_threshold']:.3g})"
+            f"  how unlike every class: {answer['unknown']:.3g} "
+            + (
+                f"(sent to review as unlike any class above {limit:.3g})"
+                if limit is not None
+                else "(no limit: this model's check is off)"
+            )
         )
     if answer.get("quality"):
         quality = answer["quality"]

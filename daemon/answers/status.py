@@ -53,7 +53,9 @@ def gather_status(settings: Settings, now: datetime | None = None) -> dict[str, 
     status["last_hour"] = _counts(events, now - timedelta(hours=1))
     status["last_day"] = _counts(events, now - timedelta(days=1))
     status["review_rate"] = _review_rate(
-        status["last_day"], status["model"].get("expected_review_rate")
+        status["last_day"],
+        status["model"].get("expected_review_rate"),
+        status["model"].get("test_review_rate"),
     )
     status["precision"] = precision_report(
         events, settings.library, manifest, settings.target_precision, now
@@ -79,10 +81,11 @@ def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest 
     if version is None:
         return {"version": None, "problem": "no current model (run `sortbox init`)"}, None
     try:
-        # as the daemon runs it: its thresholds for the target_precision in config.toml
-        manifest = retarget(read_manifest(settings.models_dir / version), settings.target_precision)
+        published = read_manifest(settings.models_dir / version)
     except ModelError as exc:
         return {"version": version, "problem": str(exc)}, None
+    # as the daemon runs it: its thresholds for the target_precision in config.toml
+    manifest = retarget(published, settings.target_precision)
     described = {
         "version": version,
         "kind": manifest.kind,
@@ -90,11 +93,22 @@ def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest 
         "age_days": round((now - manifest.created).total_seconds() / 86400, 2),
         "classes": manifest.classes,
         "expected_review_rate": manifest.expected_review_rate,
+        "test_review_rate": _test_review_rate(published, settings.target_precision),
         # no threshold could be shown to keep the target: every picture goes to review
         "sorts_nothing": sorts_nothing(manifest.thresholds),
         "target_precision": settings.target_precision,
     }
     return described, manifest
+
+
+def _test_review_rate(published: Manifest, target: float) -> float | None:
+    """The share of its test pictures the model sent to review, where it was measured for the
+    target in force: `train` says this figure, while the expected rate comes from the
+    calibration evidence (for a fast model, the weaker cross-fitted heads': lower)."""
+    auto_share = published.metrics.get("test_auto_share")
+    if auto_share is None or published.target_precision != target:
+        return None
+    return 1.0 - float(auto_share)
 
 
 def _counts(events: list[Event], since: datetime) -> dict[str, int]:
@@ -104,7 +118,9 @@ def _counts(events: list[Event], since: datetime) -> dict[str, int]:
     }
 
 
-def _review_rate(counts: dict[str, int], expected: float | None) -> dict[str, Any]:
+def _review_rate(
+    counts: dict[str, int], expected: float | None, on_test: float | None = None
+) -> dict[str, Any]:
     decided = counts["sorted"] + counts["review"]
     observed = counts["review"] / decided if decided else None
     drift = False
@@ -112,7 +128,13 @@ def _review_rate(counts: dict[str, int], expected: float | None) -> dict[str, An
         # clearly higher: 3 standard errors above what validation predicted, and 5 points
         spread = math.sqrt(max(expected * (1 - expected), 1e-4) / decided)
         drift = observed - expected > max(3 * spread, 0.05)
-    return {"observed": observed, "expected": expected, "files": decided, "drift": drift}
+    return {
+        "observed": observed,
+        "expected": expected,
+        "on_test": on_test,
+        "files": decided,
+        "drift": drift,
+    }
 
 
 def _last_training(events: list[Event]) -> dict[str, Any] | None:
@@ -188,10 +210,12 @@ def _render_review_rate(rate: dict[str, Any]) -> list[str]:
     if rate["observed"] is None:
         return ["review rate:    no files in the last day"]
     expected = (
-        f"model expected {rate['expected']:.0%}"
+        f"model expected {rate['expected']:.0%} from its calibration evidence"
         if rate["expected"] is not None
         else "this model made no estimate"
     )
+    if rate.get("on_test") is not None:
+        expected += f", {rate['on_test']:.0%} on its test pictures"
     lines = [f"review rate:    {rate['observed']:.0%} of {rate['files']} ({expected})"]
     if rate["drift"]:
         lines.append(
@@ -249,7 +273,8 @@ def _render_precision(report: dict[str, Any]) -> list[str]:
     title = (
         f"precision ({report['days']} days; measured on spot checks, the random sample "
         "audit_rate sends to review; pictures moved out of a class are known mistakes and "
-        "cap it):"
+        "cap it; auto: auto-sorted pictures still in the library, a deleted one counts for "
+        "nothing):"
     )
     if overall["precision"] is None and overall["at_most"] is None:
         untouched = overall["auto_sorted"]
