@@ -11,7 +11,9 @@ fitted on train/ and its threshold sends `--rate` of the known validation/ pictu
 measured on test/ of the known classes and on every picture of the held-out ones. Prints per
 score: AUROC (known test against unknown), the share of unknown pictures auto-sorted, and the
 coverage of known test pictures with and without the unknown check. Then photos of nothing
-like the dataset (scikit-image's samples, the test extra): how many the check flags.
+like the dataset (scikit-image's samples, the test extra, and with `--far FOLDER` every picture
+in FOLDER, e.g. Debian's plasma-workspace-wallpapers): how many the check flags, for residual
+weights around the shipped one (trainer/unknown.py), with the known coverage each costs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ import torch
 from sortbox.daemon.sorting.decide import softmax
 from sortbox.trainer.calibrate import calibrate
 from sortbox.trainer.fast import cross_fit, fit_head
-from sortbox.trainer.unknown import knn_score, mahalanobis_fit, mahalanobis_score
+from sortbox.trainer.unknown import (
+    RESIDUAL_WEIGHT,
+    knn_score,
+    mahalanobis_fit,
+    mahalanobis_score,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _cds_features import dataset_features
@@ -47,6 +54,25 @@ SKIMAGE_PHOTOS = (
     "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page",
     "retina", "rocket", "text",
 )  # fmt: skip
+
+
+def folder_features(folder: Path, cache_dir: Path) -> np.ndarray:
+    """Pooled features of every JPEG and PNG below `folder`, one per file."""
+    import hashlib
+    import os
+
+    from sortbox.trainer.data import Example
+    from sortbox.trainer.features import FeatureCache
+    from sortbox.trainer.model import imagenet_network
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    examples = [
+        Example(p, hashlib.sha256(p.read_bytes()).hexdigest(), "none", "dataset") for p in files
+    ]
+    cache = FeatureCache(
+        cache_dir, imagenet_network("lite0"), os.cpu_count() or 1, torch.device("cpu")
+    )
+    return cache.features(examples)[:, 0]
 
 
 def far_out_features(cache_dir: Path) -> np.ndarray:
@@ -74,11 +100,10 @@ def far_out_features(cache_dir: Path) -> np.ndarray:
     return cache.features(examples)[:, 0]
 
 
-def far_out(features, labels, splits, names, cache_dir: Path, rate: float) -> None:
+def far_out(features, labels, splits, names, far_sets: dict[str, np.ndarray], rate: float) -> None:
     """Photos of nothing like the dataset against a library of 3 classes of 25 photos (as a
     user's first library) and of all 10 classes: how many the check flags."""
-    far = far_out_features(cache_dir)
-    print(f"\nfar out: {len(far)} scikit-image photos (a cat, a rocket, coins, text ...)")
+    print("\nfar out: " + "; ".join(f"{name}: {len(far)}" for name, far in far_sets.items()))
     for title, chosen, per_class in (("3 classes x 25 photos", ("hat", "pants", "shoes"), 25),
                                      ("10 classes, all of train/", tuple(names), None)):  # fmt: skip
         classes = [names.index(n) for n in chosen]
@@ -87,12 +112,24 @@ def far_out(features, labels, splits, names, cache_dir: Path, rate: float) -> No
         cal = np.concatenate([pick(c, VALIDATION) for c in classes])
         y = np.array([classes.index(int(c)) for c in labels[train]])
         bank, bank_labels = features[train].reshape(-1, features.shape[2]), np.repeat(y, 2)
-        for label, weight in (("64 PCs", 0.0), ("shipped: 64 PCs + rest", None)):
-            kwargs = {} if weight is None else {"residual_weight": weight}
-            fitted = mahalanobis_fit(bank, bank_labels, len(classes), **kwargs)
+        for label, weight in residual_weights():
+            fitted = mahalanobis_fit(bank, bank_labels, len(classes), residual_weight=weight)
             limit = np.quantile(mahalanobis_score(fitted, features[cal][:, 0]), 1 - rate)
-            flagged = int((mahalanobis_score(fitted, far) > limit).sum())
-            print(f"  {title:26} {label:24} flags {flagged} of {len(far)}")
+            flags = [
+                f"{int((mahalanobis_score(fitted, far) > limit).sum())} of {len(far)} {name}"
+                for name, far in far_sets.items()
+            ]
+            print(f"  {title:26} {label:26} flags {', '.join(flags)}")
+
+
+def residual_weights() -> list[tuple[str, float]]:
+    """The Mahalanobis score with the part outside its components weighted in at several
+    strengths, the shipped one marked."""
+    weights = sorted({0.0, 0.1, 0.3, RESIDUAL_WEIGHT, 1.0})
+    return [
+        (("shipped: " if w == RESIDUAL_WEIGHT else "") + f"64 PCs + rest x{w:g}", w)
+        for w in weights
+    ]
 
 
 def main() -> None:
@@ -103,6 +140,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.05)
     parser.add_argument("--target", type=float, default=0.97)
     parser.add_argument("--cache", type=Path, default=REPO / ".bench" / "cache")
+    parser.add_argument("--far", type=Path, help="a folder of pictures of nothing in the dataset")
     args = parser.parse_args()
     features, labels, splits, names = dataset_features(args.dataset, args.cache)
     plain = features[:, 0]
@@ -144,15 +182,21 @@ def main() -> None:
         bank = features[train].reshape(-1, features.shape[2])
         bank_labels = np.repeat(y[train], features.shape[1])
         full = mahalanobis_fit(bank, bank_labels, args.known, components=None, residual_weight=0)
+        with_rest = {
+            label: mahalanobis_score(
+                mahalanobis_fit(bank, bank_labels, args.known, residual_weight=weight), plain
+            )
+            for label, weight in residual_weights()
+            if weight > 0
+        }
         pca = mahalanobis_fit(bank, bank_labels, args.known, residual_weight=0)
-        shipped = mahalanobis_fit(bank, bank_labels, args.known)
         scores = {
             "max softmax (none)": -probabilities.max(axis=1),
             "max logit": -logits.max(axis=1),
             "energy": -np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) - logits.max(1),
             "mahalanobis 1280-d": mahalanobis_score(full, plain),
             "mahalanobis 64 PCs": mahalanobis_score(pca, plain),
-            "shipped: 64 PCs + rest": mahalanobis_score(shipped, plain),
+            **with_rest,
             "knn k=1": knn_score(bank, plain, 1),
             "knn k=5": knn_score(bank, plain, 5),
             "knn k=20": knn_score(bank, plain, 20),
@@ -175,15 +219,18 @@ def main() -> None:
         f"{args.rate:.0%} of known calibration pictures, class threshold for {args.target}"
     )
     print(
-        f"{'score':24} {'AUROC':>6} {'unknown auto-sorted':>20} {'(no check)':>11} "
+        f"{'score':28} {'AUROC':>6} {'unknown auto-sorted':>20} {'(no check)':>11} "
         f"{'known coverage':>15} {'(no check)':>11} {'cost':>6}"
     )
     for name, values in rows.items():
         a, u, u0, k, k0 = np.mean(values, axis=0)
         print(
-            f"{name:24} {a:6.3f} {u:20.1%} {u0:11.1%} {k:15.1%} {k0:11.1%} {100 * (k0 - k):5.1f}p"
+            f"{name:28} {a:6.3f} {u:20.1%} {u0:11.1%} {k:15.1%} {k0:11.1%} {100 * (k0 - k):5.1f}p"
         )
-    far_out(features, labels, splits, names, args.cache, args.rate)
+    far_sets = {"scikit-image photos": far_out_features(args.cache)}
+    if args.far is not None:
+        far_sets[args.far.name] = folder_features(args.far, args.cache)
+    far_out(features, labels, splits, names, far_sets, args.rate)
 
 
 if __name__ == "__main__":
