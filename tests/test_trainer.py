@@ -35,7 +35,7 @@ from sortbox.trainer.calibrate import (  # noqa: E402
     fit_temperature,
     tempered_nll,
 )
-from sortbox.trainer.data import ROLES, gather  # noqa: E402
+from sortbox.trainer.data import ROLES, describe, gather  # noqa: E402
 from sortbox.trainer.export import ExportMismatch, check_parity, export_onnx  # noqa: E402
 from sortbox.trainer.imagenet_groups import imagenet_groups  # noqa: E402
 from sortbox.trainer.model import BACKBONES, Blended, imagenet_network, map_weights  # noqa: E402
@@ -177,6 +177,8 @@ def test_training_set_rules(tmp_path: Path, feature_cache: Path) -> None:
     assert by_path["a.jpg"].origin == "user added"
     assert "u.jpg" not in by_path, "auto-sorted and untouched is not a label"
     assert "dup.jpg" not in by_path or hats[2].name not in by_path  # counted once
+    assert data.duplicates == 1  # and the run says so (a user saw labels vanish without a word)
+    assert "counted once: 1 labelled file holding the same picture" in describe(data)
     assert len(data.conflicts) == 1 and data.conflicts[0][1] == ["hat", "pants"]
     assert "also-pants.jpg" not in by_path and pants[0].name not in by_path
     assert any("broken.jpg" in what and "unreadable" in why for what, why in data.excluded)

@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
+from sortbox.daemon.console import plural
 from sortbox.daemon.intake.group import RAW_SUFFIXES
 from sortbox.daemon.layout import RESERVED_FOLDERS, REVIEW_FOLDER, replacing
 from sortbox.daemon.settings import Settings
@@ -64,6 +65,9 @@ class TrainingSet:
     classes: list[str]
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (path or class, why)
     conflicts: list[tuple[str, list[str]]] = field(default_factory=list)  # (sha256, labels)
+    # files whose exact content another labelled file already brought, under the same label:
+    # a reviewed picture that is also in the dataset adds nothing, and a user should hear so
+    duplicates: int = 0
 
     def role(self, role: Role) -> list[Example]:
         return {"train": self.train, "calibration": self.calibration, "test": self.test}[role]
@@ -118,7 +122,7 @@ def gather(settings: Settings) -> TrainingSet:
         fingerprints[sha256] = dhash
     hashes.save()
 
-    examples, conflicts = [], []
+    examples, conflicts, duplicates = [], [], 0
     given_roles: dict[str, Role] = {}
     for sha256, entries in by_content.items():
         labels = sorted({label for _, label, _, _ in entries})
@@ -128,6 +132,7 @@ def gather(settings: Settings) -> TrainingSet:
                 excluded.append((str(path), f"same picture labelled {', '.join(labels)}"))
             continue
         path, label, origin, _ = entries[0]  # exact duplicates count once
+        duplicates += len(entries) - 1
         examples.append(Example(path, sha256, label, origin))
         roles = {role for *_, role in entries if role is not None}
         if roles:
@@ -155,6 +160,7 @@ def gather(settings: Settings) -> TrainingSet:
         classes=sorted({e.label for e in examples}),
         excluded=excluded,
         conflicts=conflicts,
+        duplicates=duplicates,
     )
 
 
@@ -380,6 +386,11 @@ def describe(data: TrainingSet) -> str:
         "  labels from: "
         + (", ".join(f"{n} {o}" for o, n in sorted(data.origins().items())) or "nothing")
     )
+    if data.duplicates:
+        lines.append(
+            f"  counted once: {plural(data.duplicates, 'labelled file')} holding the same "
+            "picture under the same label as another (a reviewed picture also in the dataset)"
+        )
     for what, why in data.excluded:
         lines.append(f"  excluded {what}: {why}")
     return "\n".join(lines)
