@@ -369,3 +369,21 @@ def test_spot_checks_lead_the_review_queue_in_an_order_their_confidence_has_no_p
     assert [p.hash12 for p in spot_first] == sorted(p.hash12 for p in spot_first)
     rest = [p for p in queue[10:] if p.pick != "random pick"]
     assert [p.margin for p in rest] == sorted(p.margin for p in rest)
+
+
+def test_status_says_when_a_model_last_came_out_of_training_after_a_skipped_run(
+    tmp_path: Path,
+) -> None:
+    """A retrain with nothing new is skipped; `status` showed only that, and hid when the model
+    in use was published."""
+    from sortbox.daemon.sorting.journal import Journal, TrainingRun
+
+    home = make_home(tmp_path)
+    publish_rgb_model(home.models, "v1")
+    with Journal(home.journal) as journal:
+        journal.append([TrainingRun(outcome="published", model="v1", reason="fast model v1")])
+        journal.append([TrainingRun(outcome="skipped", model="v1", reason="nothing changed")])
+    human = sortbox("status", config=home.config).stdout
+    assert "last training:" in human and "skipped (nothing changed)" in human, human
+    published = [line for line in human.splitlines() if line.startswith("last published: ")]
+    assert len(published) == 1 and published[0].endswith(": v1"), human

@@ -142,11 +142,18 @@ def _last_training(events: list[Event]) -> dict[str, Any] | None:
     if not runs:
         return None
     last = runs[-1]
+    published = [e for e in runs if e.outcome == "published"]
     return {
         "ts": last.ts.isoformat(),
         "outcome": last.outcome,
         "model": last.model,
         "reason": last.reason,
+        # a skipped or refused run says nothing of when a model last came out of training
+        "last_published": (
+            {"ts": published[-1].ts.isoformat(), "model": published[-1].model}
+            if published and published[-1] is not last
+            else None
+        ),
     }
 
 
@@ -228,7 +235,11 @@ def _render_review_rate(rate: dict[str, Any]) -> list[str]:
 def _render_training(training: dict[str, Any] | None) -> list[str]:
     if training is None:
         return ["last training:  never"]
-    return [f"last training:  {training['ts']}: {training['outcome']} ({training['reason']})"]
+    lines = [f"last training:  {training['ts']}: {training['outcome']} ({training['reason']})"]
+    earlier = training.get("last_published")
+    if earlier:
+        lines.append(f"last published: {earlier['ts']}: {earlier['model']}")
+    return lines
 
 
 def _render_waiting(status: dict[str, Any]) -> list[str]:
