@@ -77,12 +77,12 @@ def train_and_publish(
     if problem is not None:
         return finish(settings, "failed", None, problem)
     judged = judge_pictures(settings, data, BACKBONES[cfg.backbone].preprocessing)
-    print(judged.describe(data))
-    data = leave_out(data, judged)
+    labelled, data = data, leave_out(data, judged)
     same_data = current is not None and current.training_set_hash == data.fingerprint
     if same_data and not force and (cfg.finetune_epochs == 0 or fine_tuned_on(settings, data)):
         unchanged = "nothing changed since the current model"
         return finish(settings, "skipped", current.version if current else None, unchanged)
+    print(judged.describe(labelled))  # not before a skip: the list would bury its one line
 
     # 2. The fast model, shipped at once unless the current one was trained on this data.
     fast = train_fast_model(settings, data, device, progress)
