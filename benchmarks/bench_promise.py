@@ -52,6 +52,30 @@ def resplit(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return roles
 
 
+def by_role(
+    all_features: np.ndarray, all_labels: np.ndarray, roles: np.ndarray, names: tuple[str, ...]
+) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """Features and labels of each role of a resplit (`roles`: a role index per picture)."""
+    features = {r: torch.from_numpy(all_features[roles == i]) for i, r in enumerate(names)}
+    labels = {r: all_labels[roles == i] for i, r in enumerate(names)}
+    return features, labels
+
+
+def head_on_train(
+    features: dict[str, torch.Tensor], labels: dict[str, np.ndarray], classes: int
+) -> tuple[torch.nn.Linear, float]:
+    """A head fitted on the train pictures, its L2 strength chosen on the calibration ones,
+    as `sortbox train` chooses it."""
+    return fit_head(
+        features["train"],
+        torch.from_numpy(labels["train"]),
+        features["calibration"][:, 0],
+        torch.from_numpy(labels["calibration"]),
+        classes,
+        False,
+    )
+
+
 def measure(
     evidence: tuple[np.ndarray, np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -89,16 +113,8 @@ def main() -> None:
     results: dict[tuple[str, float], list[tuple[float, float]]] = {}
     for n in range(args.resplits):
         roles = resplit(all_labels, rng)
-        features = {r: torch.from_numpy(all_features[roles == i]) for i, r in enumerate(ROLES)}
-        labels = {r: all_labels[roles == i] for i, r in enumerate(ROLES)}
-        train_head, l2 = fit_head(
-            features["train"],
-            torch.from_numpy(labels["train"]),
-            features["calibration"][:, 0],
-            torch.from_numpy(labels["calibration"]),
-            len(names),
-            False,
-        )
+        features, labels = by_role(all_features, all_labels, roles, ROLES)
+        train_head, l2 = head_on_train(features, labels, len(names))
         scorer = fit_unknown(features["train"], labels["train"], len(names))
         crossed = cross_fit(features, labels, len(names), l2, seed=n)
         head = crossed.head

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sortbox.trainer.fast import cross_fit, fit_head, fit_unknown
+from sortbox.trainer.fast import cross_fit, fit_unknown
 from sortbox.trainer.unknown import mahalanobis_score
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _cds_features import dataset_features
-from bench_promise import measure
+from bench_promise import by_role, head_on_train, measure
 
 REPO = Path(__file__).resolve().parent.parent
 FRACTIONS = (0.55, 0.15, 0.15, 0.15)
@@ -80,16 +80,8 @@ def main() -> None:
     rows: dict[str, list[list[float]]] = {way: [] for way in WAYS}
     for n in range(args.resplits):
         roles = resplit(all_labels, rng)
-        features = {r: torch.from_numpy(all_features[roles == i]) for i, r in enumerate(ROLES)}
-        labels = {r: all_labels[roles == i] for i, r in enumerate(ROLES)}
-        _, l2 = fit_head(
-            features["train"],
-            torch.from_numpy(labels["train"]),
-            features["calibration"][:, 0],
-            torch.from_numpy(labels["calibration"]),
-            len(names),
-            False,
-        )
+        features, labels = by_role(all_features, all_labels, roles, ROLES)
+        _, l2 = head_on_train(features, labels, len(names))
         joined = {
             **features,
             "calibration": torch.cat([features["calibration"], features["test"]]),
