@@ -268,7 +268,7 @@ def _unknown_lines(check: UnknownCheck) -> list[str]:
         f"- unknown check (pictures unlike any class go to review above score "
         f"{check.threshold:.3g}, set for {check.review_rate_setting:.0%} of known "
         f"pictures): {check.test_pictures_sent_to_review:.1%} of the test pictures go by "
-        f"it; it costs {100 * check.coverage_cost:.1f} points of auto-sorted"
+        f"it; it {_points_of_auto_sorted(check.coverage_cost)}"
     ]
     if check.held_out_class_pass_share is not None:
         lines.append(

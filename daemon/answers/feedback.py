@@ -32,7 +32,7 @@ from sortbox.daemon.sorting.copies import LIBRARY_NAME
 from sortbox.daemon.sorting.decide import SPOT_CHECK
 from sortbox.daemon.sorting.journal import Event, Review, Reviewed, Sorted, Undone
 from sortbox.daemon.sorting.manifest import Manifest
-from sortbox.daemon.sorting.thresholds import PROMISE_BATCH, derive_thresholds, wilson_interval
+from sortbox.daemon.sorting.thresholds import PROMISE_BATCH, sorts_nothing, wilson_interval
 
 WINDOW_DAYS = 30
 MIN_FOR_WARNING = 20  # spot checks before measured precision may raise a warning
@@ -156,27 +156,27 @@ def measure(
     return measured
 
 
-def promised_precision(manifest: Manifest, target: float) -> tuple[float | None, dict[str, float]]:
-    """What the model promises auto-sorted pictures reach: the target precision, which the
-    trainer proved for these thresholds (Learn-then-Test, thresholds.py: at least the target
-    over a batch of pictures, with 90 % confidence), overall; nothing per class. A model
-    without calibration predictions (the default model's hand-set thresholds) promised
+def promised_precision(manifest: Manifest) -> tuple[float | None, dict[str, float]]:
+    """What the model promises auto-sorted pictures reach, `manifest` as the daemon runs it
+    (`retarget`: thresholds derived for the target in config.toml): that target, which the
+    trainer's evidence proved for these thresholds (Learn-then-Test, thresholds.py: at least
+    the target over a batch of pictures, with 90 % confidence), overall; nothing per class. A
+    model without calibration predictions (the default model's hand-set thresholds) promised
     nothing, and nothing is shown as its promise (#32); nor does one whose evidence sorts
     nothing automatically."""
-    points = manifest.calibration
-    if points is None:
+    if manifest.calibration is None or sorts_nothing(manifest.thresholds):
         return None, {}
-    derived = derive_thresholds(points, manifest.classes, target, manifest.unknown_threshold)
-    return (target if derived.auto_count else None), {}
+    return manifest.target_precision, {}
 
 
 def precision_report(
-    events: list[Event], library: Path, manifest: Manifest | None, target: float, now: datetime
+    events: list[Event], library: Path, manifest: Manifest | None, now: datetime
 ) -> dict[str, Any]:
+    """`manifest`: the current model's, retargeted as the daemon runs it."""
     where, since = folders_by_hash(library), now - timedelta(days=WINDOW_DAYS)
     measured = measure(events, where, since)
     overall_promise, class_promise = (
-        promised_precision(manifest, target) if manifest is not None else (None, {})
+        promised_precision(manifest) if manifest is not None else (None, {})
     )
     overall = measured.overall.report(overall_promise)
     # the promise is the current model's: only its own decisions can break it (an older

@@ -57,9 +57,7 @@ def gather_status(settings: Settings, now: datetime | None = None) -> dict[str, 
         status["model"].get("expected_review_rate"),
         status["model"].get("test_review_rate"),
     )
-    status["precision"] = precision_report(
-        events, settings.library, manifest, settings.target_precision, now
-    )
+    status["precision"] = precision_report(events, settings.library, manifest, now)
     status["last_training"] = _last_training(events)
     status["inbox_waiting"] = _waiting(settings, events)
     status["review_backlog"] = _backlog(settings, events, now)
@@ -76,7 +74,8 @@ def _backlog(settings: Settings, events: list[Event], now: datetime) -> dict[str
 
 
 def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest | None]:
-    """The current model in words, and its manifest (None when there is no usable one)."""
+    """The current model in words, and its manifest as the daemon runs it, retargeted (None
+    when there is no usable one)."""
     version = current_version(settings.models_dir)
     if version is None:
         return {"version": None, "problem": "no current model (run `sortbox init`)"}, None
