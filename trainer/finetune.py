@@ -51,10 +51,14 @@ LEARNING_RATE = {"tail": 1e-3, "classifier": 3e-3}
 WARM_START_LR_SCALE = 0.1
 WEIGHT_DECAY = 0.01
 LABEL_SMOOTHING = 0.1
-PATIENCE = 8  # epochs without a better calibration loss before stopping early
+PATIENCE = 8  # epochs without a better calibration loss: a plateau
+# On a plateau the learning rate is still high (a plateau comes at epochs 13-20 of 30), and a
+# network stopped there never gets the low-rate epochs a schedule's end gives: so it is not
+# stopped at once but cooled down, its rate falling linearly to zero over these epochs.
+COOLDOWN_EPOCHS = 5
 MIN_BATCH_FOR_BATCHNORM = 16  # below this, batch statistics are noise: keep ImageNet's
 EMA_DECAY = 0.99  # at most, per step: the average spans 100 steps (two epochs of 3,000 pictures)
-CHECKPOINT_FORMAT = 3  # 3: the plan (extensions, stop reason) is in it
+CHECKPOINT_FORMAT = 4  # 4: the cool-down (where it started) is in it
 
 
 class NoCuda(RuntimeError):
@@ -196,6 +200,7 @@ class FinetuneOutcome:
     seconds: float  # over all runs that built this model, resumed ones included
     resumed_from_epoch: int
     stop_reason: str  # why it stopped where it did, in words
+    calibration_losses: tuple[float, ...] = ()  # each epoch's, over all runs that built it
 
 
 def recipe_key(fingerprint: str, cfg: TrainSettings, epochs: int, warm_from: str | None) -> str:
@@ -213,6 +218,7 @@ def recipe_key(fingerprint: str, cfg: TrainSettings, epochs: int, warm_from: str
         "warm_lr_scale": WARM_START_LR_SCALE,
         "ema": EMA_DECAY,
         "selection": "tempered calibration loss",
+        "cooldown_epochs": COOLDOWN_EPOCHS,
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -241,6 +247,10 @@ def finetune(job: FinetuneJob) -> FinetuneOutcome:
         state["seconds"] += epoch_s
         budget_left_s = budget_s - (time.monotonic() - run_started)
         plan = plan_after_epoch(_progress(state), epoch_s, budget_left_s, budget_s)
+        if plan.cool_down:  # from the rate the schedule had reached here
+            steps = _steps_per_epoch(job)
+            factor = learning_rate_factor(state["epoch"] * steps, steps, state["planned_epochs"])
+            state["cooldown"] = [state["epoch"], factor]
         state["planned_epochs"], state["stop_reason"] = plan.planned_epochs, plan.reason
         state["extensions"] += plan.extended
         _save_checkpoint(job.checkpoint, state, network, averaged, optimizer)
@@ -266,6 +276,7 @@ def finetune(job: FinetuneJob) -> FinetuneOutcome:
         state["seconds"],
         resumed_from,
         state["stop_reason"],
+        tuple(state["calibration_losses"]),
     )
 
 
@@ -281,6 +292,7 @@ class EpochProgress:
     planned_epochs: int
     best_epoch: int
     extensions: int  # times the schedule has been extended already
+    cooling: bool = False  # a plateau started the cool-down
 
 
 @dataclass(frozen=True)
@@ -288,6 +300,7 @@ class Plan:
     planned_epochs: int
     reason: str  # what the plan is, or why it stops, in words
     extended: bool = False
+    cool_down: bool = False  # a plateau: the rate falls to zero by the planned end
 
 
 def plan_after_epoch(
@@ -296,7 +309,8 @@ def plan_after_epoch(
     """How many epochs to run in all, now that one more is done.
 
     - after the first, the schedule shrinks to what the budget fits;
-    - PATIENCE epochs without a better calibration loss: a plateau, stop here;
+    - PATIENCE epochs without a better calibration loss: a plateau, cool down over
+      COOLDOWN_EPOCHS more (what the budget fits), then stop;
     - at the planned end with the best epoch the last, it was still improving: extend by a
       quarter (at most MAX_EXTENSIONS times, and only what the budget fits)."""
     done, planned, best = progress.epoch, progress.planned_epochs, progress.best_epoch
@@ -304,10 +318,18 @@ def plan_after_epoch(
         fits = max(2, int(budget_s * 0.9 // max(epoch_s, 1e-3)))
         if fits < planned:
             return Plan(fits, f"the {budget_s / 60:g}-minute budget fits {fits} epochs")
+    plateau = f"plateau: no better calibration loss in the {PATIENCE} epochs after epoch {best}"
+    if progress.cooling:
+        if done >= planned:
+            return Plan(done, f"cooled down to epoch {done} after a plateau; the best was {best}")
+        return Plan(planned, "cooling down after a plateau")
     if done - best >= PATIENCE:
-        return Plan(
-            done, f"plateau: no better calibration loss in the {PATIENCE} epochs after epoch {best}"
-        )
+        more = min(COOLDOWN_EPOCHS, int(budget_left_s * 0.9 // max(epoch_s, 1e-3)))
+        if more > 0:
+            return Plan(
+                done + more, f"{plateau}: cooling down to epoch {done + more}", cool_down=True
+            )
+        return Plan(done, f"{plateau}; the budget fits no cool-down")
     if done >= planned and best == done and progress.extensions < MAX_EXTENSIONS:
         more = min(
             max(1, round(planned * PLATEAU_EXTENSION)),
@@ -327,8 +349,16 @@ def plan_after_epoch(
 
 def _progress(state: dict[str, Any]) -> EpochProgress:
     return EpochProgress(
-        state["epoch"], state["planned_epochs"], state["best_epoch"], state["extensions"]
+        state["epoch"],
+        state["planned_epochs"],
+        state["best_epoch"],
+        state["extensions"],
+        cooling=state["cooldown"] is not None,
     )
+
+
+def _steps_per_epoch(job: FinetuneJob) -> int:
+    return max(1, len(job.train) // job.settings.batch_size)
 
 
 # -- the steps of an epoch ---------------------------------------------------------------------
@@ -369,6 +399,8 @@ def _resume(
             "best_epoch": 0,
             "seconds": 0.0,
             "extensions": 0,
+            "cooldown": None,  # [epoch, rate factor] once a plateau starts it
+            "calibration_losses": [],
             "stop_reason": "not started",
         }
     network.load_state_dict(state["network"])
@@ -389,7 +421,8 @@ def _train_one_epoch(
     class_weights = balanced_weights(
         torch.from_numpy(job.train_labels), network.classifier.out_features
     ).to(device)
-    steps_per_epoch = max(1, len(job.train) // cfg.batch_size)
+    steps_per_epoch = _steps_per_epoch(job)
+    cooldown = Cooldown(*state["cooldown"]) if state["cooldown"] is not None else None
     network.train()
     _freeze_frozen_batchnorm(network, train_batchnorm=cfg.batch_size >= MIN_BATCH_FOR_BATCHNORM)
     batches = training_batches(
@@ -407,6 +440,7 @@ def _train_one_epoch(
             state["epoch"] * steps_per_epoch + step,
             steps_per_epoch,
             state["planned_epochs"],
+            cooldown,
         )
         logits = network.classifier(network.dropout(network.tail(job.frozen(pixels))))
         loss = F.cross_entropy(
@@ -426,24 +460,47 @@ def _judge_epoch(job: FinetuneJob, smoothed: EfficientNetLite, state: dict[str, 
     """The smoothed weights' calibration loss; kept when the best so far."""
     logits = logits_of(smoothed, job.frozen, job.calibration, job.max_pixels)
     cal_loss = tempered_nll(logits, job.calibration_labels)
+    state["calibration_losses"].append(round(cal_loss, 5))
     if cal_loss < state["best_loss"] - 1e-4:
         state["best"] = {k: v.detach().cpu().clone() for k, v in smoothed.state_dict().items()}
         state["best_loss"], state["best_epoch"] = cal_loss, state["epoch"]
     return cal_loss
 
 
+@dataclass(frozen=True)
+class Cooldown:
+    """The rate's last stretch after a plateau: from `factor` of the peak at epoch `start`,
+    straight down to zero at the planned end."""
+
+    start: int
+    factor: float
+
+
 def _set_learning_rate(
-    optimizer: torch.optim.Optimizer, step: int, steps_per_epoch: int, epochs: int
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    steps_per_epoch: int,
+    epochs: int,
+    cooldown: Cooldown | None = None,
 ) -> None:
-    """Linear warm-up over the first epoch, then a cosine decay to zero at the planned end."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["peak"] * learning_rate_factor(step, steps_per_epoch, epochs, cooldown)
+
+
+def learning_rate_factor(
+    step: int, steps_per_epoch: int, epochs: int, cooldown: Cooldown | None = None
+) -> float:
+    """The share of the peak rate at this step: a linear warm-up over the first epoch, then a
+    cosine decay to zero at the planned end; in a cool-down, a straight line to zero."""
+    if cooldown is not None:
+        start = cooldown.start * steps_per_epoch
+        remaining = max(1, epochs * steps_per_epoch - start)
+        return cooldown.factor * max(0.0, 1.0 - (step - start) / remaining)
     total = max(1, epochs * steps_per_epoch)
     if step < steps_per_epoch:
-        factor = 0.1 + 0.9 * step / steps_per_epoch
-    else:
-        progress = (step - steps_per_epoch) / max(1, total - steps_per_epoch)
-        factor = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    for group in optimizer.param_groups:
-        group["lr"] = group["peak"] * factor
+        return 0.1 + 0.9 * step / steps_per_epoch
+    progress = (step - steps_per_epoch) / max(1, total - steps_per_epoch)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 @torch.no_grad()
