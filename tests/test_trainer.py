@@ -601,7 +601,15 @@ def test_fine_tune_paused_by_its_budget_resumes_on_the_next_run(tmp_path: Path) 
     # it ran its plan to the end: the 2 epochs the budget fitted, or more if still improving
     training = report["training"]
     assert training["epochs_run"] == training["planned_epochs"] >= 2, training
-    assert training["stop_reason"].startswith(("the planned", "plateau", "still improving"))
+    assert training["stop_reason"].startswith(
+        ("the planned", "plateau", "still improving", "cooled down")
+    )
+    # every epoch's calibration loss, the paused run's included, and the best is the lowest
+    losses = training["calibration_losses"]
+    assert len(losses) == training["epochs_run"], training
+    best = losses[training["best_epoch"] - 1]
+    assert best == pytest.approx(training["best_calibration_loss"], abs=1e-5)
+    assert best <= min(losses) + 1e-4  # a gain under 1e-4 is not counted as one
     assert not checkpoint.exists(), "a finished fine-tune leaves nothing to resume"
 
 

@@ -48,6 +48,7 @@ class Tuned:
             resumed_from_epoch=o.resumed_from_epoch,
             finetune_seconds_all_runs=o.seconds,
             stop_reason=o.stop_reason,
+            calibration_losses=list(o.calibration_losses),
         )
 
 

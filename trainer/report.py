@@ -115,6 +115,7 @@ class TrainingFacts(_Part):
     resumed_from_epoch: int | None = None
     finetune_seconds_all_runs: float | None = None
     stop_reason: str | None = None  # why the fine-tune stopped where it did
+    calibration_losses: list[float] | None = None  # each epoch's, tempered: how it went
     blend_fast_weight: float | None = None
 
 
