@@ -44,6 +44,14 @@ def test_a_plateau_cools_down_only_as_long_as_the_budget_allows() -> None:
     assert none.planned_epochs == 12 and "no cool-down" in none.reason
 
 
+def test_a_plateau_cools_down_only_within_the_plan() -> None:
+    near_end = plan_after_epoch(EpochProgress(28, 30, 28 - PATIENCE, 0), 30.0, HOUR, HOUR)
+    assert near_end.cool_down and near_end.planned_epochs == 30
+    at_end = plan_after_epoch(EpochProgress(30, 30, 30 - PATIENCE, 0), 30.0, HOUR, HOUR)
+    assert at_end.planned_epochs == 30 and not at_end.cool_down and not at_end.extended
+    assert at_end.reason.startswith("plateau") and "the planned 30 epochs ran" in at_end.reason
+
+
 def test_the_cool_down_falls_from_the_rate_reached_to_zero() -> None:
     steps, planned = 48, 30
     reached = learning_rate_factor(12 * steps, steps, planned)  # epoch 12 of a 30-epoch cosine

@@ -310,7 +310,7 @@ def plan_after_epoch(
 
     - after the first, the schedule shrinks to what the budget fits;
     - PATIENCE epochs without a better calibration loss: a plateau, cool down over
-      COOLDOWN_EPOCHS more (what the budget fits), then stop;
+      COOLDOWN_EPOCHS more (what the plan and the budget fit), then stop;
     - at the planned end with the best epoch the last, it was still improving: extend by a
       quarter (at most MAX_EXTENSIONS times, and only what the budget fits)."""
     done, planned, best = progress.epoch, progress.planned_epochs, progress.best_epoch
@@ -324,7 +324,13 @@ def plan_after_epoch(
             return Plan(done, f"cooled down to epoch {done} after a plateau; the best was {best}")
         return Plan(planned, "cooling down after a plateau")
     if done - best >= PATIENCE:
-        more = min(COOLDOWN_EPOCHS, int(budget_left_s * 0.9 // max(epoch_s, 1e-3)))
+        if done >= planned:  # the schedule's own decay has already reached zero
+            return Plan(done, f"{plateau}; the planned {planned} epochs ran")
+        # never past the plan: near its end the cosine is already low, and epochs beyond it
+        # would run at a rate of zero
+        more = min(
+            COOLDOWN_EPOCHS, planned - done, int(budget_left_s * 0.9 // max(epoch_s, 1e-3))
+        )
         if more > 0:
             return Plan(
                 done + more, f"{plateau}: cooling down to epoch {done + more}", cool_down=True
