@@ -714,6 +714,21 @@ def test_int8_model_ships_only_when_it_agrees_and_is_what_the_daemon_runs(
         expected = open_session(quantised, 1).run(None, {"input": pictures})
         # its rows: the class logits, then the unknown score (issue #33)
         np.testing.assert_allclose(ours, np.column_stack(expected), atol=1e-6)
+        # the agreement reported is the two files' on the calibration pictures, not the
+        # agreement with the trainer's out-of-sample stand-ins for the float model's outputs
+        calibration = np.concatenate(
+            list(
+                plain_pictures(
+                    gather(settings).role("calibration"),
+                    manifest.preprocessing,
+                    settings.max_pixels,
+                )
+            )
+        )
+        by_float = open_session(float_model, 1).run(None, {"input": calibration})[0]
+        by_int8 = open_session(quantised, 1).run(None, {"input": calibration})[0]
+        same = float((by_float.argmax(1) == by_int8.argmax(1)).mean())
+        assert int8["calibration_agreement"] == pytest.approx(same)
     else:
         assert manifest.int8 is None and not (version_dir / INT8_MODEL_FILE).exists()
         from sortbox.trainer.quantize import quantise

@@ -109,8 +109,19 @@ class Outputs:
 
 
 def outputs_of(model: Path, batches: Iterator[np.ndarray], threads: int) -> Outputs:
-    session = open_session(model, threads)
-    rows = [session.run(None, {"input": batch}) for batch in batches]
+    return outputs_of_each([model], batches, threads)[0]
+
+
+def outputs_of_each(
+    models: list[Path], batches: Iterator[np.ndarray], threads: int
+) -> list[Outputs]:
+    """Each model's outputs on the same pictures, each batch decoded once for all of them."""
+    sessions = [open_session(model, threads) for model in models]
+    rows = [[session.run(None, {"input": batch}) for session in sessions] for batch in batches]
+    return [_joined([row[n] for row in rows]) for n in range(len(models))]
+
+
+def _joined(rows: list[list[np.ndarray]]) -> Outputs:
     if not rows:
         return Outputs(np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
     return Outputs(
