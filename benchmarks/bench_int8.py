@@ -1,13 +1,15 @@
 """Why INT8 disagrees with the float model, and whether any quantisation choice fixes it.
 
     python benchmarks/bench_int8.py clothing-dataset-small [--workdir /tmp/bench-int8]
+                                    [--model MODEL_DIR --config CONFIG]
 
 Trains the fast model on the dataset's train/ (`sortbox train`, no fine-tune, no INT8), then
 quantises its float ONNX file several ways and compares each with it on validation/ (the
 calibration pictures) and test/: the share given the same label, the float model's
 confidence on the pictures where they differ, and the decisions the daemon would take with
 each (each calibrated on its own outputs, as the trainer ships it): pictures filed into
-another class, and auto-sorted shares. Also the time per picture on one core.
+another class, and auto-sorted shares. Also the time per picture on one core. `--model` quantises a trained model's float file
+instead (e.g. a fine-tuned one `bench_train.py` made), with the config it was trained with.
 """
 
 from __future__ import annotations
@@ -121,9 +123,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-int8"))
+    parser.add_argument(
+        "--model", type=Path, help="a trained model folder to quantise instead (e.g. a "
+        "fine-tuned one bench_train.py made); needs --config, the config.toml it was trained with",
+    )  # fmt: skip
+    parser.add_argument("--config", type=Path)
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser's progress
-    config, float_model = train_fast_model(args.dataset.resolve(), args.workdir)
+    if args.model is not None:
+        if args.config is None:
+            parser.error("--model needs --config")
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        config, float_model = args.config, args.model / "model.onnx"
+    else:
+        config, float_model = train_fast_model(args.dataset.resolve(), args.workdir)
     settings = load_settings(config)
     data = gather(settings)
     preprocessing = BACKBONES[settings.train.backbone].preprocessing
