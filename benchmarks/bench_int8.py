@@ -8,8 +8,9 @@ quantises its float ONNX file several ways and compares each with it on validati
 calibration pictures) and test/: the share given the same label, the float model's
 confidence on the pictures where they differ, and the decisions the daemon would take with
 each (each calibrated on its own outputs, as the trainer ships it): pictures filed into
-another class, and auto-sorted shares. Also the time per picture on one core. `--model` quantises a trained model's float file
-instead (e.g. a fine-tuned one `bench_train.py` made), with the config it was trained with.
+another class, and auto-sorted shares. Also the time per picture on one core. `--model`
+quantises a trained model's float file instead (e.g. a fine-tuned one `bench_train.py` made),
+with the config it was trained with.
 """
 
 from __future__ import annotations

@@ -701,7 +701,8 @@ def test_int8_model_ships_only_when_it_agrees_and_is_what_the_daemon_runs(
     assert "INT8 model" in trained.stdout  # the user is told either way
 
     settings = load_settings(home.config)
-    examples = [e for role in ROLES for e in gather(settings).role(role)]
+    data = gather(settings)
+    examples = [e for role in ROLES for e in data.role(role)]
     batches = list(plain_pictures(examples, manifest.preprocessing, settings.max_pixels))
     pictures = np.concatenate(batches)
     float_model = version_dir / MODEL_FILE
@@ -716,18 +717,11 @@ def test_int8_model_ships_only_when_it_agrees_and_is_what_the_daemon_runs(
         np.testing.assert_allclose(ours, np.column_stack(expected), atol=1e-6)
         # the agreement reported is the two files' on the calibration pictures, not the
         # agreement with the trainer's out-of-sample stand-ins for the float model's outputs
-        calibration = np.concatenate(
-            list(
-                plain_pictures(
-                    gather(settings).role("calibration"),
-                    manifest.preprocessing,
-                    settings.max_pixels,
-                )
-            )
+        calibration = list(
+            plain_pictures(data.role("calibration"), manifest.preprocessing, settings.max_pixels)
         )
-        by_float = open_session(float_model, 1).run(None, {"input": calibration})[0]
-        by_int8 = open_session(quantised, 1).run(None, {"input": calibration})[0]
-        same = float((by_float.argmax(1) == by_int8.argmax(1)).mean())
+        by_float = open_session(float_model, 1).run(None, {"input": np.concatenate(calibration)})
+        same, _ = agreement_with(quantised, iter(calibration), by_float[0], 1)
         assert int8["calibration_agreement"] == pytest.approx(same)
     else:
         assert manifest.int8 is None and not (version_dir / INT8_MODEL_FILE).exists()
