@@ -137,13 +137,57 @@ def child(mode: str, home: Path, inputs: Path) -> dict:
     if mode == "limit":
         return two_core_limit(settings, inputs)
     measure = {"ceiling": ceiling, "naive": naive_sort, "sort": sortbox_sort}[mode]
-    count, seconds = measure(settings, inputs)
+    count, usage = measure(settings, inputs)
     return {
         "images": count,
-        "seconds": seconds,
-        "per_second": count / seconds,
+        "seconds": usage.wall_s,
+        "per_second": count / usage.wall_s,
         "peak_rss_mb": vm_mb(os.getpid(), "VmHWM"),
+        **usage.figures(count),
     }
+
+
+# -- where the time goes: CPU used, and CPU the machine did not give -----------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def machine_stolen_s() -> float:
+    """CPU seconds the hypervisor gave to others while this machine wanted them ("steal" in
+    /proc/stat, all CPUs): a virtual machine's two cores are not always two whole cores."""
+    return int(Path("/proc/stat").read_text().split(maxsplit=9)[8]) / CLOCK_TICKS
+
+
+class Usage:
+    """A timed window: wall time, the CPU the measured process used, the CPU stolen from the
+    machine. Together they say where a shortfall from the limit goes (`figures`)."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid or os.getpid()
+        self._wall, self._cpu = time.perf_counter(), process_cpu_s(self.pid)
+        self._stolen = machine_stolen_s()
+        self.wall_s = self.cpu_s = self.stolen_s = 0.0
+
+    def stop(self, wall_s: float | None = None) -> Usage:
+        """Close the window; `wall_s` when the work ended before this is called."""
+        self.wall_s = wall_s if wall_s is not None else time.perf_counter() - self._wall
+        self.cpu_s = process_cpu_s(self.pid) - self._cpu
+        self.stolen_s = machine_stolen_s() - self._stolen
+        return self
+
+    def figures(self, pictures: int) -> dict[str, float]:
+        cores = usable_cpus()
+        return {
+            "cpu_ms": 1000 * self.cpu_s / pictures,
+            "busy": self.cpu_s / (self.wall_s * cores),
+            "stolen": self.stolen_s / (self.wall_s * cores),
+        }
 
 
 def vm_mb(pid: int, field: str) -> float:
@@ -211,7 +255,7 @@ def two_core_limit(settings: Settings, inputs: Path, batch: int = 16) -> dict:
     }
 
 
-def ceiling(settings: Settings, inputs: Path) -> tuple[int, float]:
+def ceiling(settings: Settings, inputs: Path) -> tuple[int, Usage]:
     """sortbox's own decoding and model with nothing around them: decoders in parallel with
     batched inference, as the daemon runs them, but no hashing, copying or journaling."""
     from sortbox.daemon.sorting.classify import load_current
@@ -225,7 +269,7 @@ def ceiling(settings: Settings, inputs: Path) -> tuple[int, float]:
         return prepare(path.read_bytes(), spec, settings.max_pixels, path.name)
 
     classifier.logits(decode(paths[0])[np.newaxis])  # warmed up, as the service is before READY
-    started = time.perf_counter()
+    usage = Usage()
     with ThreadPoolExecutor(settings.decode_workers) as pool:
         decoded = pool.map(decode, paths)
         batch: list[np.ndarray] = []
@@ -236,10 +280,10 @@ def ceiling(settings: Settings, inputs: Path) -> tuple[int, float]:
                 batch = []
         if batch:
             classifier.logits(np.stack(batch))
-    return len(paths), time.perf_counter() - started
+    return len(paths), usage.stop()
 
 
-def naive_sort(settings: Settings, inputs: Path) -> tuple[int, float]:
+def naive_sort(settings: Settings, inputs: Path) -> tuple[int, Usage]:
     """What a first attempt looks like: the float model in ONNX Runtime's default session, a
     full-size decode, the whole picture resized, one model call per picture, a plain copy."""
     import onnxruntime as ort
@@ -252,7 +296,7 @@ def naive_sort(settings: Settings, inputs: Path) -> tuple[int, float]:
     version = current_version(settings.models_dir)
     session = ort.InferenceSession(str(settings.models_dir / str(version) / MODEL_FILE))
     spec = manifest.preprocessing
-    started = time.perf_counter()
+    usage = Usage()
     paths = sorted(inputs.iterdir())
     for path in paths:
         with Image.open(path) as image:
@@ -267,21 +311,21 @@ def naive_sort(settings: Settings, inputs: Path) -> tuple[int, float]:
         target = settings.library / decision.folder
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target / path.name)
-    return len(paths), time.perf_counter() - started
+    return len(paths), usage.stop()
 
 
-def sortbox_sort(settings: Settings, inputs: Path) -> tuple[int, float]:
+def sortbox_sort(settings: Settings, inputs: Path) -> tuple[int, Usage]:
     """`sortbox sort`'s own Service, timed from ready (model loaded) to every file journaled."""
     from sortbox.daemon.intake.files import collect
     from sortbox.daemon.running.notify import Notifier
     from sortbox.daemon.service import Service
 
-    ready_at = 0.0
+    usage: Usage | None = None
 
     class Stopwatch(Notifier):
         def ready(self, status: str) -> None:
-            nonlocal ready_at
-            ready_at = time.perf_counter()
+            nonlocal usage
+            usage = Usage()
 
     count = 0
 
@@ -291,7 +335,8 @@ def sortbox_sort(settings: Settings, inputs: Path) -> tuple[int, float]:
 
     arrivals = collect([inputs], settings.library, settings.ignore)
     Service(settings, Stopwatch(), inputs=arrivals, on_batch=counted).run()
-    return count, time.perf_counter() - ready_at
+    assert usage is not None, "the service never said it was ready"
+    return count, usage.stop()
 
 
 def run_child(mode: str, home: Path, inputs: Path) -> dict:
@@ -432,14 +477,21 @@ def dropped_at_once(home: Path, photos: list[Path]) -> dict:
     daemon = Daemon(home)
     try:
         started = time.monotonic()
+        usage = Usage(daemon.process.pid)
         for staged, final in moves:
             os.rename(staged, final)
         handled = daemon.wait_for(len(moves), 600)
         elapsed = max(daemon.seen_at.values()) - started
+        usage.stop(wall_s=elapsed)  # the CPU read a poll later: the daemon is idle by then
         peak = daemon.rss_mb("VmHWM")
     finally:
         daemon.stop()
-    return {"handled": handled, "per_second": len(moves) / elapsed, "peak_rss_mb": peak}
+    return {
+        "handled": handled,
+        "per_second": len(moves) / elapsed,
+        "peak_rss_mb": peak,
+        **usage.figures(len(moves)),
+    }
 
 
 def latency(home: Path, photos: list[Path], rate: float, how: str) -> dict:
@@ -700,6 +752,8 @@ def print_throughput(home: Path, photos: Path, rounds: int, say: Callable) -> No
             f"{rate / naive['per_second']:8.1f}x {peak:7.0f}MB {of_full_limit:18.0%}"
         )
 
+    print_time_spent(measured, say)
+
     rates = decoder_comparison(photos, 256)
     if rates is None:
         say("\ndecoders: pip install simplejpeg to compare it with Pillow's draft mode")
@@ -709,6 +763,29 @@ def print_throughput(home: Path, photos: Path, rounds: int, say: Callable) -> No
             f"\ndecoding to >= 256 px, 1 thread: Pillow draft {pillow:.1f}/s, "
             f"simplejpeg {turbo:.1f}/s ({turbo / pillow:.2f}x)"
         )
+
+
+def print_time_spent(measured: dict[str, list[dict]], say: Callable) -> None:
+    """Each mode's share of the limit, taken apart: the limit's CPU per picture over the CPU
+    it used per picture (work beyond decoding and inference), times the share of the cores
+    it kept busy (waits, and time the hypervisor gave to other machines: "stolen")."""
+    limit_ms = statistics.median(x["decode_ms"] + x["infer_ms"] for x in measured["limit"])
+    copy_ms = statistics.median(x["hash_ms"] + x["copy_ms"] for x in measured["limit"])
+    say(
+        "\nwhere the time goes, medians of the rounds: of limit = limit's CPU per picture / "
+        "CPU used per picture x cores busy"
+    )
+    say(f"{'':34} {'CPU/picture':>12} {'beyond limit':>13} {'cores busy':>11} {'stolen':>7}")
+    say(f"{'two-core limit':34} {limit_ms:9.1f} ms   (hashing and the copy: {copy_ms:.1f} ms)")
+    for title, mode in (
+        ("ceiling: decode + infer only", "ceiling"),
+        ("sortbox sort (ready to done)", "sort"),
+        ("sortbox run, all dropped at once", "run"),
+    ):
+        cpu_ms = statistics.median(x["cpu_ms"] for x in measured[mode])
+        busy = statistics.median(x["busy"] for x in measured[mode])
+        stolen = statistics.median(x["stolen"] for x in measured[mode])
+        say(f"{title:34} {cpu_ms:9.1f} ms {cpu_ms - limit_ms:+10.1f} ms {busy:10.0%} {stolen:6.1%}")
 
 
 if __name__ == "__main__":
