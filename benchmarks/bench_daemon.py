@@ -164,21 +164,56 @@ def machine_stolen_s() -> float:
     return int(Path("/proc/stat").read_text().split(maxsplit=9)[8]) / CLOCK_TICKS
 
 
+def cpu_by_thread(pid: int) -> dict[str, tuple[str, float]]:
+    """Each thread of a sortbox process: its part, by the name its worker has in the kernel
+    (service.py names them), and its CPU seconds so far. The parts: the decoders, the main
+    loop (the model), the placer, the intake, and the rest (watchdog's threads)."""
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            on_cpu_ns = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            continue  # a thread that ended meanwhile
+        if task.name == str(pid):
+            part = "main loop"
+        elif name.startswith("decode-"):
+            part = "decoders"
+        elif name in ("placer", "intake"):
+            part = name
+        else:
+            part = "other"
+        threads[task.name] = (part, on_cpu_ns / 1e9)
+    return threads
+
+
 class Usage:
-    """A timed window: wall time, the CPU the measured process used, the CPU stolen from the
-    machine. Together they say where a shortfall from the limit goes (`figures`)."""
+    """A timed window: wall time, the CPU the measured process used (and each of its parts),
+    the CPU stolen from the machine. Together they say where a shortfall from the limit goes
+    (`figures`)."""
 
     def __init__(self, pid: int | None = None) -> None:
         self.pid = pid or os.getpid()
         self._wall, self._cpu = time.perf_counter(), process_cpu_s(self.pid)
         self._stolen = machine_stolen_s()
+        self._threads_at_start = cpu_by_thread(self.pid)
+        self._threads_latest = dict(self._threads_at_start)
         self.wall_s = self.cpu_s = self.stolen_s = 0.0
+        self.parts: dict[str, float] = {}
+
+    def look(self) -> None:
+        """Note each thread's CPU now: a thread that ends before `stop` keeps its last figure."""
+        self._threads_latest.update(cpu_by_thread(self.pid))
 
     def stop(self, wall_s: float | None = None) -> Usage:
         """Close the window; `wall_s` when the work ended before this is called."""
         self.wall_s = wall_s if wall_s is not None else time.perf_counter() - self._wall
         self.cpu_s = process_cpu_s(self.pid) - self._cpu
         self.stolen_s = machine_stolen_s() - self._stolen
+        self.look()
+        for tid, (part, seconds) in self._threads_latest.items():
+            before = self._threads_at_start.get(tid, (part, 0.0))[1]
+            self.parts[part] = self.parts.get(part, 0.0) + seconds - before
         return self
 
     def figures(self, pictures: int) -> dict[str, float]:
@@ -187,6 +222,7 @@ class Usage:
             "cpu_ms": 1000 * self.cpu_s / pictures,
             "busy": self.cpu_s / (self.wall_s * cores),
             "stolen": self.stolen_s / (self.wall_s * cores),
+            "parts_ms": {k: 1000 * v / pictures for k, v in self.parts.items()},
         }
 
 
@@ -332,6 +368,9 @@ def sortbox_sort(settings: Settings, inputs: Path) -> tuple[int, Usage]:
     def counted(events: list, finished: int) -> None:
         nonlocal count
         count += len(events)
+        if usage is not None:
+            usage.look()  # the workers end with the service, before `stop`; the last
+            # figure of a decoder that ends after this misses its last picture or two
 
     arrivals = collect([inputs], settings.library, settings.ignore)
     Service(settings, Stopwatch(), inputs=arrivals, on_batch=counted).run()
@@ -776,6 +815,7 @@ def print_time_spent(measured: dict[str, list[dict]], say: Callable) -> None:
         "CPU used per picture x cores busy"
     )
     say(f"{'':34} {'CPU/picture':>12} {'beyond limit':>13} {'cores busy':>11} {'stolen':>7}")
+    say(f"{'':36}(decoders: read, hash, decode; main loop: the model; placer: copy, journal)")
     say(f"{'two-core limit':34} {limit_ms:9.1f} ms   (hashing and the copy: {copy_ms:.1f} ms)")
     for title, mode in (
         ("ceiling: decode + infer only", "ceiling"),
@@ -786,6 +826,12 @@ def print_time_spent(measured: dict[str, list[dict]], say: Callable) -> None:
         busy = statistics.median(x["busy"] for x in measured[mode])
         stolen = statistics.median(x["stolen"] for x in measured[mode])
         say(f"{title:34} {cpu_ms:9.1f} ms {cpu_ms - limit_ms:+10.1f} ms {busy:10.0%} {stolen:6.1%}")
+        if mode != "ceiling":  # its threads are a pool's, without names
+            parts = ", ".join(
+                f"{part} {statistics.median(x['parts_ms'].get(part, 0.0) for x in measured[mode]):.1f}"
+                for part in ("decoders", "main loop", "placer", "intake", "other")
+            )
+            say(f"{'':36}by part, ms a picture: {parts}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,15 @@ def test_notify_protocol_in_order(home: Home) -> None:
     assert first["READY"] < first["STATUS"] < first["WATCHDOG"] < first["STOPPING"]
 
 
+def test_workers_are_named_where_top_and_ps_look(home: Home) -> None:
+    daemon = Daemon(home).start()
+    assert daemon.process is not None
+    tasks = Path(f"/proc/{daemon.process.pid}/task")
+    names = {(task / "comm").read_text().strip() for task in tasks.iterdir()}
+    assert daemon.stop() == 0
+    assert {"decode-0", "placer", "intake"} <= names, names
+
+
 def test_status_reports_counts_review_drift_and_waiting_files(home: Home) -> None:
     daemon = Daemon(home).start()
     try:
