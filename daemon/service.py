@@ -131,9 +131,7 @@ class Service:
             self.notifier, reporter, self.workload, self.metrics, self.library, self.slot
         )
         self.intake = self._make_intake()
-        self.decoders = Decoders(
-            s, self._arrivals, self.workload, self.slot.preprocessing, self.intake.reading
-        )
+        self.decoders = Decoders(s, self._arrivals, self.workload, self.slot.preprocessing)
         self.placer = Placer(
             self.library,
             self.intake,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sortbox.daemon.intake.files import is_ignored
 from sortbox.daemon.intake.stability import StabilityTracker
-from sortbox.daemon.intake.watch import EnqueueHandler, PacedPollingEmitter, start_observer
+from sortbox.daemon.intake.watch import EnqueueHandler, PacedPollingEmitter
 from sortbox.daemon.running.batch import next_batch
 from watchdog.observers.api import BaseObserver
 
@@ -103,64 +103,6 @@ def test_a_file_some_program_keeps_open_is_named_once_not_waited_for_silently(
     tracker.closed(path)
     now[0] = 501.1
     assert [p for p, _ in tracker.take_stable()] == [path]
-
-
-def _hear_until(
-    notices: queue.SimpleQueue, tracker: StabilityTracker, kind: str, path: Path
-) -> list[str]:
-    """Hand the real observer's notices to the tracker, as the intake does, until `kind`
-    about `path` has come (within 5 s); the kinds heard about `path`."""
-    heard: list[str] = []
-    deadline = time.monotonic() + 5
-    while (kind, path) not in [(k, path) for k in heard] and time.monotonic() < deadline:
-        with contextlib.suppress(queue.Empty):
-            noticed_kind, noticed_path = notices.get(timeout=0.05)
-            tracker.heard(noticed_kind, noticed_path)
-            if noticed_path == path:
-                heard.append(noticed_kind)
-    return heard
-
-
-def test_sortboxs_own_read_is_not_taken_for_a_writer_but_a_writer_beside_it_is(
-    tmp_path: Path,
-) -> None:
-    """inotify reports every open, sortbox's own reads included: left as they were, each
-    picture became a candidate again once it was done, and was looked at twice."""
-    now = [0.0]
-    tracker = StabilityTracker(quiet_period_s=1.0, clock=lambda: now[0])
-    inbox, staging = tmp_path / "inbox", tmp_path / "staging"
-    inbox.mkdir()
-    staging.mkdir()
-    notices: queue.SimpleQueue = queue.SimpleQueue()
-    observer = start_observer(inbox, "inotify", 1.0, notices)
-    try:
-        alone, beside = inbox / "alone.jpg", inbox / "beside.jpg"
-        for path in (alone, beside):
-            (staging / path.name).write_bytes(b"a picture")
-            os.rename(staging / path.name, path)
-            assert _hear_until(notices, tracker, "renamed", path) == ["renamed"]
-        assert sorted(p for p, _ in tracker.take_stable()) == [alone, beside]
-
-        tracker.reading(alone)  # as the decoders say before they open it
-        alone.read_bytes()
-        assert _hear_until(notices, tracker, "closed", alone) == ["opened", "closed"]
-        tracker.finished(alone)
-        now[0] = 10.0
-        assert tracker.take_stable() == [] and not tracker.is_tracked(alone)
-
-        tracker.reading(beside)
-        with beside.open("rb") as ours, beside.open("ab") as writer:
-            ours.read()
-            writer.write(b", and more")  # a program writing to it while we read it
-        assert _hear_until(notices, tracker, "written", beside)[-1] == "written"
-        tracker.finished(beside)
-        now[0] = 20.0
-        taken = tracker.take_stable()
-        assert [p for p, _ in taken] == [beside], "changed by a writer: looked at again"
-        assert taken[0][1].size == len(b"a picture, and more")
-    finally:
-        observer.stop()
-        observer.join()
 
 
 def test_polling_needs_two_unchanged_checks_and_a_rename_needs_no_quiet_period(

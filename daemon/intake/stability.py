@@ -10,18 +10,12 @@ renamed into the inbox was finished before the rename; a file created in the inb
 watch has had every open seen, so when the last writer closes it after writing, it is
 complete then. A file we first met some other way (found by a rescan, written before we
 started) waits out the quiet period.
-
-inotify cannot tell whose open it reports, and sortbox reads every file it sorts: each of its
-own reads would look like another program opening the file, and make the file a candidate
-again once it is done. So the decoders say when they are about to read (`reading`), and one
-open and one close-without-writing of that file are then taken as theirs, not a writer's.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +48,6 @@ class StabilityTracker:
         self._lock = threading.Lock()
         self._candidates: dict[Path, _Candidate] = {}
         self._queued: set[Path] = set()
-        # sortbox's own reads, per file: opens announced and not yet heard of, and opens
-        # heard of whose close is still to come
-        self._own_opens: Counter[Path] = Counter()
-        self._own_closes: Counter[Path] = Counter()
 
     def touched(self, path: Path) -> None:
         """Created, written or found by a rescan: (re)start its quiet period."""
@@ -104,31 +94,8 @@ class StabilityTracker:
         candidate.changed_at = self._clock() - self.quiet_period_s
         candidate.confirmed = self.confirmations - 1
 
-    def heard(self, kind: str, path: Path) -> None:
-        """A notice from the watch (watch.py's EventKind) about a file in the inbox."""
-        if kind == "renamed":
-            self.renamed(path)
-        elif kind == "created":
-            self.created(path)
-        elif kind == "opened":
-            self.opened(path)
-        elif kind in ("written", "closed"):
-            self.closed(path, wrote=kind == "written")
-        else:
-            self.touched(path)
-
-    def reading(self, path: Path) -> None:
-        """sortbox is about to open the file to read it: that open, and its close, are ours.
-        Whose open is taken does not matter: of two opens, ours and a writer's, one is still
-        counted as a writer's, and a writer's close says it wrote (IN_CLOSE_WRITE), ours not."""
-        with self._lock:
-            self._own_opens[path] += 1
-
     def opened(self, path: Path) -> None:
         with self._lock:
-            if _take_one(self._own_opens, path):
-                self._own_closes[path] += 1
-                return
             candidate = self._candidates.setdefault(path, _Candidate(None, self._clock()))
             if candidate.writers == 0:
                 candidate.open_since = self._clock()
@@ -140,8 +107,6 @@ class StabilityTracker:
         period starts now. A writer we never saw open (it opened before we started) is
         clamped at zero."""
         with self._lock:
-            if not wrote and _take_one(self._own_closes, path):
-                return
             candidate = self._candidates.get(path)
             if candidate is None:
                 return
@@ -178,8 +143,6 @@ class StabilityTracker:
         writers unknown, its quiet period started again."""
         with self._lock:
             now = self._clock()
-            self._own_opens.clear()  # their events may be among those lost
-            self._own_closes.clear()
             for candidate in self._candidates.values():
                 candidate.writers, candidate.writers_known = 0, False
                 candidate.changed_at, candidate.confirmed = now, 0
@@ -224,9 +187,6 @@ class StabilityTracker:
     def finished(self, path: Path) -> None:
         with self._lock:
             self._queued.discard(path)
-            # an own open not heard of by now never will be (the open failed); one heard of
-            # later is taken as a writer's, which only costs a quiet period
-            del self._own_opens[path], self._own_closes[path]
 
     def is_tracked(self, path: Path) -> bool:
         with self._lock:
@@ -236,11 +196,3 @@ class StabilityTracker:
     def waiting(self) -> int:
         with self._lock:
             return len(self._candidates) + len(self._queued)
-
-
-def _take_one(counts: Counter[Path], path: Path) -> bool:
-    """One of `path`'s count, if it has any left."""
-    if counts[path] <= 0:
-        return False
-    counts[path] -= 1
-    return True

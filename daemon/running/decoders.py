@@ -30,10 +30,8 @@ class Decoders:
         arrivals: queue.Queue[Arrival | None],
         workload: Workload,
         spec: Preprocessing,
-        before_reading: Callable[[Arrival], None] = lambda arrival: None,
     ) -> None:
         self.settings = settings
-        self.before_reading = before_reading  # the intake: our own opens are not a writer's
         self.arrivals = arrivals
         # one batch ahead: decoded items hold their file's bytes until they are copied
         self.decoded: queue.Queue[Decoded] = queue.Queue(maxsize=settings.batch_size)
@@ -47,7 +45,6 @@ class Decoders:
 
     def decode(self, arrival: Arrival) -> Decoded:
         s = self.settings
-        self.before_reading(arrival)
         return read_group(arrival, self.spec, s.max_pixels, s.max_file_bytes)
 
     def loop(self) -> None:

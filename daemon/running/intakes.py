@@ -65,9 +65,6 @@ class Intake(Protocol):
 
     def start(self, start_thread: StartThread) -> None: ...
 
-    def reading(self, arrival: Arrival) -> None:
-        """A decoder is about to open this input (and its companions) to read it."""
-
     def finished(self, arrival: Arrival) -> None:
         """Done with this input (and its companions) for now: placed, or left for later."""
 
@@ -209,10 +206,6 @@ class WatchIntake(_Admission):
 
     # -- how each input ended ----------------------------------------------------------------
 
-    def reading(self, arrival: Arrival) -> None:
-        for member in arrival.members:
-            self.tracker.reading(member.path)  # our own open is not a writer's
-
     def finished(self, arrival: Arrival) -> None:
         self.workload.settled()
         self.forget(arrival)
@@ -324,7 +317,16 @@ class WatchIntake(_Admission):
         if not self._wanted(path):
             return
         self.grouper.noticed(path)  # a picture that becomes complete first waits for it
-        self.tracker.heard(kind, path)
+        if kind == "renamed":
+            self.tracker.renamed(path)
+        elif kind == "created":
+            self.tracker.created(path)
+        elif kind == "opened":
+            self.tracker.opened(path)
+        elif kind in ("written", "closed"):
+            self.tracker.closed(path, wrote=kind == "written")
+        else:
+            self.tracker.touched(path)
 
     def _wanted(self, path: Path) -> bool:
         inbox = self.settings.inbox
@@ -395,9 +397,6 @@ class ListIntake(_Admission):
     def all_done(self) -> bool:
         with self._lock:
             return self._listed and self.workload.outstanding == 0 and not self._again
-
-    def reading(self, arrival: Arrival) -> None:
-        pass  # nothing watches the files given
 
     def finished(self, arrival: Arrival) -> None:
         self.workload.settled()
