@@ -221,7 +221,8 @@ class Usage:
         return {
             "cpu_ms": 1000 * self.cpu_s / pictures,
             "busy": self.cpu_s / (self.wall_s * cores),
-            "stolen": self.stolen_s / (self.wall_s * cores),
+            # the hypervisor takes from every CPU of the machine, not only those we may use
+            "stolen": self.stolen_s / (self.wall_s * (os.cpu_count() or cores)),
             "parts_ms": {k: 1000 * v / pictures for k, v in self.parts.items()},
         }
 
@@ -805,33 +806,51 @@ def print_throughput(home: Path, photos: Path, rounds: int, say: Callable) -> No
 
 
 def print_time_spent(measured: dict[str, list[dict]], say: Callable) -> None:
-    """Each mode's share of the limit, taken apart: the limit's CPU per picture over the CPU
-    it used per picture (work beyond decoding and inference), times the share of the cores
-    it kept busy (waits, and time the hypervisor gave to other machines: "stolen")."""
-    limit_ms = statistics.median(x["decode_ms"] + x["infer_ms"] for x in measured["limit"])
-    copy_ms = statistics.median(x["hash_ms"] + x["copy_ms"] for x in measured["limit"])
+    """Each mode's share of the limit, taken apart within each round: the limit's CPU per
+    picture over the CPU the mode used per picture (work beyond decoding and inference), times
+    the share of the cores it kept busy (waits, and time the hypervisor gave to other
+    machines: "stolen"). Each column is the median of its rounds; "of limit" is the same
+    figure as in the table above."""
+    limits = measured["limit"]
+    limit_ms = [x["decode_ms"] + x["infer_ms"] for x in limits]
+    copy_ms = statistics.median(x["hash_ms"] + x["copy_ms"] for x in limits)
+    say("\nwhere the time goes: of limit = limit's CPU a picture / CPU used a picture x cores busy")
     say(
-        "\nwhere the time goes, medians of the rounds: of limit = limit's CPU per picture / "
-        "CPU used per picture x cores busy"
+        f"{'':34} {'CPU/picture':>12} {'beyond limit':>13} {'limit/CPU':>10} {'cores busy':>11} "
+        f"{'of limit':>9} {'stolen':>7}"
     )
-    say(f"{'':34} {'CPU/picture':>12} {'beyond limit':>13} {'cores busy':>11} {'stolen':>7}")
-    say(f"{'':36}(decoders: read, hash, decode; main loop: the model; placer: copy, journal)")
-    say(f"{'two-core limit':34} {limit_ms:9.1f} ms   (hashing and the copy: {copy_ms:.1f} ms)")
+    say(
+        f"{'two-core limit':34} {statistics.median(limit_ms):9.1f} ms   "
+        f"(hashing and the copy: {copy_ms:.1f} ms)"
+    )
     for title, mode in (
         ("ceiling: decode + infer only", "ceiling"),
         ("sortbox sort (ready to done)", "sort"),
         ("sortbox run, all dropped at once", "run"),
     ):
-        cpu_ms = statistics.median(x["cpu_ms"] for x in measured[mode])
-        busy = statistics.median(x["busy"] for x in measured[mode])
-        stolen = statistics.median(x["stolen"] for x in measured[mode])
-        say(f"{title:34} {cpu_ms:9.1f} ms {cpu_ms - limit_ms:+10.1f} ms {busy:10.0%} {stolen:6.1%}")
+        rounds = list(zip(measured[mode], limit_ms, strict=True))
+
+        def median(figure: Callable[[dict, float], float], rounds: list = rounds) -> float:
+            return statistics.median(figure(x, limit) for x, limit in rounds)
+
+        say(
+            f"{title:34} {median(lambda x, _: x['cpu_ms']):9.1f} ms "
+            f"{median(lambda x, limit: x['cpu_ms'] - limit):+10.1f} ms "
+            f"{median(lambda x, limit: limit / x['cpu_ms']):10.0%} "
+            f"{median(lambda x, _: x['busy']):10.0%} "
+            f"{median(lambda x, limit: limit / x['cpu_ms'] * x['busy']):8.0%} "
+            f"{median(lambda x, _: x['stolen']):6.1%}"
+        )
         if mode != "ceiling":  # its threads are a pool's, without names
             parts = ", ".join(
-                f"{part} {statistics.median(x['parts_ms'].get(part, 0.0) for x in measured[mode]):.1f}"
+                f"{part} {median(lambda x, _, part=part: x['parts_ms'].get(part, 0.0)):.1f}"
                 for part in ("decoders", "main loop", "placer", "intake", "other")
             )
             say(f"{'':36}by part, ms a picture: {parts}")
+    say(
+        f"{'':36}(decoders: read, hash, decode; main loop: the model; placer: copy, journal;\n"
+        f"{'':37}other: watchdog's threads, and ONNX Runtime's when it has more than one)"
+    )
 
 
 if __name__ == "__main__":

@@ -213,6 +213,7 @@ class Service:
 
     def _start_thread(self, target: Callable[[], None], name: str) -> threading.Thread:
         def guarded() -> None:
+            _name_in_the_kernel(name)
             try:
                 target()
             except BaseException:
@@ -223,7 +224,6 @@ class Service:
 
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
-        _name_in_the_kernel(thread)
         return thread
 
     # -- the main loop's own work: classify, switch models ------------------------------------
@@ -254,9 +254,9 @@ class Service:
             self.health.publish()
 
 
-def _name_in_the_kernel(thread: threading.Thread) -> None:
-    """Give a worker its name where `top -H`, `ps -L` and /proc look ("decode-0", "placer"),
-    not only inside Python, so an admin (or a benchmark) can tell which part uses the CPU.
-    Linux, and at most 15 bytes; elsewhere, or if the thread already ended, it stays unnamed."""
+def _name_in_the_kernel(name: str) -> None:
+    """Give the calling thread its name where `top -H`, `ps -L` and /proc look ("decode-0",
+    "placer"), not only inside Python, so an admin (or a benchmark) can tell which part uses
+    the CPU. Linux keeps at most 15 bytes; elsewhere the thread stays unnamed."""
     with contextlib.suppress(OSError):
-        Path(f"/proc/self/task/{thread.native_id}/comm").write_text(thread.name[:15])
+        Path("/proc/thread-self/comm").write_bytes(name.encode()[:15])
