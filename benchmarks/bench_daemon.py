@@ -164,6 +164,9 @@ def machine_stolen_s() -> float:
     return int(Path("/proc/stat").read_text().split(maxsplit=9)[8]) / CLOCK_TICKS
 
 
+PARTS_OF_A_SORTBOX = ("decoders", "main loop", "placer", "intake", "other")
+
+
 def cpu_by_thread(pid: int) -> dict[str, tuple[str, float]]:
     """Each thread of a sortbox process: its part, by the name its worker has in the kernel
     (service.py names them), and its CPU seconds so far. The parts: the decoders, the main
@@ -211,6 +214,7 @@ class Usage:
         self.cpu_s = process_cpu_s(self.pid) - self._cpu
         self.stolen_s = machine_stolen_s() - self._stolen
         self.look()
+        self.parts = {}
         for tid, (part, seconds) in self._threads_latest.items():
             before = self._threads_at_start.get(tid, (part, 0.0))[1]
             self.parts[part] = self.parts.get(part, 0.0) + seconds - before
@@ -828,24 +832,25 @@ def print_time_spent(measured: dict[str, list[dict]], say: Callable) -> None:
         ("sortbox sort (ready to done)", "sort"),
         ("sortbox run, all dropped at once", "run"),
     ):
-        rounds = list(zip(measured[mode], limit_ms, strict=True))
-
-        def median(figure: Callable[[dict, float], float], rounds: list = rounds) -> float:
-            return statistics.median(figure(x, limit) for x, limit in rounds)
-
+        rounds = [
+            {
+                "cpu_ms": x["cpu_ms"],
+                "beyond": x["cpu_ms"] - limit,
+                "limit_share": limit / x["cpu_ms"],
+                "busy": x["busy"],
+                "of_limit": limit / x["cpu_ms"] * x["busy"],
+                "stolen": x["stolen"],
+                **{part: x["parts_ms"].get(part, 0.0) for part in PARTS_OF_A_SORTBOX},
+            }
+            for x, limit in zip(measured[mode], limit_ms, strict=True)
+        ]
+        m = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
         say(
-            f"{title:34} {median(lambda x, _: x['cpu_ms']):9.1f} ms "
-            f"{median(lambda x, limit: x['cpu_ms'] - limit):+10.1f} ms "
-            f"{median(lambda x, limit: limit / x['cpu_ms']):10.0%} "
-            f"{median(lambda x, _: x['busy']):10.0%} "
-            f"{median(lambda x, limit: limit / x['cpu_ms'] * x['busy']):8.0%} "
-            f"{median(lambda x, _: x['stolen']):6.1%}"
+            f"{title:34} {m['cpu_ms']:9.1f} ms {m['beyond']:+10.1f} ms {m['limit_share']:10.0%} "
+            f"{m['busy']:10.0%} {m['of_limit']:8.0%} {m['stolen']:6.1%}"
         )
         if mode != "ceiling":  # its threads are a pool's, without names
-            parts = ", ".join(
-                f"{part} {median(lambda x, _, part=part: x['parts_ms'].get(part, 0.0)):.1f}"
-                for part in ("decoders", "main loop", "placer", "intake", "other")
-            )
+            parts = ", ".join(f"{part} {m[part]:.1f}" for part in PARTS_OF_A_SORTBOX)
             say(f"{'':36}by part, ms a picture: {parts}")
     say(
         f"{'':36}(decoders: read, hash, decode; main loop: the model; placer: copy, journal;\n"

@@ -33,7 +33,7 @@ from onnxruntime.quantization import (
 )
 from sortbox.daemon.settings import load_settings
 from sortbox.daemon.sorting.decide import softmax
-from sortbox.daemon.sorting.manifest import current_version
+from sortbox.daemon.sorting.manifest import MODEL_FILE, current_version
 from sortbox.trainer.calibrate import fit_temperature
 from sortbox.trainer.data import TrainingSet, gather
 from sortbox.trainer.finetune import plain_pictures
@@ -63,7 +63,7 @@ def train_fast_model(dataset: Path, workdir: Path) -> tuple[Path, Path]:
         cwd=REPO, check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     models = workdir / "models"
-    return config, models / str(current_version(models)) / "model.onnx"
+    return config, models / str(current_version(models)) / MODEL_FILE
 
 
 def variants(convs: list[str], head: list[str]) -> dict[str, tuple[int, dict]]:
@@ -135,7 +135,7 @@ def main() -> None:
         if args.config is None:
             parser.error("--model needs --config")
         args.workdir.mkdir(parents=True, exist_ok=True)
-        config, float_model = args.config, args.model / "model.onnx"
+        config, float_model = args.config, args.model / MODEL_FILE
     else:
         config, float_model = train_fast_model(args.dataset.resolve(), args.workdir)
     settings = load_settings(config)

@@ -38,9 +38,15 @@ def test_workers_are_named_where_top_and_ps_look(home: Home) -> None:
     daemon = Daemon(home).start()
     assert daemon.process is not None
     tasks = Path(f"/proc/{daemon.process.pid}/task")
-    names = {(task / "comm").read_text().strip() for task in tasks.iterdir()}
+
+    def names() -> set[str]:
+        return {(task / "comm").read_text().strip() for task in tasks.iterdir()}
+
+    # each worker names itself as it starts, which may come just after READY
+    wait_until(lambda: {"decode-0", "placer", "intake"} <= names(), 5, "named workers")
+    named = names()
     assert daemon.stop() == 0
-    assert {"decode-0", "placer", "intake"} <= names, names
+    assert {"decode-0", "placer", "intake"} <= named, named
 
 
 def test_status_reports_counts_review_drift_and_waiting_files(home: Home) -> None:
