@@ -89,6 +89,20 @@ def test_copies_written_around_the_page_cache_are_the_very_bytes(tmp_path: Path,
     assert [p.name for p in folder.iterdir()] == [final.name]  # no temporary file left
 
 
+@pytest.mark.parametrize("size", [1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 2_000_003])
+def test_copies_written_through_the_page_cache_in_pieces_are_the_very_bytes(
+    tmp_path: Path, size: int
+) -> None:
+    content = os.urandom(size)
+    source = tmp_path / "in.jpg"
+    source.write_bytes(content)
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    final = copy_into(source, folder, "in.jpg", hashlib.sha256(content).hexdigest(), content)
+    assert final.read_bytes() == content
+    assert [p.name for p in folder.iterdir()] == [final.name]
+
+
 def _in_memory(folder: Path) -> bool:
     """tmpfs: a file's pages are the page cache, however it was written."""
     kind = subprocess.run(["stat", "-f", "-c", "%T", str(folder)], capture_output=True, text=True)

@@ -352,8 +352,10 @@ def _write_direct(fd: int, data: bytes, scratch: Scratch) -> None:
 
 
 def _write_all(fd: int, view: memoryview) -> None:
+    # in pieces of _CHUNK: one write(2) of 2 MB or more through the page cache cost 2.5 ms of
+    # CPU here (Linux 6.18, ext4), the same bytes in 1 MB pieces 0.8 ms
     while view:
-        view = view[os.write(fd, view) :]
+        view = view[os.write(fd, view[:_CHUNK]) :]
 
 
 def same_content(path: Path | str, sha256: str, dir_fd: int | None = None) -> bool:
