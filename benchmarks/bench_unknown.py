@@ -122,6 +122,33 @@ def far_out(features, labels, splits, names, far_sets: dict[str, np.ndarray], ra
             print(f"  {title:26} {label:26} flags {', '.join(flags)}")
 
 
+def note_held_out(
+    by_class: dict[int, list[tuple[bool, int]]],
+    labels: np.ndarray,
+    unknown: np.ndarray,
+    auto_sorted: np.ndarray,
+    predicted: np.ndarray,
+) -> None:
+    """Per held-out picture of a partition: auto-sorted (past both checks) or not, and the
+    known class the model would file it into."""
+    for i in np.flatnonzero(unknown):
+        by_class.setdefault(int(labels[i]), []).append((bool(auto_sorted[i]), int(predicted[i])))
+
+
+def print_held_out(by_class: dict[int, list[tuple[bool, int]]], names: list[str]) -> None:
+    """Which held-out classes get past the shipped check, and into which known class: the
+    pictures the check misses are of classes a known one looks like."""
+    print("\nheld-out classes with the shipped check: auto-sorted, and where most of those went")
+    for c in sorted(by_class, key=lambda c: -np.mean([a for a, _ in by_class[c]])):
+        taken = [into for auto, into in by_class[c] if auto]
+        where = ", ".join(
+            f"{names[into]} {taken.count(into) / len(taken):.0%}"
+            for into in sorted(set(taken), key=taken.count, reverse=True)[:2]
+        )
+        share = len(taken) / len(by_class[c])
+        print(f"  {names[c]:12} {share:6.1%} of {len(by_class[c]):5}   {where}")
+
+
 def residual_weights() -> list[tuple[str, float]]:
     """The Mahalanobis score with the part outside its components weighted in at several
     strengths, the shipped one marked."""
@@ -146,6 +173,7 @@ def main() -> None:
     plain = features[:, 0]
     rng = np.random.default_rng(0)
     rows: dict[str, list[tuple[float, float, float, float]]] = {}
+    by_class: dict[int, list[tuple[bool, int]]] = {}
     for partition in range(args.partitions):
         known_classes = np.sort(rng.choice(len(names), args.known, replace=False))
         is_known = np.isin(labels, known_classes)
@@ -201,6 +229,10 @@ def main() -> None:
             "knn k=5": knn_score(bank, plain, 5),
             "knn k=20": knn_score(bank, plain, 20),
         }
+        shipped = scores[next(label for label, w in residual_weights() if w == RESIDUAL_WEIGHT)]
+        familiar = shipped <= np.quantile(shipped[cal], 1 - args.rate)
+        predicted = known_classes[logits.argmax(axis=1)]
+        note_held_out(by_class, labels, unknown, confident & familiar, predicted)
         for name, score in scores.items():
             limit = np.quantile(score[cal], 1 - args.rate)
             familiar = score <= limit
@@ -227,6 +259,7 @@ def main() -> None:
         print(
             f"{name:28} {a:6.3f} {u:20.1%} {u0:11.1%} {k:15.1%} {k0:11.1%} {100 * (k0 - k):5.1f}p"
         )
+    print_held_out(by_class, names)
     far_sets = {"scikit-image photos": far_out_features(args.cache)}
     if args.far is not None:
         far_sets[args.far.name] = folder_features(args.far, args.cache)
