@@ -225,6 +225,8 @@ def make_home(root: Path, **overrides: object) -> Home:
         "journal": "journal.jsonl",
         "models_dir": "models",
         "quiet_period_s": 0.2,
+        # a bad picture just written waits this long for the rest before it is rejected
+        "unfinished_wait_s": 1.0,
         "rescan_interval_s": 30.0,
         "poll_interval_s": 0.3,
         "inference_threads": 1,

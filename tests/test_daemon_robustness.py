@@ -19,8 +19,10 @@ import pytest
 from helpers import (
     Daemon,
     Home,
+    encode,
     jpeg_bytes,
     make_home,
+    picture,
     publish_rgb_model,
     sortbox,
     wait_until,
@@ -73,6 +75,31 @@ def test_every_kind_of_bad_input_is_rejected_with_a_reason(tmp_path: Path) -> No
         assert events["after.jpg"]["event"] == "sorted"  # and the daemon carried on
         assert daemon.process.poll() is None
         assert "rejected" in daemon.log_text()
+    finally:
+        daemon.stop()
+
+
+def test_a_picture_written_in_pieces_closed_between_them_is_decided_once(tmp_path: Path) -> None:
+    """A program that closes the file between its pieces (`cat part >> x.jpg`, a resumed
+    upload) makes each piece look complete: the half pictures wait for the rest instead of
+    being rejected, and the whole picture is decided once."""
+    home = make_home(tmp_path, unfinished_wait_s=5.0)
+    publish_rgb_model(home.models, "v1")
+    whole = encode(picture("red", 3, size=(640, 480)), "JPEG", quality=95)
+    daemon = Daemon(home).start()
+    try:
+        target, step = home.inbox / "pieces.jpg", -(-len(whole) // 4)
+        for start in range(0, len(whole), step):
+            with open(target, "ab") as piece:
+                piece.write(whole[start : start + step])
+            time.sleep(1.0)  # each piece closed, then a pause shorter than the wait
+        wait_until(lambda: "pieces.jpg" in by_src(home), 15, "the picture decided")
+        time.sleep(1.0)  # a second decision would show by now
+        decisions = [e for e in home.file_events() if e["src"] == "pieces.jpg"]
+        assert [e["event"] for e in decisions] == ["sorted"], decisions
+        assert (home.library / decisions[0]["dest"]).read_bytes() == whole
+        assert not (home.library / "rejected").exists()  # no half picture kept as a reject
+        assert "waiting_for_the_rest" in daemon.log_text()
     finally:
         daemon.stop()
 

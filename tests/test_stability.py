@@ -46,6 +46,26 @@ def test_stability_waits_for_writers_and_quiet(tmp_path: Path) -> None:
     assert [p for p, _ in tracker.take_stable()] == [path]
 
 
+def test_a_hold_waits_longer_than_the_quiet_period_until_the_file_changes(tmp_path: Path) -> None:
+    now = [0.0]
+    tracker = StabilityTracker(quiet_period_s=1.0, clock=lambda: now[0])
+    held, changed = tmp_path / "held.jpg", tmp_path / "changed.jpg"
+    for path in (held, changed):
+        path.write_bytes(b"half a picture")
+        tracker.touched(path, hold_s=10.0)
+    now[0] = 2.0
+    assert tracker.take_stable() == []  # the quiet period is over, the hold is not
+    changed.write_bytes(b"half a picture, and the rest")
+    tracker.opened(changed)
+    tracker.closed(changed, wrote=True)  # more came: the usual quiet period from now
+    now[0] = 3.1
+    assert [p for p, _ in tracker.take_stable()] == [changed]
+    now[0] = 9.9
+    assert tracker.take_stable() == []
+    now[0] = 10.1
+    assert [p for p, _ in tracker.take_stable()] == [held]
+
+
 def test_a_file_created_while_watched_is_complete_when_its_last_writer_closes_it(
     tmp_path: Path,
 ) -> None:

@@ -49,14 +49,19 @@ class StabilityTracker:
         self._candidates: dict[Path, _Candidate] = {}
         self._queued: set[Path] = set()
 
-    def touched(self, path: Path) -> None:
-        """Created, written or found by a rescan: (re)start its quiet period."""
+    def touched(self, path: Path, hold_s: float = 0.0) -> None:
+        """Created, written or found by a rescan: (re)start its quiet period. `hold_s`: wait
+        at least this long, unless it changes again before (then the quiet period applies)."""
         with self._lock:
             candidate = self._candidates.get(path)
             if candidate is None:
-                self._candidates[path] = _Candidate(identity_of(path), self._clock())
+                candidate = self._candidates[path] = _Candidate(identity_of(path), self._clock())
             else:
                 self._restart_if_changed(path, candidate)
+            if hold_s > self.quiet_period_s:
+                # its quiet period counted from a moment ahead: any change restarts it from now
+                held_from = self._clock() + hold_s - self.quiet_period_s
+                candidate.changed_at = max(candidate.changed_at, held_from)
 
     def _restart_if_changed(self, path: Path, candidate: _Candidate) -> None:
         identity = identity_of(path)

@@ -31,7 +31,7 @@ from sortbox.daemon.intake.watch import Notice, OverflowNotice, resolve_watch_mo
 from sortbox.daemon.running.metrics import Metrics
 from sortbox.daemon.running.workload import Workload
 from sortbox.daemon.settings import Settings
-from sortbox.daemon.sorting.journal import Event, ModelLoaded, Placement
+from sortbox.daemon.sorting.journal import DAEMON_STARTED, Event, ModelLoaded, Placement
 from sortbox.daemon.sorting.library import Library
 from sortbox.daemon.sorting.read import Decoded
 from sortbox.daemon.sorting.stages import passed_over
@@ -68,8 +68,10 @@ class Intake(Protocol):
     def finished(self, arrival: Arrival) -> None:
         """Done with this input (and its companions) for now: placed, or left for later."""
 
-    def retry(self, arrival: Arrival) -> None:
-        """Not handled this time (changed while read, library not writable): again later."""
+    def retry(self, arrival: Arrival, unfinished: bool = False) -> None:
+        """Not handled this time (changed while read, library not writable): again later.
+        `unfinished`: it could not be decoded and had just changed, so it waits longer for the
+        rest (its unfinished_wait_s)."""
 
     def alone(self, companion: Arrival) -> None:
         """A RAW file or sidecar whose picture was not classified: it comes on its own."""
@@ -103,13 +105,23 @@ class _Admission:
         self.workload = workload
         self.should_exit = should_exit
         self.on_batch = on_batch
+        # how long a picture that cannot be decoded, and had just changed, waits for the rest:
+        # files given to `sort` are finished, so theirs is 0
+        self.unfinished_wait_s = 0.0
 
     def consider(
         self, path: Path, identity: Identity, root: Path, again: bool = False
     ) -> Arrival | None:
         """The file as an arrival to sort, or None: done before (unless it is to be decided
         `again`: `sort --force`), or outside its folder (stages.passed_over)."""
-        arrival = Arrival(path, root, identity, complete_at=time.monotonic(), decide_again=again)
+        arrival = Arrival(
+            path,
+            root,
+            identity,
+            complete_at=time.monotonic(),
+            decide_again=again,
+            unfinished_wait_s=self.unfinished_wait_s,
+        )
         why_not = passed_over(arrival, self.library)
         if why_not is None:
             return arrival
@@ -158,6 +170,7 @@ class WatchIntake(_Admission):
         # where on_success = "move" puts done originals: never sorted, whatever its name
         self._done_folder = settings.done_folder + "/"
         self.metrics = metrics
+        self.unfinished_wait_s = settings.unfinished_wait_s
         self.mode = resolve_watch_mode(settings.watch_mode, settings.inbox)
         # Polling only sees what changed between two polls: a shorter quiet period means
         # nothing there, and a file must look the same at two checks, not one.
@@ -179,7 +192,7 @@ class WatchIntake(_Admission):
     # -- the lifecycle the service drives ----------------------------------------------------
 
     def announce(self, model: str, journal: Callable[[Event], None]) -> None:
-        journal(ModelLoaded(model=model, reason="daemon started"))
+        journal(ModelLoaded(model=model, reason=DAEMON_STARTED))
         log.info(
             "started",
             inbox=str(self.settings.inbox),
@@ -214,10 +227,14 @@ class WatchIntake(_Admission):
         for member in arrival.members:
             self.tracker.finished(member.path)
 
-    def retry(self, arrival: Arrival) -> None:
+    def retry(self, arrival: Arrival, unfinished: bool = False) -> None:
+        hold_s = arrival.unfinished_wait_s if unfinished else 0.0
+        if unfinished:
+            log.info("waiting_for_the_rest", path=str(arrival.path), seconds=hold_s)
         for member in arrival.members:
             self.tracker.finished(member.path)
-            self.tracker.touched(member.path)  # its quiet period again, then it comes back
+            # its quiet period again (or the wait for the rest), then it comes back
+            self.tracker.touched(member.path, hold_s)
         self.workload.settled()
 
     def alone(self, companion: Arrival) -> None:
@@ -401,7 +418,7 @@ class ListIntake(_Admission):
     def finished(self, arrival: Arrival) -> None:
         self.workload.settled()
 
-    def retry(self, arrival: Arrival) -> None:
+    def retry(self, arrival: Arrival, unfinished: bool = False) -> None:
         again = refreshed(arrival)  # as the file is now
         with self._lock:
             self._attempts[arrival.path] += 1

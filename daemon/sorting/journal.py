@@ -161,6 +161,9 @@ class Reviewed(_FileEvent):
     """Where it was done."""
 
 
+DAEMON_STARTED = "daemon started"  # ModelLoaded's reason when the daemon starts
+
+
 class ModelLoaded(_Event):
     """The daemon started, switched to another model version, or re-derived its thresholds."""
 
