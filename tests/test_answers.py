@@ -387,3 +387,49 @@ def test_status_says_when_a_model_last_came_out_of_training_after_a_skipped_run(
     assert "last training:" in human and "skipped (nothing changed)" in human, human
     published = [line for line in human.splitlines() if line.startswith("last published: ")]
     assert len(published) == 1 and published[0].endswith(": v1"), human
+
+
+def test_the_review_rate_speaks_only_for_the_model_as_it_decides_now(tmp_path: Path) -> None:
+    """A first user's `status` compared 110 decisions of three models and targets, spot checks
+    included, with the new model's estimate, and blamed "the pictures changed"."""
+    from sortbox.daemon.sorting.journal import Journal, ModelLoaded, Review, Sorted
+
+    home = make_home(tmp_path)
+    publish_rgb_model(home.models, "v1")
+    publish_rgb_model(home.models, "v2")  # expects 10% to review
+
+    def decided(kind: type, model: str, n: int, reason: str | None = None):
+        return kind(
+            src=f"{model}-{n}.jpg", root=str(home.inbox), sha256=None, size=1, label="red",
+            confidence=0.9, model=model, reason=reason,
+        )  # fmt: skip
+
+    with Journal(home.journal) as journal:
+        journal.append([decided(Review, "v1", n) for n in range(30)])  # the old model's doubts
+        journal.append([ModelLoaded(model="v2", reason="switched from v1")])
+        journal.append([decided(Review, "v2", n) for n in range(20)])  # before a new target
+        journal.append(
+            [ModelLoaded(model="v2", reason="thresholds re-derived for target precision 0.9")]
+        )
+        journal.append([ModelLoaded(model="v2", reason="daemon started")])  # not a change
+        journal.append([decided(Sorted, "v2", n) for n in range(100, 118)])
+        journal.append([decided(Review, "v2", n) for n in range(100, 102)])
+        journal.append([decided(Review, "v2", n, SPOT_CHECK) for n in range(200, 205)])
+    status = json.loads(sortbox("status", "--json", config=home.config).stdout)
+    rate = status["review_rate"]
+    assert rate["files"] == 20 and math.isclose(rate["observed"], 0.1), rate
+    assert rate["drift"] is False
+    human = sortbox("status", config=home.config).stdout
+    assert "review rate:    10% of 20 this model decided in the last day" in human, human
+    assert "WARNING" not in human, human
+
+
+def test_status_says_when_no_lower_target_would_help(tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    ten_wrong = {"predicted": [0] * 10, "confidence": [0.99] * 10, "correct": [False] * 10}
+    publish_rgb_model(home.models, "v1", calibration=ten_wrong, target_precision=0.97)
+    status = json.loads(sortbox("status", "--json", config=home.config).stdout)
+    assert status["model"]["sorts_nothing"] is True
+    assert status["model"]["highest_showable_target"] is None
+    human = sortbox("status", config=home.config).stdout
+    assert "A lower target_precision would not help" in human, human

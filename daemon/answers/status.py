@@ -7,14 +7,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sortbox.daemon.answers.feedback import precision_report
-from sortbox.daemon.console import plural
+from sortbox.daemon.console import SPOT_CHECK, plural
 from sortbox.daemon.intake.files import identity_of, walk_files
 from sortbox.daemon.running.state_file import read_state, state_file_of
 from sortbox.daemon.settings import Settings
 from sortbox.daemon.sorting.index import DoneIndex
 from sortbox.daemon.sorting.journal import (
+    DAEMON_STARTED,
     Duplicate,
     Event,
+    ModelLoaded,
     Recovered,
     Rejected,
     Review,
@@ -28,6 +30,7 @@ from sortbox.daemon.sorting.manifest import (
     Manifest,
     ModelError,
     current_version,
+    highest_showable_target,
     read_manifest,
     retarget,
 )
@@ -53,7 +56,7 @@ def gather_status(settings: Settings, now: datetime | None = None) -> dict[str, 
     status["last_hour"] = _counts(events, now - timedelta(hours=1))
     status["last_day"] = _counts(events, now - timedelta(days=1))
     status["review_rate"] = _review_rate(
-        status["last_day"],
+        _decided_by(events, status["model"].get("version"), now - timedelta(days=1)),
         status["model"].get("expected_review_rate"),
         status["model"].get("test_review_rate"),
     )
@@ -85,6 +88,7 @@ def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest 
         return {"version": version, "problem": str(exc)}, None
     # as the daemon runs it: its thresholds for the target_precision in config.toml
     manifest = retarget(published, settings.target_precision)
+    nothing = sorts_nothing(manifest.thresholds)
     described = {
         "version": version,
         "kind": manifest.kind,
@@ -94,8 +98,12 @@ def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest 
         "expected_review_rate": manifest.expected_review_rate,
         "test_review_rate": _test_review_rate(published, settings.target_precision),
         # no threshold could be shown to keep the target: every picture goes to review
-        "sorts_nothing": sorts_nothing(manifest.thresholds),
+        "sorts_nothing": nothing,
         "target_precision": settings.target_precision,
+        # what lowering target_precision would do, where it would do anything
+        "highest_showable_target": (
+            highest_showable_target(published, settings.target_precision) if nothing else None
+        ),
     }
     return described, manifest
 
@@ -114,6 +122,30 @@ def _counts(events: list[Event], since: datetime) -> dict[str, int]:
     return {
         name: sum(isinstance(e, kind) and e.ts >= since for e in events)
         for name, kind in COUNTED.items()
+    }
+
+
+def _decided_by(events: list[Event], version: str | None, since: datetime) -> dict[str, int]:
+    """Pictures the current model decided, as it decides now, since `since`: what its expected
+    review rate speaks for. Not an earlier model's decisions, nor those made before its
+    thresholds were last derived again (a change of target_precision), nor spot checks, which
+    go to review by lot, not by doubt."""
+    for event in events:
+        # switched to it, or its thresholds derived again: what came before was decided otherwise
+        if (
+            isinstance(event, ModelLoaded)
+            and event.model == version
+            and event.reason != DAEMON_STARTED
+        ):
+            since = max(since, event.ts)
+    decided = [
+        e
+        for e in events
+        if isinstance(e, Sorted | Review) and e.model == version and e.ts >= since
+    ]
+    return {
+        "sorted": sum(isinstance(e, Sorted) for e in decided),
+        "review": sum(isinstance(e, Review) and e.reason != SPOT_CHECK for e in decided),
     }
 
 
@@ -194,10 +226,19 @@ def _render_model(model: dict[str, Any]) -> list[str]:
         lines.append(
             f"WARNING:        this model sorts nothing by itself: its calibration cannot show "
             f"{model['target_precision']:.0%} precision, so every picture goes to needs_review "
-            "with its suggestion. Label more pictures and run `sortbox train` (or lower "
-            "target_precision)"
+            f"with its suggestion. Label more pictures and run `sortbox train`. "
+            + _lower_target_words(model.get("highest_showable_target"))
         )
     return lines
+
+
+def _lower_target_words(highest: float | None) -> str:
+    if highest is None:
+        return "A lower target_precision would not help: its evidence shows none down to 50%"
+    return (
+        f"Or lower target_precision: the highest its evidence can show is {highest:.0%} "
+        "(then `systemctl reload sortbox`, or SIGHUP to a daemon run by hand)"
+    )
 
 
 def _render_counts(status: dict[str, Any]) -> list[str]:
@@ -214,7 +255,7 @@ def _render_counts(status: dict[str, Any]) -> list[str]:
 
 def _render_review_rate(rate: dict[str, Any]) -> list[str]:
     if rate["observed"] is None:
-        return ["review rate:    no files in the last day"]
+        return ["review rate:    this model decided no picture in the last day"]
     expected = (
         f"model expected {rate['expected']:.0%} from its calibration evidence"
         if rate["expected"] is not None
@@ -222,7 +263,10 @@ def _render_review_rate(rate: dict[str, Any]) -> list[str]:
     )
     if rate.get("on_test") is not None:
         expected += f", {rate['on_test']:.0%} on its test pictures"
-    lines = [f"review rate:    {rate['observed']:.0%} of {rate['files']} ({expected})"]
+    lines = [
+        f"review rate:    {rate['observed']:.0%} of {rate['files']} this model decided in the "
+        f"last day, spot checks aside ({expected})"
+    ]
     if rate["drift"]:
         lines.append(
             "WARNING:        far more pictures go to review than the model expected: "

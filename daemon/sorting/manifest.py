@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import unicodedata
@@ -20,7 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sortbox.daemon.layout import RESERVED_FOLDERS, fsync_dir, replacing
 from sortbox.daemon.sorting.preprocess import Preprocessing
 from sortbox.daemon.sorting.quality import QualityLimits
-from sortbox.daemon.sorting.thresholds import ALWAYS_REVIEW, CalibrationPoints, derive_thresholds
+from sortbox.daemon.sorting.thresholds import (
+    ALWAYS_REVIEW,
+    CalibrationPoints,
+    derive_thresholds,
+    sorts_nothing,
+)
 
 MODEL_FILE = "model.onnx"
 INT8_MODEL_FILE = "model.int8.onnx"
@@ -143,6 +149,19 @@ def retarget(manifest: Manifest, target_precision: float) -> Manifest:
             "expected_review_rate": 1.0 - derived.auto_share,
         }
     )
+
+
+def highest_showable_target(manifest: Manifest, below: float) -> float | None:
+    """The highest target precision under `below`, in whole percents down to 50 %, for which
+    the manifest's calibration evidence shows a threshold (so the model would auto-sort some
+    pictures); None if none does, or if the model has no calibration (hand-set thresholds)."""
+    if manifest.calibration is None:
+        return None
+    for percent in range(math.ceil(below * 100) - 1, 49, -1):
+        target = percent / 100
+        if not sorts_nothing(retarget(manifest, target).thresholds):
+            return target
+    return None
 
 
 def sha256_file(path: Path) -> str:
