@@ -433,3 +433,40 @@ def test_status_says_when_no_lower_target_would_help(tmp_path: Path) -> None:
     assert status["model"]["highest_showable_target"] is None
     human = sortbox("status", config=home.config).stdout
     assert "A lower target_precision would not help" in human, human
+
+
+def test_an_earlier_models_spot_check_is_not_set_against_the_current_models_promise(
+    tmp_path: Path,
+) -> None:
+    """A first user filed the default model's spot check "clothing" into `skirt` once a trained
+    model knew skirts; `status` then showed "all ... 0.0% ... promised 50.0%" on one row."""
+    from sortbox.daemon.sorting.journal import Journal, Review
+
+    home = make_home(tmp_path, target_precision=0.6)
+    publish_rgb_model(home.models, "v1")
+    ten_right = {"predicted": [0] * 10, "confidence": [0.99] * 10, "correct": [True] * 10}
+    publish_rgb_model(home.models, "v2", calibration=ten_right, target_precision=0.6)
+    sha = hashlib.sha256(b"a skirt").hexdigest()
+    (home.library / "skirt").mkdir()
+    (home.library / "skirt" / f"skirt.{sha[:12]}.jpg").write_bytes(b"a skirt")
+    with Journal(home.journal) as journal:
+        journal.append(
+            [
+                Review(
+                    src="skirt.jpg", root=str(home.inbox), sha256=sha, size=7, label="clothing",
+                    confidence=0.99, model="v1", reason=SPOT_CHECK,
+                    dest=f"needs_review/skirt.{sha[:12]}.jpg",
+                )
+            ]
+        )  # fmt: skip
+    status = json.loads(sortbox("status", "--json", config=home.config).stdout)
+    precision = status["precision"]
+    assert precision["overall"]["spot_checks_reviewed"] == 1  # every model's, over 30 days
+    assert precision["current_model"]["spot_checks_reviewed"] == 0
+    assert precision["current_model"]["promised"] == 0.6
+    assert precision["overall"]["below_promise"] is False
+    rows = {line.split()[0] + line.split()[1]: line for line in sortbox(
+        "status", config=home.config).stdout.splitlines() if line.startswith("  ") and len(
+        line.split()) > 2}  # fmt: skip
+    assert rows["allmodels"].rstrip().endswith("-"), rows  # no promise beside the mix
+    assert rows["thismodel"].rstrip().endswith("60.0%"), rows

@@ -181,14 +181,14 @@ def precision_report(
     overall = measured.overall.report(overall_promise)
     # the promise is the current model's: only its own decisions can break it (an older
     # model's mistakes would keep the warning up for 30 days after training fixed them)
-    if manifest is not None and overall_promise is not None:
-        own = measure(events, where, since, manifest.version).overall
-        overall["below_promise"] = below_promise(own, overall_promise)
-    else:
-        overall["below_promise"] = False
+    own = measure(events, where, since, manifest.version).overall if manifest else Tally()
+    overall["below_promise"] = below_promise(own, overall_promise)
     return {
         "days": WINDOW_DAYS,
         "overall": overall,
+        # the model in use alone, beside its promise: the rows above mix every model of the
+        # window, and an earlier model's spot checks next to today's promise read as broken
+        "current_model": own.report(overall_promise),
         "per_class": {
             name: tally.report(class_promise.get(name))
             for name, tally in sorted(measured.per_class.items())

@@ -127,22 +127,19 @@ def _counts(events: list[Event], since: datetime) -> dict[str, int]:
 
 def _decided_by(events: list[Event], version: str | None, since: datetime) -> dict[str, int]:
     """Pictures the current model decided, as it decides now, since `since`: what its expected
-    review rate speaks for. Not an earlier model's decisions, nor those made before its
+    review rate speaks for. Not an earlier model's decisions, nor those journaled before its
     thresholds were last derived again (a change of target_precision), nor spot checks, which
     go to review by lot, not by doubt."""
-    for event in events:
-        # switched to it, or its thresholds derived again: what came before was decided otherwise
-        if (
+    decided: list[Sorted | Review] = []
+    for event in events:  # in the journal's order: a millisecond can hold both
+        if isinstance(event, Sorted | Review) and event.model == version and event.ts >= since:
+            decided.append(event)
+        elif (
             isinstance(event, ModelLoaded)
             and event.model == version
             and event.reason != DAEMON_STARTED
         ):
-            since = max(since, event.ts)
-    decided = [
-        e
-        for e in events
-        if isinstance(e, Sorted | Review) and e.model == version and e.ts >= since
-    ]
+            decided = []  # switched to it, or thresholds derived again: decided otherwise before
     return {
         "sorted": sum(isinstance(e, Sorted) for e in decided),
         "review": sum(isinstance(e, Review) and e.reason != SPOT_CHECK for e in decided),
@@ -269,8 +266,8 @@ def _render_review_rate(rate: dict[str, Any]) -> list[str]:
     ]
     if rate["drift"]:
         lines.append(
-            "WARNING:        far more pictures go to review than the model expected: "
-            "the pictures changed; review them and run `sortbox train`"
+            "WARNING:        far more pictures go to review than the model expected: they "
+            "are not like those it learnt from; review them and run `sortbox train`"
         )
     return lines
 
@@ -346,7 +343,7 @@ def _render_precision(report: dict[str, Any]) -> list[str]:
         at_most = f"{tally['at_most']:.1%}" if tally["at_most"] is not None else "-"
         promised = f"{tally['promised']:.1%}" if tally["promised"] is not None else "-"
         return (
-            f"  {name:14} {tally['auto_sorted']:6} {tally['corrections']:6} {at_most:>8} "
+            f"  {name:14.14} {tally['auto_sorted']:6} {tally['corrections']:6} {at_most:>8} "
             f"{tally['confirmed']:6} {tally['spot_checks_reviewed']:6} "
             f"{measured:>24} {promised:>9}"
         )
@@ -356,7 +353,8 @@ def _render_precision(report: dict[str, Any]) -> list[str]:
         f"  {'class':14} {'auto':>6} {'moved':>6} {'at most':>8} {'conf.':>6} {'spot':>6} "
         f"{'measured [95% CI]':>24} {'promised':>9}",
         *(row(name, tally) for name, tally in report["per_class"].items()),
-        row("all", overall),
+        row("all models", {**overall, "promised": None}),
+        row("this model", report["current_model"]),
     ]
     if overall["promised"] is not None:
         lines.append(f"  promised: {promise_words(overall['promised'])}")
