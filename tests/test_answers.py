@@ -470,3 +470,18 @@ def test_an_earlier_models_spot_check_is_not_set_against_the_current_models_prom
         line.split()) > 2}  # fmt: skip
     assert rows["allmodels"].rstrip().endswith("-"), rows  # no promise beside the mix
     assert rows["thismodel"].rstrip().endswith("60.0%"), rows
+
+
+def test_status_gives_each_stage_of_the_last_training_its_own_line(tmp_path: Path) -> None:
+    from sortbox.daemon.sorting.journal import Journal, TrainingRun
+
+    home = make_home(tmp_path)
+    publish_rgb_model(home.models, "v2")
+    reason = "fast model v1: test accuracy 0.903 | fine-tuned model v2: test accuracy 0.935"
+    with Journal(home.journal) as journal:
+        journal.append([TrainingRun(outcome="published", model="v2", reason=reason)])
+    lines = sortbox("status", config=home.config).stdout.splitlines()
+    at = next(n for n, line in enumerate(lines) if line.startswith("last training:"))
+    assert lines[at].endswith(": published"), lines
+    assert lines[at + 1].strip() == "fast model v1: test accuracy 0.903"
+    assert lines[at + 2].strip() == "fine-tuned model v2: test accuracy 0.935"

@@ -361,6 +361,10 @@ def test_train_publish_skip_gate_rollback_with_a_running_daemon(
         manifest = read_manifest(home.models / trained)
         assert manifest.classes == ["hat", "pants", "shoes"]
         assert manifest.kind in ("fast", "fine-tuned")
+        # each stage's result said once (a first user saw every "published:" line twice)
+        said = [line for line in first.stdout.splitlines() if line.startswith("train: ")]
+        assert len(said) == len(set(said)), first.stdout
+        assert trained in said[-1], first.stdout
         # the fast model is published first; the fine-tuned one only if it passes the gate
         lineage = [manifest.parent, read_manifest(home.models / manifest.parent).parent]
         assert default in lineage

@@ -165,6 +165,30 @@ def test_unlike_any_class_wins_over_confidence_and_spot_checks(tmp_path: Path) -
     assert decide(np.array([20.0, 0.0, 0.0, 0.1], np.float32), manifest).folder == "red"
 
 
+def test_unlike_any_class_is_said_first_where_the_picture_is_also_too_poor(
+    tmp_path: Path,
+) -> None:
+    """A first user's landscapes, dropped into a library of clothes, went to review as "too
+    blurry to judge": true by the measure of sharp clothing photos, but not the point."""
+    from sortbox.daemon.sorting.quality import PictureQuality, QualityLimits
+
+    publish_unknown_model(tmp_path / "models")
+    limits = QualityLimits(
+        min_sharpness=30, min_brightness=40, max_brightness=200, min_contrast=10,
+        tail_share=0.01, pictures=100,
+    )  # fmt: skip
+    manifest = read_manifest(tmp_path / "models" / "v1").model_copy(
+        update={"quality_limits": limits}
+    )
+    smooth = PictureQuality(sharpness=15.0, brightness=120.0, contrast=40.0)
+    both = decide(np.array([20.0, 0.0, 0.0, 0.9], np.float32), manifest, quality=smooth)
+    assert both.needs_review and both.reason is not None
+    assert both.reason.startswith("unlike any class (score 0.9 > threshold 0.5); too blurry")
+    assert both.describe().startswith("review: unlike any class (score 0.9")
+    familiar = decide(np.array([20.0, 0.0, 0.0, 0.1], np.float32), manifest, quality=smooth)
+    assert familiar.needs_review and familiar.reason.startswith("too blurry to judge")
+
+
 def test_a_model_without_the_second_output_decides_as_before(tmp_path: Path) -> None:
     """A model published by sortbox before issue #33 (one output, no unknown threshold):
     it loads, its rows are the class logits alone, and a dark red picture is sorted as red."""

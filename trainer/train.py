@@ -240,8 +240,10 @@ def finish_all(settings: Settings, outcomes: list[Shipped]) -> int:
     published = [o for o in outcomes if o.outcome == "published"]
     final = published[-1] if published else outcomes[-1]
     reason = " | ".join(o.summary for o in outcomes)
-    # one stage has said it all as it shipped; several get their summary on one line
-    return finish(settings, final.outcome, final.version, reason, echo=len(outcomes) > 1)
+    # each stage said its result as it shipped: several end with which one the daemon runs now
+    if len(outcomes) > 1:
+        print(f"train: {final.outcome}: {final.version} (each stage above)")
+    return finish(settings, final.outcome, final.version, reason, echo=False)
 
 
 def finish(

@@ -152,5 +152,5 @@ def render(answer: Answer) -> str:
             f"of 255, contrast {quality['contrast']:.1f}"
         )
     if "library_has" in answer:
-        lines.append(f"  the library already holds this picture: {answer['library_has']}")
+        lines.append(f"  the library already holds this file: {answer['library_has']}")
     return "\n".join(lines)

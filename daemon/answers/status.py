@@ -275,7 +275,11 @@ def _render_review_rate(rate: dict[str, Any]) -> list[str]:
 def _render_training(training: dict[str, Any] | None) -> list[str]:
     if training is None:
         return ["last training:  never"]
-    lines = [f"last training:  {training['ts']}: {training['outcome']} ({training['reason']})"]
+    stages = training["reason"].split(" | ")
+    lines = [f"last training:  {training['ts']}: {training['outcome']} ({stages[0]})"]
+    if len(stages) > 1:  # the fast model, then the fine-tune: each stage on its own line
+        lines = [f"last training:  {training['ts']}: {training['outcome']}"]
+        lines += [f"                {stage}" for stage in stages]
     earlier = training.get("last_published")
     if earlier:
         lines.append(f"last published: {earlier['ts']}: {earlier['model']}")

@@ -43,22 +43,26 @@ class Decision:
 
     @property
     def reason(self) -> str | None:
-        """Why a confident decision went to review, for the journal; None otherwise."""
-        if self.too_poor is not None:
-            return self.too_poor
+        """Why a confident decision went to review, for the journal; None otherwise. Unlike
+        any class comes first where both hold: a landscape in a library of clothes is also
+        "too blurry" by the measure of sharp clothing photos, and that alone misleads."""
+        whys = [self.too_poor] if self.too_poor is not None else []
         if self.unlike_any_class:
-            return (
+            whys.insert(
+                0,
                 f"unlike any class (score {self.unknown:.3g} > threshold "
-                f"{self.unknown_threshold:.3g})"
+                f"{self.unknown_threshold:.3g})",
             )
+        if whys:
+            return "; ".join(whys)
         return SPOT_CHECK if self.spot_check else None
 
     def describe(self) -> str:
         """In words, as `sortbox explain` says it."""
-        if self.too_poor is not None:
-            return f"review: {self.too_poor}; the model would say {self.label}"
         if self.unlike_any_class:
             return f"review: {self.reason}; nearest class {self.label} ({self.confidence:.2f})"
+        if self.too_poor is not None:
+            return f"review: {self.too_poor}; the model would say {self.label}"
         if self.spot_check:
             return f"review (spot check): would be sorted into {self.label}"
         if self.needs_review and self.threshold > 1.0:
