@@ -228,9 +228,10 @@ class Settings(BaseSettings):
     """How long a RAW file or sidecar waits for its picture (and a picture for a partner still being
     written)"""
     unfinished_wait_s: float = Field(10.0, ge=0.0)
-    """How long a picture that cannot be decoded, and changed moments before, waits for the rest
-    before it is rejected. Some programs close a file between its pieces (`cat part >> x.jpg`, a
-    resumed upload), and each close makes it look complete. 0 rejects it at once."""
+    """How long a picture in the inbox that cannot be decoded waits for the rest of it before it is
+    rejected (once; not a file renamed into place). Some programs close a file between its pieces
+    (`cat part >> x.jpg`, a resumed upload), and each close makes it look complete. 0 rejects it
+    at once."""
 
     batch_size: int = Field(8, ge=1, le=256)
     """Images per micro-batch (one journal fsync per batch)"""

@@ -412,15 +412,20 @@ def test_the_review_rate_speaks_only_for_the_model_as_it_decides_now(tmp_path: P
             [ModelLoaded(model="v2", reason="thresholds re-derived for target precision 0.9")]
         )
         journal.append([ModelLoaded(model="v2", reason="daemon started")])  # not a change
+        journal.append([decided(Review, "v2", n) for n in range(300, 330)])  # another target:
+        journal.append([ModelLoaded(model="v2", reason="daemon started", target_precision=0.9)])
+        journal.append([ModelLoaded(model="v2", reason="daemon started", target_precision=0.9)])
         journal.append([decided(Sorted, "v2", n) for n in range(100, 118)])
         journal.append([decided(Review, "v2", n) for n in range(100, 102)])
         journal.append([decided(Review, "v2", n, SPOT_CHECK) for n in range(200, 205)])
     status = json.loads(sortbox("status", "--json", config=home.config).stdout)
     rate = status["review_rate"]
-    assert rate["files"] == 20 and math.isclose(rate["observed"], 0.1), rate
+    # spot checks were confident: they count as sorted, not as doubts
+    assert rate["files"] == 25 and math.isclose(rate["observed"], 2 / 25), rate
     assert rate["drift"] is False
     human = sortbox("status", config=home.config).stdout
-    assert "review rate:    10% of 20 this model decided in the last day" in human, human
+    said = "review rate:    8% of 25 this model decided in the last day, a spot check counting"
+    assert said in human, human
     assert "WARNING" not in human, human
 
 
@@ -439,32 +444,35 @@ def test_an_earlier_models_spot_check_is_not_set_against_the_current_models_prom
     tmp_path: Path,
 ) -> None:
     """A first user filed the default model's spot check "clothing" into `skirt` once a trained
-    model knew skirts; `status` then showed "all ... 0.0% ... promised 50.0%" on one row."""
-    from sortbox.daemon.sorting.journal import Journal, Review
+    model knew skirts; `status` then showed "all ... 0.0% ... promised 50.0%" on one row. Nor
+    does the current model's own spot check made under another target count for its promise."""
+    from sortbox.daemon.sorting.journal import Journal, ModelLoaded, Review
 
     home = make_home(tmp_path, target_precision=0.6)
     publish_rgb_model(home.models, "v1")
     ten_right = {"predicted": [0] * 10, "confidence": [0.99] * 10, "correct": [True] * 10}
     publish_rgb_model(home.models, "v2", calibration=ten_right, target_precision=0.6)
-    sha = hashlib.sha256(b"a skirt").hexdigest()
     (home.library / "skirt").mkdir()
-    (home.library / "skirt" / f"skirt.{sha[:12]}.jpg").write_bytes(b"a skirt")
-    with Journal(home.journal) as journal:
-        journal.append(
-            [
-                Review(
-                    src="skirt.jpg", root=str(home.inbox), sha256=sha, size=7, label="clothing",
-                    confidence=0.99, model="v1", reason=SPOT_CHECK,
-                    dest=f"needs_review/skirt.{sha[:12]}.jpg",
-                )
-            ]
+
+    def spot_check(content: bytes, label: str, model: str) -> Review:
+        sha = hashlib.sha256(content).hexdigest()
+        (home.library / "skirt" / f"skirt.{sha[:12]}.jpg").write_bytes(content)
+        return Review(
+            src=f"{label}.jpg", root=str(home.inbox), sha256=sha, size=len(content),
+            label=label, confidence=0.99, model=model, reason=SPOT_CHECK,
+            dest=f"needs_review/skirt.{sha[:12]}.jpg",
         )  # fmt: skip
+
+    with Journal(home.journal) as journal:
+        journal.append([spot_check(b"a skirt", "clothing", "v1")])
+        journal.append([ModelLoaded(model="v2", reason="daemon started", target_precision=0.5)])
+        journal.append([spot_check(b"another skirt", "dress", "v2")])  # wrong, at 0.5
+        journal.append([ModelLoaded(model="v2", reason="daemon started", target_precision=0.6)])
     status = json.loads(sortbox("status", "--json", config=home.config).stdout)
     precision = status["precision"]
-    assert precision["overall"]["spot_checks_reviewed"] == 1  # every model's, over 30 days
+    assert precision["overall"]["spot_checks_reviewed"] == 2  # every model's, over 30 days
     assert precision["current_model"]["spot_checks_reviewed"] == 0
     assert precision["current_model"]["promised"] == 0.6
-    assert precision["overall"]["below_promise"] is False
     rows = {line.split()[0] + line.split()[1]: line for line in sortbox(
         "status", config=home.config).stdout.splitlines() if line.startswith("  ") and len(
         line.split()) > 2}  # fmt: skip

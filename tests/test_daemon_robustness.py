@@ -104,6 +104,23 @@ def test_a_picture_written_in_pieces_closed_between_them_is_decided_once(tmp_pat
         daemon.stop()
 
 
+def test_a_broken_picture_renamed_into_place_is_rejected_without_waiting(tmp_path: Path) -> None:
+    """Renamed into place, a file was finished before it appeared: no rest is coming."""
+    home = make_home(tmp_path, unfinished_wait_s=600.0)
+    publish_rgb_model(home.models, "v1")
+    good = jpeg_bytes("red", 1)
+    daemon = Daemon(home).start()
+    try:
+        outside = tmp_path / "cut-short.jpg"
+        outside.write_bytes(good[: len(good) // 2])
+        os.rename(outside, home.inbox / "cut-short.jpg")
+        wait_until(lambda: "cut-short.jpg" in by_src(home), 20, "the broken picture rejected")
+        assert by_src(home)["cut-short.jpg"]["event"] == "rejected"
+        assert "waiting_for_the_rest" not in daemon.log_text()
+    finally:
+        daemon.stop()
+
+
 def test_unreadable_file_is_rejected_and_the_daemon_carries_on() -> None:
     """Root reads anything, so as root the daemon runs as `nobody` for this test."""
     as_user: list[str] = []

@@ -38,12 +38,12 @@ def test_stability_waits_for_writers_and_quiet(tmp_path: Path) -> None:
     assert tracker.take_stable() == []
     now[0] = 7.2
     taken = tracker.take_stable()
-    assert [p for p, _ in taken] == [path]
+    assert [p for p, *_ in taken] == [path]
     tracker.touched(path)
     now[0] = 20.0
     assert tracker.take_stable() == []  # queued until finished
     tracker.finished(path)
-    assert [p for p, _ in tracker.take_stable()] == [path]
+    assert [p for p, *_ in tracker.take_stable()] == [path]
 
 
 def test_a_hold_waits_longer_than_the_quiet_period_until_the_file_changes(tmp_path: Path) -> None:
@@ -55,15 +55,34 @@ def test_a_hold_waits_longer_than_the_quiet_period_until_the_file_changes(tmp_pa
         tracker.touched(path, hold_s=10.0)
     now[0] = 2.0
     assert tracker.take_stable() == []  # the quiet period is over, the hold is not
+    tracker.opened(held)  # a reader (sortbox itself, a thumbnailer) does not end the hold
+    tracker.closed(held)
     changed.write_bytes(b"half a picture, and the rest")
     tracker.opened(changed)
     tracker.closed(changed, wrote=True)  # more came: the usual quiet period from now
     now[0] = 3.1
-    assert [p for p, _ in tracker.take_stable()] == [changed]
+    assert [(s.path, s.may_be_unfinished) for s in tracker.take_stable()] == [(changed, True)]
     now[0] = 9.9
     assert tracker.take_stable() == []
     now[0] = 10.1
-    assert [p for p, _ in tracker.take_stable()] == [held]
+    # back as it was: as it will be, so a picture still broken now is rejected
+    assert [(s.path, s.may_be_unfinished) for s in tracker.take_stable()] == [(held, False)]
+
+
+def test_a_file_renamed_into_place_is_finished_and_one_written_here_may_not_be(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    tracker = StabilityTracker(quiet_period_s=1.0, clock=lambda: now[0])
+    renamed, written = tmp_path / "renamed.jpg", tmp_path / "written.jpg"
+    for path in (renamed, written):
+        path.write_bytes(b"1")
+    tracker.renamed(renamed)
+    tracker.created(written)
+    tracker.opened(written)
+    tracker.closed(written, wrote=True)
+    taken = {s.path: s.may_be_unfinished for s in tracker.take_stable()}
+    assert taken == {renamed: False, written: True}
 
 
 def test_a_file_created_while_watched_is_complete_when_its_last_writer_closes_it(
@@ -81,12 +100,12 @@ def test_a_file_created_while_watched_is_complete_when_its_last_writer_closes_it
     tracker.opened(older)  # existed before: a writer may have opened it before we looked
     for path in (created, two_writers, older):
         tracker.closed(path, wrote=True)
-    assert [p for p, _ in tracker.take_stable()] == [created]  # at once: no quiet period
+    assert [p for p, *_ in tracker.take_stable()] == [created]  # at once: no quiet period
     tracker.closed(two_writers, wrote=False)  # a reader: not the end of the writing
     now[0] = 0.5
     assert tracker.take_stable() == []
     now[0] = 1.1
-    assert sorted(p for p, _ in tracker.take_stable()) == [older, two_writers]
+    assert sorted(p for p, *_ in tracker.take_stable()) == [older, two_writers]
 
 
 def test_a_close_the_kernel_dropped_does_not_keep_a_file_waiting_for_ever(tmp_path: Path) -> None:
@@ -102,7 +121,7 @@ def test_a_close_the_kernel_dropped_does_not_keep_a_file_waiting_for_ever(tmp_pa
     now[0] = 60.5
     assert tracker.take_stable() == [], "unknown writers: the quiet period is waited out"
     now[0] = 61.1
-    assert [p for p, _ in tracker.take_stable()] == [path]
+    assert [p for p, *_ in tracker.take_stable()] == [path]
 
 
 def test_a_file_some_program_keeps_open_is_named_once_not_waited_for_silently(
@@ -122,7 +141,7 @@ def test_a_file_some_program_keeps_open_is_named_once_not_waited_for_silently(
     assert tracker.held_open(60.0) == [] and tracker.take_stable() == []  # said once, waits
     tracker.closed(path)
     now[0] = 501.1
-    assert [p for p, _ in tracker.take_stable()] == [path]
+    assert [p for p, *_ in tracker.take_stable()] == [path]
 
 
 def test_polling_needs_two_unchanged_checks_and_a_rename_needs_no_quiet_period(
@@ -135,7 +154,7 @@ def test_polling_needs_two_unchanged_checks_and_a_rename_needs_no_quiet_period(
     renamed.write_bytes(b"1")
     tracker.touched(polled)
     tracker.renamed(renamed)
-    assert [p for p, _ in tracker.take_stable()] == [renamed]  # at once
+    assert [p for p, *_ in tracker.take_stable()] == [renamed]  # at once
     now[0] = 1.1
     assert tracker.take_stable() == []  # one unchanged check is not enough when polling
     polled.write_bytes(b"12")  # the writer was only pausing
@@ -144,7 +163,7 @@ def test_polling_needs_two_unchanged_checks_and_a_rename_needs_no_quiet_period(
     now[0] = 3.3
     assert tracker.take_stable() == []
     now[0] = 4.4
-    assert [p for p, _ in tracker.take_stable()] == [polled]
+    assert [p for p, *_ in tracker.take_stable()] == [polled]
 
 
 def test_polling_a_slow_inbox_waits_longer_between_snapshots_and_still_sees_files(
@@ -210,3 +229,24 @@ def test_ignore_patterns(path: str, ignored: bool) -> None:
     from sortbox.daemon.settings import DEFAULT_IGNORE
 
     assert is_ignored(path, DEFAULT_IGNORE) is ignored
+
+
+def test_a_file_handed_back_as_complete_comes_back_complete_unless_it_changed(
+    tmp_path: Path,
+) -> None:
+    """A second look at a file renamed into place: it is still the finished file, unless a
+    writer has been at it since."""
+    from sortbox.daemon.intake.files import identity_of
+
+    now = [0.0]
+    tracker = StabilityTracker(quiet_period_s=1.0, clock=lambda: now[0])
+    same, rewritten = tmp_path / "same.jpg", tmp_path / "rewritten.jpg"
+    for path in (same, rewritten):
+        path.write_bytes(b"1")
+    was = {path: identity_of(path) for path in (same, rewritten)}
+    rewritten.write_bytes(b"12")  # changed between the read and the second look
+    for path in (same, rewritten):
+        tracker.touched(path, complete_as=was[path])
+    now[0] = 1.1
+    taken = {s.path: s.may_be_unfinished for s in tracker.take_stable()}
+    assert taken == {same: False, rewritten: True}

@@ -30,7 +30,15 @@ from sortbox.daemon.intake.group import COMPANION_OF
 from sortbox.daemon.layout import RESERVED_FOLDERS
 from sortbox.daemon.sorting.copies import LIBRARY_NAME
 from sortbox.daemon.sorting.decide import SPOT_CHECK
-from sortbox.daemon.sorting.journal import Event, Review, Reviewed, Sorted, Undone
+from sortbox.daemon.sorting.journal import (
+    DAEMON_STARTED,
+    Event,
+    ModelLoaded,
+    Review,
+    Reviewed,
+    Sorted,
+    Undone,
+)
 from sortbox.daemon.sorting.manifest import Manifest
 from sortbox.daemon.sorting.thresholds import PROMISE_BATCH, sorts_nothing, wilson_interval
 
@@ -156,6 +164,22 @@ def measure(
     return measured
 
 
+def as_it_decides_now(events: list[Event], version: str) -> list[Event]:
+    """The journal from where `version` began deciding as it decides now: after the last line
+    that switched to it or changed the target its thresholds were derived for (a reload after
+    a new target_precision, or a restart with one). What came before was decided otherwise,
+    and neither its review rate nor its precision speaks for today's thresholds."""
+    start, target = 0, None
+    for n, event in enumerate(events):
+        if not isinstance(event, ModelLoaded) or event.model != version:
+            continue
+        new_target = event.target_precision is not None and event.target_precision != target
+        if event.reason != DAEMON_STARTED or new_target:
+            start = n + 1
+        target = event.target_precision if event.target_precision is not None else target
+    return events[start:]
+
+
 def promised_precision(manifest: Manifest) -> tuple[float | None, dict[str, float]]:
     """What the model promises auto-sorted pictures reach, `manifest` as the daemon runs it
     (`retarget`: thresholds derived for the target in config.toml): that target, which the
@@ -181,13 +205,18 @@ def precision_report(
     overall = measured.overall.report(overall_promise)
     # the promise is the current model's: only its own decisions can break it (an older
     # model's mistakes would keep the warning up for 30 days after training fixed them)
-    own = measure(events, where, since, manifest.version).overall if manifest else Tally()
+    own = (
+        measure(as_it_decides_now(events, manifest.version), where, since, manifest.version)
+        if manifest is not None
+        else Measured()
+    ).overall
     overall["below_promise"] = below_promise(own, overall_promise)
     return {
         "days": WINDOW_DAYS,
         "overall": overall,
-        # the model in use alone, beside its promise: the rows above mix every model of the
-        # window, and an earlier model's spot checks next to today's promise read as broken
+        # the model in use alone, as it decides now, beside its promise: the rows above mix
+        # every model of the window, and an earlier model's spot checks (or this one's under
+        # another target) next to today's promise read as broken
         "current_model": own.report(overall_promise),
         "per_class": {
             name: tally.report(class_promise.get(name))

@@ -6,17 +6,15 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from sortbox.daemon.answers.feedback import precision_report
+from sortbox.daemon.answers.feedback import as_it_decides_now, precision_report
 from sortbox.daemon.console import SPOT_CHECK, plural
 from sortbox.daemon.intake.files import identity_of, walk_files
 from sortbox.daemon.running.state_file import read_state, state_file_of
 from sortbox.daemon.settings import Settings
 from sortbox.daemon.sorting.index import DoneIndex
 from sortbox.daemon.sorting.journal import (
-    DAEMON_STARTED,
     Duplicate,
     Event,
-    ModelLoaded,
     Recovered,
     Rejected,
     Review,
@@ -27,6 +25,7 @@ from sortbox.daemon.sorting.journal import (
     utc_now,
 )
 from sortbox.daemon.sorting.manifest import (
+    LOWEST_TARGET_TRIED,
     Manifest,
     ModelError,
     current_version,
@@ -126,24 +125,18 @@ def _counts(events: list[Event], since: datetime) -> dict[str, int]:
 
 
 def _decided_by(events: list[Event], version: str | None, since: datetime) -> dict[str, int]:
-    """Pictures the current model decided, as it decides now, since `since`: what its expected
-    review rate speaks for. Not an earlier model's decisions, nor those journaled before its
-    thresholds were last derived again (a change of target_precision), nor spot checks, which
-    go to review by lot, not by doubt."""
-    decided: list[Sorted | Review] = []
-    for event in events:  # in the journal's order: a millisecond can hold both
-        if isinstance(event, Sorted | Review) and event.model == version and event.ts >= since:
-            decided.append(event)
-        elif (
-            isinstance(event, ModelLoaded)
-            and event.model == version
-            and event.reason != DAEMON_STARTED
-        ):
-            decided = []  # switched to it, or thresholds derived again: decided otherwise before
-    return {
-        "sorted": sum(isinstance(e, Sorted) for e in decided),
-        "review": sum(isinstance(e, Review) and e.reason != SPOT_CHECK for e in decided),
-    }
+    """Pictures the current model decided since `since`, as it decides now: what its expected
+    review rate speaks for. A spot check counts as sorted: it was confident, and went to
+    review by lot, not by doubt."""
+    if version is None:
+        return {"sorted": 0, "review": 0}
+    decided = [
+        e
+        for e in as_it_decides_now(events, version)
+        if isinstance(e, Sorted | Review) and e.model == version and e.ts >= since
+    ]
+    doubted = sum(isinstance(e, Review) and e.reason != SPOT_CHECK for e in decided)
+    return {"sorted": len(decided) - doubted, "review": doubted}
 
 
 def _review_rate(
@@ -224,14 +217,19 @@ def _render_model(model: dict[str, Any]) -> list[str]:
             f"WARNING:        this model sorts nothing by itself: its calibration cannot show "
             f"{model['target_precision']:.0%} precision, so every picture goes to needs_review "
             f"with its suggestion. Label more pictures and run `sortbox train`. "
-            + _lower_target_words(model.get("highest_showable_target"))
+            + _lower_target_words(model.get("highest_showable_target"), model["target_precision"])
         )
     return lines
 
 
-def _lower_target_words(highest: float | None) -> str:
+def _lower_target_words(highest: float | None, target: float) -> str:
+    if highest is None and target <= LOWEST_TARGET_TRIED:
+        return "Its evidence shows no threshold even for this low a target"
     if highest is None:
-        return "A lower target_precision would not help: its evidence shows none down to 50%"
+        return (
+            "A lower target_precision would not help: its evidence shows none down to "
+            f"{LOWEST_TARGET_TRIED:.0%}"
+        )
     return (
         f"Or lower target_precision: the highest its evidence can show is {highest:.0%} "
         "(then `systemctl reload sortbox`, or SIGHUP to a daemon run by hand)"
@@ -262,7 +260,7 @@ def _render_review_rate(rate: dict[str, Any]) -> list[str]:
         expected += f", {rate['on_test']:.0%} on its test pictures"
     lines = [
         f"review rate:    {rate['observed']:.0%} of {rate['files']} this model decided in the "
-        f"last day, spot checks aside ({expected})"
+        f"last day, a spot check counting as sorted ({expected})"
     ]
     if rate["drift"]:
         lines.append(
@@ -276,8 +274,9 @@ def _render_training(training: dict[str, Any] | None) -> list[str]:
     if training is None:
         return ["last training:  never"]
     stages = training["reason"].split(" | ")
-    lines = [f"last training:  {training['ts']}: {training['outcome']} ({stages[0]})"]
-    if len(stages) > 1:  # the fast model, then the fine-tune: each stage on its own line
+    if len(stages) == 1:
+        lines = [f"last training:  {training['ts']}: {training['outcome']} ({stages[0]})"]
+    else:  # the fast model, then the fine-tune: each stage on its own line
         lines = [f"last training:  {training['ts']}: {training['outcome']}"]
         lines += [f"                {stage}" for stage in stages]
     earlier = training.get("last_published")
@@ -347,7 +346,7 @@ def _render_precision(report: dict[str, Any]) -> list[str]:
         at_most = f"{tally['at_most']:.1%}" if tally["at_most"] is not None else "-"
         promised = f"{tally['promised']:.1%}" if tally["promised"] is not None else "-"
         return (
-            f"  {name:14.14} {tally['auto_sorted']:6} {tally['corrections']:6} {at_most:>8} "
+            f"  {name:14} {tally['auto_sorted']:6} {tally['corrections']:6} {at_most:>8} "
             f"{tally['confirmed']:6} {tally['spot_checks_reviewed']:6} "
             f"{measured:>24} {promised:>9}"
         )

@@ -54,11 +54,10 @@ class Arrival:
     companions: tuple[Arrival, ...] = ()
     # `sortbox sort --force`: decided again though the journal has it done (#32)
     decide_again: bool = field(default=False, compare=False)
-    # A picture that cannot be decoded but changed less than this long ago may be unfinished:
-    # a program that closes the file between pieces (`cat part >> x.jpg`, an upload resumed)
-    # lets it look complete after each one. It waits this long for more and is rejected only
-    # if it has not changed meanwhile. 0: rejected at once (`sort`, `explain`).
-    unfinished_wait_s: float = field(default=0.0, compare=False)
+    # It may still grow (the watched inbox: not renamed into place, not back unchanged from a
+    # wait): if it cannot be decoded it waits this long for the rest of it rather than being
+    # rejected (`unfinished_wait_s`). 0: rejected at once (`sort`, `explain`, a file renamed in).
+    rest_wait_s: float = field(default=0.0, compare=False)
 
     @property
     def relative(self) -> str:

@@ -10,6 +10,12 @@ renamed into the inbox was finished before the rename; a file created in the inb
 watch has had every open seen, so when the last writer closes it after writing, it is
 complete then. A file we first met some other way (found by a rescan, written before we
 started) waits out the quiet period.
+
+A file can also look complete and not be: a program that closes it between pieces (`cat part
+>> x.jpg`, a resumed upload). A picture that cannot be decoded is therefore held once for the
+rest (`touched(path, hold_s)`), and comes back either changed (held again if still broken) or
+as it was, when it is as it will be (`Stable.may_be_unfinished` False), and so is a file renamed
+into place. No clock but ours is involved: a network share's ctimes play no part.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from sortbox.daemon.intake.files import Identity, identity_of
 
@@ -33,6 +40,20 @@ class _Candidate:
     writers_known: bool = False
     open_since: float | None = None  # when its writers went from none to some
     said_held_open: bool = False
+    # known to be as it will be, as it was then: renamed into place (its writer finished
+    # before it appeared), or handed back so by intake (a second look at a file known complete)
+    complete_as: Identity | None = None
+    # held for the rest of it until then, as it was then: lifted as soon as it changes
+    held_until: float | None = None
+    held_as: Identity | None = None
+
+
+class Stable(NamedTuple):
+    path: Path
+    identity: Identity
+    # it may still grow (a writer that closes between pieces): not renamed into place, nor
+    # back unchanged from a hold. A picture that cannot be decoded is held, not rejected.
+    may_be_unfinished: bool
 
 
 class StabilityTracker:
@@ -49,19 +70,24 @@ class StabilityTracker:
         self._candidates: dict[Path, _Candidate] = {}
         self._queued: set[Path] = set()
 
-    def touched(self, path: Path, hold_s: float = 0.0) -> None:
-        """Created, written or found by a rescan: (re)start its quiet period. `hold_s`: wait
-        at least this long, unless it changes again before (then the quiet period applies)."""
+    def touched(
+        self, path: Path, hold_s: float = 0.0, complete_as: Identity | None = None
+    ) -> None:
+        """Created, written or found by a rescan: (re)start its quiet period. `hold_s` (a
+        picture that cannot be decoded yet): wait that long for the rest of it, unless it
+        changes before. `complete_as`: it was known complete as this (tried again for another
+        reason): if it still is this, it comes back as complete."""
         with self._lock:
             candidate = self._candidates.get(path)
             if candidate is None:
                 candidate = self._candidates[path] = _Candidate(identity_of(path), self._clock())
             else:
                 self._restart_if_changed(path, candidate)
-            if hold_s > self.quiet_period_s:
-                # its quiet period counted from a moment ahead: any change restarts it from now
-                held_from = self._clock() + hold_s - self.quiet_period_s
-                candidate.changed_at = max(candidate.changed_at, held_from)
+            if hold_s > 0:
+                candidate.held_until = self._clock() + hold_s
+                candidate.held_as = candidate.identity
+            if complete_as is not None:
+                candidate.complete_as = complete_as
 
     def _restart_if_changed(self, path: Path, candidate: _Candidate) -> None:
         identity = identity_of(path)
@@ -90,7 +116,8 @@ class StabilityTracker:
             if candidate is not None and candidate.writers > 0:
                 self._restart_if_changed(path, candidate)  # still open somewhere: wait as usual
                 return
-            candidate = _Candidate(identity_of(path), self._clock())
+            identity = identity_of(path)
+            candidate = _Candidate(identity, self._clock(), complete_as=identity)
             self._complete_now(candidate)
             self._candidates[path] = candidate
 
@@ -152,7 +179,7 @@ class StabilityTracker:
                 candidate.writers, candidate.writers_known = 0, False
                 candidate.changed_at, candidate.confirmed = now, 0
 
-    def take_stable(self) -> list[tuple[Path, Identity]]:
+    def take_stable(self) -> list[Stable]:
         """Candidates that are complete now; they stay `queued` until `finished`."""
         now = self._clock()
         stable = []
@@ -163,31 +190,35 @@ class StabilityTracker:
                 if now - candidate.changed_at < self.quiet_period_s:
                     continue
                 identity = identity_of(path)
+                back_as_held = identity is not None and identity == candidate.held_as
                 if identity is None:
                     del self._candidates[path]  # gone (renamed away, deleted)
                 elif identity != candidate.identity:
                     candidate.identity, candidate.changed_at = identity, now
                     candidate.confirmed = 0
+                elif back_as_held and now < candidate.held_until:  # type: ignore[operator]
+                    continue  # still waiting for the rest of it
                 elif candidate.confirmed + 1 < self.confirmations:
                     candidate.confirmed += 1
                     candidate.changed_at = now  # look again one quiet period from now
                 else:
                     del self._candidates[path]
                     self._queued.add(path)
-                    stable.append((path, identity))
+                    complete = back_as_held or identity == candidate.complete_as
+                    stable.append(Stable(path, identity, not complete))
         return stable
 
     def next_due_in(self) -> float | None:
         """Seconds until the earliest candidate could be stable; None when there is none."""
         with self._lock:
-            waiting = [
-                c.changed_at
+            due = [
+                max(c.changed_at + self.quiet_period_s, _held_until(c))
                 for p, c in self._candidates.items()
                 if c.writers == 0 and p not in self._queued
             ]
-        if not waiting:
+        if not due:
             return None
-        return max(0.0, min(waiting) + self.quiet_period_s - self._clock())
+        return max(0.0, min(due) - self._clock())
 
     def finished(self, path: Path) -> None:
         with self._lock:
@@ -201,3 +232,9 @@ class StabilityTracker:
     def waiting(self) -> int:
         with self._lock:
             return len(self._candidates) + len(self._queued)
+
+
+def _held_until(candidate: _Candidate) -> float:
+    """When its hold ends, as far as the events tell: at once if it changed since."""
+    held = candidate.held_until is not None and candidate.identity == candidate.held_as
+    return candidate.held_until if held else 0.0  # type: ignore[return-value]

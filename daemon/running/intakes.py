@@ -68,10 +68,10 @@ class Intake(Protocol):
     def finished(self, arrival: Arrival) -> None:
         """Done with this input (and its companions) for now: placed, or left for later."""
 
-    def retry(self, arrival: Arrival, unfinished: bool = False) -> None:
+    def retry(self, arrival: Arrival, awaiting_rest: bool = False) -> None:
         """Not handled this time (changed while read, library not writable): again later.
-        `unfinished`: it could not be decoded and had just changed, so it waits longer for the
-        rest (its unfinished_wait_s)."""
+        `awaiting_rest`: it could not be decoded and may still grow, so it waits for the rest
+        of it (its rest_wait_s)."""
 
     def alone(self, companion: Arrival) -> None:
         """A RAW file or sidecar whose picture was not classified: it comes on its own."""
@@ -105,22 +105,25 @@ class _Admission:
         self.workload = workload
         self.should_exit = should_exit
         self.on_batch = on_batch
-        # how long a picture that cannot be decoded, and had just changed, waits for the rest:
-        # files given to `sort` are finished, so theirs is 0
-        self.unfinished_wait_s = 0.0
 
     def consider(
-        self, path: Path, identity: Identity, root: Path, again: bool = False
+        self,
+        path: Path,
+        identity: Identity,
+        root: Path,
+        again: bool = False,
+        rest_wait_s: float = 0.0,
     ) -> Arrival | None:
         """The file as an arrival to sort, or None: done before (unless it is to be decided
-        `again`: `sort --force`), or outside its folder (stages.passed_over)."""
+        `again`: `sort --force`), or outside its folder (stages.passed_over). `rest_wait_s`:
+        how long it waits for the rest of it if it cannot be decoded (Arrival.rest_wait_s)."""
         arrival = Arrival(
             path,
             root,
             identity,
             complete_at=time.monotonic(),
             decide_again=again,
-            unfinished_wait_s=self.unfinished_wait_s,
+            rest_wait_s=rest_wait_s,
         )
         why_not = passed_over(arrival, self.library)
         if why_not is None:
@@ -170,7 +173,6 @@ class WatchIntake(_Admission):
         # where on_success = "move" puts done originals: never sorted, whatever its name
         self._done_folder = settings.done_folder + "/"
         self.metrics = metrics
-        self.unfinished_wait_s = settings.unfinished_wait_s
         self.mode = resolve_watch_mode(settings.watch_mode, settings.inbox)
         # Polling only sees what changed between two polls: a shorter quiet period means
         # nothing there, and a file must look the same at two checks, not one.
@@ -192,7 +194,8 @@ class WatchIntake(_Admission):
     # -- the lifecycle the service drives ----------------------------------------------------
 
     def announce(self, model: str, journal: Callable[[Event], None]) -> None:
-        journal(ModelLoaded(model=model, reason=DAEMON_STARTED))
+        target = self.settings.target_precision
+        journal(ModelLoaded(model=model, reason=DAEMON_STARTED, target_precision=target))
         log.info(
             "started",
             inbox=str(self.settings.inbox),
@@ -227,14 +230,16 @@ class WatchIntake(_Admission):
         for member in arrival.members:
             self.tracker.finished(member.path)
 
-    def retry(self, arrival: Arrival, unfinished: bool = False) -> None:
-        hold_s = arrival.unfinished_wait_s if unfinished else 0.0
-        if unfinished:
+    def retry(self, arrival: Arrival, awaiting_rest: bool = False) -> None:
+        hold_s = arrival.rest_wait_s if awaiting_rest else 0.0
+        if awaiting_rest:
             log.info("waiting_for_the_rest", path=str(arrival.path), seconds=hold_s)
         for member in arrival.members:
             self.tracker.finished(member.path)
+            # known complete when it came (rest_wait_s 0): so it is if it comes back unchanged
+            complete_as = None if awaiting_rest or member.rest_wait_s else member.identity
             # its quiet period again (or the wait for the rest), then it comes back
-            self.tracker.touched(member.path, hold_s)
+            self.tracker.touched(member.path, hold_s, complete_as)
         self.workload.settled()
 
     def alone(self, companion: Arrival) -> None:
@@ -271,8 +276,9 @@ class WatchIntake(_Admission):
                     self._notice(*self._notices.get_nowait())
             except queue.Empty:
                 pass
-            for path, identity in self.tracker.take_stable():
-                arrival = self.consider(path, identity, self.settings.inbox)
+            for path, identity, may_be_unfinished in self.tracker.take_stable():
+                rest_wait_s = self.settings.unfinished_wait_s if may_be_unfinished else 0.0
+                arrival = self.consider(path, identity, self.settings.inbox, False, rest_wait_s)
                 if arrival is not None:
                     self.grouper.add(arrival)
                 else:
@@ -418,7 +424,7 @@ class ListIntake(_Admission):
     def finished(self, arrival: Arrival) -> None:
         self.workload.settled()
 
-    def retry(self, arrival: Arrival, unfinished: bool = False) -> None:
+    def retry(self, arrival: Arrival, awaiting_rest: bool = False) -> None:
         again = refreshed(arrival)  # as the file is now
         with self._lock:
             self._attempts[arrival.path] += 1

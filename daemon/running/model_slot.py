@@ -122,10 +122,16 @@ class ModelSlot:
         reason = f"thresholds re-derived for target precision {settings.target_precision}"
         self.classifier = dataclasses.replace(self.classifier, manifest=manifest)
         log.info("thresholds_changed", model=self.classifier.version, reason=reason)
-        return ModelLoaded(model=self.classifier.version, reason=reason)
+        return ModelLoaded(
+            model=self.classifier.version,
+            reason=reason,
+            target_precision=settings.target_precision,
+        )
 
     def _switch_to(self, new: Classifier, reason: str) -> ModelLoaded:
         old = self.classifier.version
         self.classifier = new
         log.info("model_switched", old=old, new=new.version, reason=reason)
-        return ModelLoaded(model=new.version, reason=reason)
+        return ModelLoaded(
+            model=new.version, reason=reason, target_precision=self.settings.target_precision
+        )

@@ -91,7 +91,7 @@ class Placer:
 
     def _tell_intake(self, classified: Classified, placed: Placed) -> None:
         for item in placed.retry:
-            self.intake.retry(item.arrival, unfinished=item.unfinished)
+            self.intake.retry(item.arrival, awaiting_rest=item.awaiting_rest)
         retried = {id(item) for item in placed.retry}
         for item in classified.items:
             if id(item) not in retried:

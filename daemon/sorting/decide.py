@@ -43,16 +43,18 @@ class Decision:
 
     @property
     def reason(self) -> str | None:
-        """Why a confident decision went to review, for the journal; None otherwise. Unlike
-        any class comes first where both hold: a landscape in a library of clothes is also
-        "too blurry" by the measure of sharp clothing photos, and that alone misleads."""
-        whys = [self.too_poor] if self.too_poor is not None else []
+        """Why a picture went to review other than by its confidence, for the journal; None
+        otherwise. Unlike any class comes first where both hold: a landscape in a library of
+        clothes is also "too blurry" by the measure of sharp clothing photos, and that alone
+        misleads."""
+        whys = []
         if self.unlike_any_class:
-            whys.insert(
-                0,
+            whys.append(
                 f"unlike any class (score {self.unknown:.3g} > threshold "
-                f"{self.unknown_threshold:.3g})",
+                f"{self.unknown_threshold:.3g})"
             )
+        if self.too_poor is not None:
+            whys.append(self.too_poor)
         if whys:
             return "; ".join(whys)
         return SPOT_CHECK if self.spot_check else None

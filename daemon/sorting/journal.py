@@ -172,6 +172,9 @@ class ModelLoaded(_Event):
     """The model version now in use."""
     reason: str
     """What happened, in words."""
+    target_precision: float | None = None
+    """The target its thresholds were derived for (config.toml's); absent in lines written
+    before sortbox journaled it."""
 
 
 class TrainingRun(_Event):

@@ -151,13 +151,18 @@ def retarget(manifest: Manifest, target_precision: float) -> Manifest:
     )
 
 
+LOWEST_TARGET_TRIED = 0.5  # below it, "precision" means a coin toss would do as well
+
+
 def highest_showable_target(manifest: Manifest, below: float) -> float | None:
-    """The highest target precision under `below`, in whole percents down to 50 %, for which
-    the manifest's calibration evidence shows a threshold (so the model would auto-sort some
-    pictures); None if none does, or if the model has no calibration (hand-set thresholds)."""
+    """The highest target precision under `below`, in whole percents down to
+    LOWEST_TARGET_TRIED, for which the manifest's calibration evidence shows a threshold (so
+    the model would auto-sort some pictures); None if none does. Only a model that carries its
+    calibration predictions can be asked (hand-set thresholds have none to derive from)."""
     if manifest.calibration is None:
         return None
-    for percent in range(math.ceil(below * 100) - 1, 49, -1):
+    lowest = round(LOWEST_TARGET_TRIED * 100)
+    for percent in range(math.ceil(below * 100) - 1, lowest - 1, -1):
         target = percent / 100
         if not sorts_nothing(retarget(manifest, target).thresholds):
             return target

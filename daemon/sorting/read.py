@@ -9,7 +9,6 @@ import hashlib
 import os
 import stat
 import threading
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,9 +37,9 @@ class Decoded:
     # the file changed while it was read (a writer we could not see): not a verdict on the
     # picture; it goes back to waiting until it is complete
     changed: bool = False
-    # cannot be decoded, but changed moments ago: it waits for the rest (`changed` too) for
-    # its arrival's unfinished_wait_s before it is rejected
-    unfinished: bool = False
+    # cannot be decoded, and may still grow: it waits for the rest of it (`changed` too) for
+    # its arrival's rest_wait_s, and is rejected only if it comes back the same
+    awaiting_rest: bool = False
     # its RAW file and sidecars, read and hashed, not decoded: they go where the picture goes
     companions: tuple[Decoded, ...] = ()
     # sharpness, brightness, contrast of what the model sees (quality.py); None: not decoded
@@ -96,18 +95,10 @@ def read_and_prepare(
         if now is None or now != read.identity or now.ctime_ns != read.identity.ctime_ns:
             # Truncated because a writer is at it again: wait for it, don't reject half a file.
             return dataclasses.replace(result, content=None, changed=True)
-        if changed_within(read.identity, arrival.unfinished_wait_s):
-            return dataclasses.replace(result, content=None, changed=True, unfinished=True)
+        if arrival.rest_wait_s > 0:
+            return dataclasses.replace(result, content=None, changed=True, awaiting_rest=True)
         return dataclasses.replace(result, problem=problem)
     return dataclasses.replace(result, pixels=pixels, quality=measure_quality(pixels, spec))
-
-
-def changed_within(identity: Identity, seconds: float) -> bool:
-    """The file's last change (its ctime, which no writer can set back) is less than
-    `seconds` old. A ctime in the future (another machine's clock) is not recent: waiting on
-    it could last for ever."""
-    age_ns = time.time_ns() - identity.ctime_ns
-    return 0 <= age_ns < seconds * 1e9
 
 
 def read_admitted(arrival: Arrival, max_bytes: int, whole: bool = True) -> _Read:
