@@ -68,6 +68,16 @@ def outcome_line(
     return f"{src} → {where}"
 
 
+def not_sure_words(confidence: float, threshold: float, label: str) -> str:
+    """`0.52 < 0.60 for shirt`, with as many decimals as it takes for the two to differ as
+    printed: a first user read "0.60 < 0.60 for clothing" for a confidence of 0.5989."""
+    for places in (2, 3, 4, 6):
+        shown, bar = f"{confidence:.{places}f}", f"{threshold:.{places}f}"
+        if shown != bar:
+            break
+    return f"{shown} < {bar} for {label}"
+
+
 def _why_review(
     reason: str | None, label: str | None, confidence: float | None, threshold: float | None
 ) -> str:
@@ -82,7 +92,7 @@ def _why_review(
     if threshold is not None and threshold > 1.0:
         return f"too little calibration evidence to sort {label} ({confidence:.2f})"
     if threshold is not None:
-        return f"{confidence:.2f} < {threshold:.2f} for {label}"
+        return not_sure_words(confidence, threshold, label)
     return f"{label} {confidence:.2f} is below its threshold"
 
 

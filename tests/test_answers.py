@@ -493,3 +493,22 @@ def test_status_gives_each_stage_of_the_last_training_its_own_line(tmp_path: Pat
     assert lines[at].endswith(": published"), lines
     assert lines[at + 1].strip() == "fast model v1: test accuracy 0.903"
     assert lines[at + 2].strip() == "fine-tuned model v2: test accuracy 0.935"
+
+
+def test_status_and_the_page_follow_the_target_the_daemon_decides_by(tmp_path: Path) -> None:
+    """After a SIGHUP with a new target_precision, the review page went on showing the old
+    promise until it was restarted: status now reads the target the daemon journaled."""
+    from sortbox.daemon.sorting.journal import Journal, ModelLoaded
+
+    home = make_home(tmp_path)  # config.toml: the default target, 0.97
+    ten_right = {"predicted": [0] * 10, "confidence": [0.99] * 10, "correct": [True] * 10}
+    publish_rgb_model(home.models, "v1", calibration=ten_right, target_precision=0.97)
+    with Journal(home.journal) as journal:
+        journal.append([ModelLoaded(model="v1", reason="daemon started", target_precision=0.97)])
+        journal.append([ModelLoaded(model="v1", reason="re-derived", target_precision=0.6)])
+    status = json.loads(sortbox("status", "--json", config=home.config).stdout)
+    assert status["model"]["target_precision"] == 0.6
+    assert status["precision"]["current_model"]["promised"] == 0.6
+    assert status["model"]["sorts_nothing"] is False  # at 0.6 ten right pictures show a threshold
+    human = sortbox("status", config=home.config).stdout
+    assert "the daemon decides by target_precision 0.6; config.toml now says 0.97" in human, human

@@ -58,3 +58,12 @@ def test_a_class_without_evidence_goes_to_review_even_at_a_confidence_of_one() -
     assert saturated.folder == "needs_review" and saturated.label == "cats"
     assert "too little calibration evidence" in saturated.describe()
     assert Manifest.model_validate(loaded.model_dump()).thresholds == loaded.thresholds
+
+
+def test_not_sure_reasons_never_read_as_equal() -> None:
+    """A first user read "0.60 < 0.60 for clothing" for a confidence of 0.598918."""
+    from sortbox.daemon.console import not_sure_words
+
+    assert not_sure_words(0.52, 0.6, "shirt") == "0.52 < 0.60 for shirt"
+    assert not_sure_words(0.598918, 0.6, "clothing") == "0.599 < 0.600 for clothing"
+    assert not_sure_words(0.59999, 0.6, "hat") == "0.599990 < 0.600000 for hat"

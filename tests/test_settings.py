@@ -154,3 +154,22 @@ def test_walk_files_lists_files_and_links_never_entering_linked_folders(tmp_path
     os.symlink(tmp_path / "elsewhere" / "secret.jpg", inbox / "escape.jpg")
     found = {p.relative_to(inbox).as_posix() for p in walk_files(inbox, ["*.part"])}
     assert found == {"card/DCIM/IMG_1.JPG", "a.jpg", "loop.jpg", "escape.jpg"}
+
+
+def test_a_reload_names_for_restart_only_what_the_daemon_wires_at_start() -> None:
+    """A first user added a [train] section and was told at every SIGHUP that it needed a
+    restart of the daemon, which never reads it."""
+    from sortbox.daemon.running.reload import reload_settings
+
+    running = load_settings(Path(__file__).parent.parent / "config.toml")
+    fresh = running.model_copy(
+        update={
+            "train": TrainSettings(budget_minutes=2.0),
+            "target_precision": 0.9,
+            "quiet_period_s": 1.0,
+        }
+    )
+    reload = reload_settings(running, fresh)
+    assert reload.changed == ["quiet_period_s", "target_precision", "train"]
+    assert reload.needs_restart == ["quiet_period_s"]
+    assert reload.settings.target_precision == 0.9 and reload.settings.quiet_period_s != 1.0

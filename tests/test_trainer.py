@@ -478,7 +478,9 @@ def test_a_model_that_can_show_no_threshold_says_it_sorts_nothing() -> None:
     )  # fmt: skip
     words = auto_sorted_words(nothing, {"a": ALWAYS_REVIEW, "b": ALWAYS_REVIEW}, 224, 0.97)
     assert words.startswith("NOTHING auto-sorted: its 224 out-of-sample predictions cannot")
-    assert "100.0%" not in words
+    assert "100.0%" not in words and "no lower target_precision would do" in words
+    said = auto_sorted_words(nothing, {"a": ALWAYS_REVIEW}, 224, 0.97, highest=0.94)
+    assert "or at target_precision 0.94, the highest its evidence can show" in said
     some = nothing.model_copy(update={"share": 0.004, "auto_sorted": 1, "right": 1})
     words = auto_sorted_words(some, {"a": 0.9, "b": 0.9}, 224, 0.97)
     assert words.startswith("0.4% auto-sorted at 100.0% precision on 36 test pictures")

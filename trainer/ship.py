@@ -21,7 +21,12 @@ import numpy as np
 from sortbox.daemon.settings import Settings
 from sortbox.daemon.sorting.classify import load_classifier
 from sortbox.daemon.sorting.decide import softmax
-from sortbox.daemon.sorting.manifest import INT8_MODEL_FILE, Manifest, sha256_file
+from sortbox.daemon.sorting.manifest import (
+    INT8_MODEL_FILE,
+    Manifest,
+    highest_showable_target,
+    sha256_file,
+)
 from sortbox.daemon.sorting.preprocess import Preprocessing
 from sortbox.daemon.sorting.thresholds import promise_words, sorts_nothing, wilson_interval
 from sortbox.trainer.calibrate import (
@@ -136,6 +141,7 @@ def ship(
             judged_runtime.calibration.thresholds,
             judged_runtime.evidence,
             settings.target_precision,
+            highest_showable_target(manifest, settings.target_precision),
         )
         + f"; {verdict.reason}; {candidate.facts.seconds:.0f}s"
     )
@@ -144,10 +150,15 @@ def ship(
 
 
 def auto_sorted_words(
-    on_test: AutoSorted, thresholds: dict[str, float], evidence: int, target: float
+    on_test: AutoSorted,
+    thresholds: dict[str, float],
+    evidence: int,
+    target: float,
+    highest: float | None = None,
 ) -> str:
     """What the model will auto-sort, in words. A model whose evidence cannot show the target
-    sorts nothing by itself, and "0% auto-sorted at 100.0% precision" hid that (#33)."""
+    sorts nothing by itself, and "0% auto-sorted at 100.0% precision" hid that (#33); then
+    `highest` is the highest target its evidence can show (None: none down to 50%)."""
     if on_test.auto_sorted:
         return (
             f"{on_test.share:.1%} auto-sorted at {on_test.precision:.1%} precision on "
@@ -157,8 +168,13 @@ def auto_sorted_words(
         return (
             f"NOTHING auto-sorted: its {evidence} out-of-sample predictions cannot show "
             f"{target:.0%} precision, so every picture goes to needs_review with the model's "
-            "suggestion; auto-sorting starts once more pictures are labelled (a lower "
-            "target_precision needs fewer; docs/training.md)"
+            "suggestion; auto-sorting starts once more pictures are labelled ("
+            + (
+                f"or at target_precision {highest:g}, the highest its evidence can show"
+                if highest is not None
+                else "no lower target_precision would do"
+            )
+            + "; docs/training.md)"
         )
     return f"nothing auto-sorted of its {on_test.pictures} test pictures"
 

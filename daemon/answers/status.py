@@ -15,6 +15,7 @@ from sortbox.daemon.sorting.index import DoneIndex
 from sortbox.daemon.sorting.journal import (
     Duplicate,
     Event,
+    ModelLoaded,
     Recovered,
     Rejected,
     Review,
@@ -49,7 +50,7 @@ MIN_FILES_FOR_DRIFT = 20
 def gather_status(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
     now = now or utc_now()
     events = list(read_journal(settings.journal))
-    model, manifest = _model(settings, now)
+    model, manifest = _model(settings, now, events)
     status: dict[str, Any] = {"model": model}
     status["daemon"] = read_state(state_file_of(settings.library))
     status["last_hour"] = _counts(events, now - timedelta(hours=1))
@@ -75,7 +76,9 @@ def _backlog(settings: Settings, events: list[Event], now: datetime) -> dict[str
     return {"files": len(waiting), "oldest_hours": round(hours, 1) if hours is not None else None}
 
 
-def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest | None]:
+def _model(
+    settings: Settings, now: datetime, events: list[Event]
+) -> tuple[dict[str, Any], Manifest | None]:
     """The current model in words, and its manifest as the daemon runs it, retargeted (None
     when there is no usable one)."""
     version = current_version(settings.models_dir)
@@ -85,8 +88,10 @@ def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest 
         published = read_manifest(settings.models_dir / version)
     except ModelError as exc:
         return {"version": version, "problem": str(exc)}, None
-    # as the daemon runs it: its thresholds for the target_precision in config.toml
-    manifest = retarget(published, settings.target_precision)
+    # as the daemon runs it: its thresholds for the target it last journaled (a config.toml
+    # edited since applies at its next reload or start), or else config.toml's
+    target = target_in_force(events, version) or settings.target_precision
+    manifest = retarget(published, target)
     nothing = sorts_nothing(manifest.thresholds)
     described = {
         "version": version,
@@ -95,16 +100,24 @@ def _model(settings: Settings, now: datetime) -> tuple[dict[str, Any], Manifest 
         "age_days": round((now - manifest.created).total_seconds() / 86400, 2),
         "classes": manifest.classes,
         "expected_review_rate": manifest.expected_review_rate,
-        "test_review_rate": _test_review_rate(published, settings.target_precision),
+        "test_review_rate": _test_review_rate(published, target),
         # no threshold could be shown to keep the target: every picture goes to review
         "sorts_nothing": nothing,
-        "target_precision": settings.target_precision,
+        "target_precision": target,
+        "configured_target_precision": settings.target_precision,
         # what lowering target_precision would do, where it would do anything
-        "highest_showable_target": (
-            highest_showable_target(published, settings.target_precision) if nothing else None
-        ),
+        "highest_showable_target": highest_showable_target(published, target) if nothing else None,
     }
     return described, manifest
+
+
+def target_in_force(events: list[Event], version: str) -> float | None:
+    """The target_precision the daemon last journaled deciding by with this model; None if it
+    never said (it has not run this model, or wrote its lines before it said)."""
+    for event in reversed(events):
+        if isinstance(event, ModelLoaded) and event.model == version:
+            return event.target_precision
+    return None
 
 
 def _test_review_rate(published: Manifest, target: float) -> float | None:
@@ -212,6 +225,12 @@ def _render_model(model: dict[str, Any]) -> list[str]:
         f"model:          {model['version']} ({model['kind']}, "
         f"{model['age_days']:.1f} days old, {plural(len(model['classes']), 'class', 'classes')})"
     ]
+    if model["target_precision"] != model["configured_target_precision"]:
+        lines.append(
+            f"target:         the daemon decides by target_precision {model['target_precision']:g}"
+            f"; config.toml now says {model['configured_target_precision']:g}, applied at its "
+            "next reload (`systemctl reload sortbox`, or SIGHUP) or start"
+        )
     if model["sorts_nothing"]:
         lines.append(
             f"WARNING:        this model sorts nothing by itself: its calibration cannot show "

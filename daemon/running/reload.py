@@ -18,6 +18,8 @@ from sortbox.daemon.sorting.journal import Event
 log = structlog.get_logger(__name__)
 
 LIVE_SETTINGS = frozenset({"target_precision", "audit_rate"})  # applied without a restart
+# read by other processes (`sortbox train`, `sortbox web`), each as it starts: not the daemon's
+NOT_THE_DAEMONS = frozenset({"train", "web"})
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ def reload_settings(running: Settings, fresh: Settings) -> Reload:
     return Reload(
         running.model_copy(update=live),
         changed,
-        [key for key in changed if key not in LIVE_SETTINGS],
+        [key for key in changed if key not in LIVE_SETTINGS | NOT_THE_DAEMONS],
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sortbox.daemon.console import not_sure_words
 from sortbox.daemon.layout import REVIEW_FOLDER
 from sortbox.daemon.sorting.manifest import Manifest
 from sortbox.daemon.sorting.quality import PictureQuality, quality_issue
@@ -70,7 +71,7 @@ class Decision:
         if self.needs_review and self.threshold > 1.0:
             return f"review: too little calibration evidence to sort {self.label} automatically"
         if self.needs_review:
-            return f"review: {self.confidence:.2f} < {self.threshold:.2f} for {self.label}"
+            return f"review: {not_sure_words(self.confidence, self.threshold, self.label)}"
         return f"sorted into {self.label} ({self.confidence:.2f} >= {self.threshold:.2f})"
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 import structlog
+from sortbox.daemon.console import not_sure_words
 from sortbox.daemon.intake.files import Arrival, inside
 from sortbox.daemon.intake.group import COMPANION_OF, is_raw, role_of, sidecar_name
 from sortbox.daemon.layout import REJECTED_FOLDER, REVIEW_FOLDER
@@ -315,7 +316,7 @@ def review_reason(decision: Decision) -> str | None:
         return decision.reason
     if decision.threshold > 1.0:
         return f"too little calibration evidence to sort {decision.label} automatically"
-    return f"{decision.confidence:.2f} < {decision.threshold:.2f} for {decision.label}"
+    return not_sure_words(decision.confidence, decision.threshold, decision.label)
 
 
 def _copy_or_review(
