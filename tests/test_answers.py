@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -490,7 +491,7 @@ def test_status_gives_each_stage_of_the_last_training_its_own_line(tmp_path: Pat
         journal.append([TrainingRun(outcome="published", model="v2", reason=reason)])
     lines = sortbox("status", config=home.config).stdout.splitlines()
     at = next(n for n, line in enumerate(lines) if line.startswith("last training:"))
-    assert lines[at].endswith(": published"), lines
+    assert re.fullmatch(r"last training:  \d{4}-\d\d-\d\d \d\d:\d\d UTC: published", lines[at])
     assert lines[at + 1].strip() == "fast model v1: test accuracy 0.903"
     assert lines[at + 2].strip() == "fine-tuned model v2: test accuracy 0.935"
 

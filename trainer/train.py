@@ -239,7 +239,10 @@ def finish_all(settings: Settings, outcomes: list[Shipped]) -> int:
     """One journal line for the run: published if any stage was, else the last word."""
     published = [o for o in outcomes if o.outcome == "published"]
     final = published[-1] if published else outcomes[-1]
-    reason = " | ".join(o.summary for o in outcomes)
+    # several stages: each says how it ended (the fast model published, the fine-tune refused)
+    reason = " | ".join(
+        f"{o.outcome}: {o.summary}" if len(outcomes) > 1 else o.summary for o in outcomes
+    )
     # each stage said its result as it shipped: several end with which one the daemon runs now
     if len(outcomes) > 1:
         print(f"train: {final.outcome}: {final.version} (each stage above)")

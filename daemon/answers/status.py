@@ -293,15 +293,21 @@ def _render_training(training: dict[str, Any] | None) -> list[str]:
     if training is None:
         return ["last training:  never"]
     stages = training["reason"].split(" | ")
+    when = _minute_words(training["ts"])
     if len(stages) == 1:
-        lines = [f"last training:  {training['ts']}: {training['outcome']} ({stages[0]})"]
+        lines = [f"last training:  {when}: {training['outcome']} ({stages[0]})"]
     else:  # the fast model, then the fine-tune: each stage on its own line
-        lines = [f"last training:  {training['ts']}: {training['outcome']}"]
+        lines = [f"last training:  {when}: {training['outcome']}"]
         lines += [f"                {stage}" for stage in stages]
     earlier = training.get("last_published")
     if earlier:
-        lines.append(f"last published: {earlier['ts']}: {earlier['model']}")
+        lines.append(f"last published: {_minute_words(earlier['ts'])}: {earlier['model']}")
     return lines
+
+
+def _minute_words(iso: str) -> str:
+    """`2026-12-07 02:22 UTC` for a journal time: to the minute, as a person reads it."""
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _render_waiting(status: dict[str, Any]) -> list[str]:
