@@ -432,20 +432,29 @@ def default_config_text() -> str:
     other key commented out with its default, from the code, so the two never differ."""
     lines = [
         "# sortbox configuration, written by `sortbox init`. Relative paths are relative to",
-        "# this file's folder. A key commented out has the default shown. What each key does,",
-        "# and the [train] and [web] sections (not written here: add them to change them),",
-        "# are in docs/reference/settings.md.",
+        "# this file's folder. A key commented out has the default shown. What each key does",
+        "# is in docs/reference/settings.md.",
     ]
+    sections = []
     for key, field in Settings.model_fields.items():
         value = field.get_default(call_default_factory=True)
-        if isinstance(value, BaseModel):  # a [section] such as [train]: all its defaults
-            continue
-        text = "" if value is None else json.dumps(str(value) if isinstance(value, Path) else value)
-        if key in ("inbox", "library", "journal", "models_dir", "create_folders"):
-            lines.append(f"{key} = {text}")
+        if isinstance(value, BaseModel):  # a [section] such as [train]: after the plain keys
+            sections += ["", f"[{key}]"]
+            fields = type(value).model_fields
+            sections += [_commented(name, getattr(value, name)) for name in fields]
+        elif key in ("inbox", "library", "journal", "models_dir", "create_folders"):
+            lines.append(f"{key} = {_toml_value(value)}")
         else:
-            lines.append(f"# {key} = {text}" if text else f"# {key} = (not set)")
-    return "\n".join(lines) + "\n"
+            lines.append(_commented(key, value))
+    return "\n".join(lines + sections) + "\n"
+
+
+def _commented(key: str, value: Any) -> str:
+    return f"# {key} = {_toml_value(value)}" if value is not None else f"# {key} = (not set)"
+
+
+def _toml_value(value: Any) -> str:
+    return json.dumps(str(value) if isinstance(value, Path) else value)
 
 
 def _variable_for(location: tuple[Any, ...]) -> str | None:

@@ -245,6 +245,13 @@ def test_init_in_an_empty_folder_writes_a_config_and_makes_the_folders(tmp_path:
     status = cli("status", cwd=tmp_path)
     assert status.returncode == 0 and "no config file" not in status.stderr
     assert "default" in status.stdout or "v" in status.stdout
+    # every key, [train] and [web] too (a helper's first hour: "each key commented" was not
+    # so for the sections); uncommenting one under its section just works
+    assert "\n[train]\n" in config and "\n[web]\n" in config and "# port = 8765" in config
+    edited = config.replace("# budget_minutes = 60.0", "budget_minutes = 2.0")
+    assert edited != config
+    (tmp_path / "config.toml").write_text(edited)
+    assert cli("status", cwd=tmp_path).returncode == 0
 
 
 # -- finding 11: environment variables --------------------------------------------------------
