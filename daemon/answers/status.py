@@ -93,6 +93,7 @@ def _model(
     target = target_in_force(events, version) or settings.target_precision
     manifest = retarget(published, target)
     nothing = sorts_nothing(manifest.thresholds)
+    highest = highest_showable_target(published, target) if nothing else None
     described = {
         "version": version,
         "kind": manifest.kind,
@@ -106,7 +107,8 @@ def _model(
         "target_precision": target,
         "configured_target_precision": settings.target_precision,
         # what lowering target_precision would do, where it would do anything
-        "highest_showable_target": highest_showable_target(published, target) if nothing else None,
+        "highest_showable_target": highest,
+        "lower_target_advice": _lower_target_words(highest, target) if nothing else None,
     }
     return described, manifest
 
@@ -236,7 +238,7 @@ def _render_model(model: dict[str, Any]) -> list[str]:
             f"WARNING:        this model sorts nothing by itself: its calibration cannot show "
             f"{model['target_precision']:.0%} precision, so every picture goes to needs_review "
             f"with its suggestion. Label more pictures and run `sortbox train`. "
-            + _lower_target_words(model.get("highest_showable_target"), model["target_precision"])
+            + model["lower_target_advice"]
         )
     return lines
 

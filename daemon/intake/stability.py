@@ -40,12 +40,12 @@ class _Candidate:
     writers_known: bool = False
     open_since: float | None = None  # when its writers went from none to some
     said_held_open: bool = False
-    # known to be as it will be, as it was then: renamed into place (its writer finished
-    # before it appeared), or handed back so by intake (a second look at a file known complete)
+    # as it will be if it is still as this: renamed into place (its writer finished before
+    # it appeared), or handed back so by intake (a second look at a file known complete; a
+    # picture held for the rest of it, which comes back unchanged or not at all)
     complete_as: Identity | None = None
-    # held for the rest of it until then, as it was then: lifted as soon as it changes
+    # held for the rest of it until then, unless it changes from `complete_as` before
     held_until: float | None = None
-    held_as: Identity | None = None
 
 
 class Stable(NamedTuple):
@@ -73,10 +73,10 @@ class StabilityTracker:
     def touched(
         self, path: Path, hold_s: float = 0.0, complete_as: Identity | None = None
     ) -> None:
-        """Created, written or found by a rescan: (re)start its quiet period. `hold_s` (a
-        picture that cannot be decoded yet): wait that long for the rest of it, unless it
-        changes before. `complete_as`: it was known complete as this (tried again for another
-        reason): if it still is this, it comes back as complete."""
+        """Created, written or found by a rescan: (re)start its quiet period. `complete_as`:
+        if it is still this, it comes back as complete; `hold_s` (a picture that cannot be
+        decoded yet, as `complete_as` or as it is now): not before that long, unless it
+        changes."""
         with self._lock:
             candidate = self._candidates.get(path)
             if candidate is None:
@@ -85,9 +85,8 @@ class StabilityTracker:
                 self._restart_if_changed(path, candidate)
             if hold_s > 0:
                 candidate.held_until = self._clock() + hold_s
-                candidate.held_as = candidate.identity
-            if complete_as is not None:
-                candidate.complete_as = complete_as
+                complete_as = complete_as or candidate.identity
+            candidate.complete_as = complete_as or candidate.complete_as
 
     def _restart_if_changed(self, path: Path, candidate: _Candidate) -> None:
         identity = identity_of(path)
@@ -190,13 +189,13 @@ class StabilityTracker:
                 if now - candidate.changed_at < self.quiet_period_s:
                     continue
                 identity = identity_of(path)
-                back_as_held = identity is not None and identity == candidate.held_as
+                unchanged = identity is not None and identity == candidate.complete_as
                 if identity is None:
                     del self._candidates[path]  # gone (renamed away, deleted)
                 elif identity != candidate.identity:
                     candidate.identity, candidate.changed_at = identity, now
                     candidate.confirmed = 0
-                elif back_as_held and now < candidate.held_until:  # type: ignore[operator]
+                elif unchanged and now < (candidate.held_until or 0.0):
                     continue  # still waiting for the rest of it
                 elif candidate.confirmed + 1 < self.confirmations:
                     candidate.confirmed += 1
@@ -204,8 +203,7 @@ class StabilityTracker:
                 else:
                     del self._candidates[path]
                     self._queued.add(path)
-                    complete = back_as_held or identity == candidate.complete_as
-                    stable.append(Stable(path, identity, not complete))
+                    stable.append(Stable(path, identity, may_be_unfinished=not unchanged))
         return stable
 
     def next_due_in(self) -> float | None:
@@ -236,5 +234,5 @@ class StabilityTracker:
 
 def _held_until(candidate: _Candidate) -> float:
     """When its hold ends, as far as the events tell: at once if it changed since."""
-    held = candidate.held_until is not None and candidate.identity == candidate.held_as
+    held = candidate.held_until is not None and candidate.identity == candidate.complete_as
     return candidate.held_until if held else 0.0  # type: ignore[return-value]

@@ -236,10 +236,10 @@ class WatchIntake(_Admission):
             log.info("waiting_for_the_rest", path=str(arrival.path), seconds=hold_s)
         for member in arrival.members:
             self.tracker.finished(member.path)
-            # known complete when it came (rest_wait_s 0): so it is if it comes back unchanged
-            complete_as = None if awaiting_rest or member.rest_wait_s else member.identity
-            # its quiet period again (or the wait for the rest), then it comes back
-            self.tracker.touched(member.path, hold_s, complete_as)
+            # as it was read, it is complete: known so when it came (rest_wait_s 0), or once
+            # the wait for the rest is over; changed since, it is looked at afresh
+            known = awaiting_rest or not member.rest_wait_s
+            self.tracker.touched(member.path, hold_s, member.identity if known else None)
         self.workload.settled()
 
     def alone(self, companion: Arrival) -> None:

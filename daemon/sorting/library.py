@@ -182,7 +182,9 @@ class Library:
         """A picture that reads as cut short is looked at once more, after its quiet period,
         before it is rejected: its writer may be paused with the file open, and the notice of
         that open may not have reached intake yet (a busy machine). Rejected only if the very
-        same file reads cut short twice."""
+        same file reads cut short twice. In the watched inbox a file that may be unfinished
+        has waited for the rest before it gets here (Arrival.rest_wait_s); this look is what
+        `sort` has, and costs the inbox one more read of a file that stays broken."""
         if item.problem is None or not looks_cut_short(item.problem):
             return False
         seen = (item.arrival.path, item.identity)
