@@ -83,17 +83,22 @@ def test_a_picture_written_in_pieces_closed_between_them_is_decided_once(tmp_pat
     """A program that closes the file between its pieces (`cat part >> x.jpg`, a resumed
     upload) makes each piece look complete: the half pictures wait for the rest instead of
     being rejected, and the whole picture is decided once."""
-    home = make_home(tmp_path, unfinished_wait_s=5.0)
+    home = make_home(tmp_path, unfinished_wait_s=600.0)  # a hold ends only by a change
     publish_rgb_model(home.models, "v1")
     whole = encode(picture("red", 3, size=(640, 480)), "JPEG", quality=95)
     daemon = Daemon(home).start()
     try:
         target, step = home.inbox / "pieces.jpg", -(-len(whole) // 4)
-        for start in range(0, len(whole), step):
+        for n, start in enumerate(range(0, len(whole), step), 1):
             with open(target, "ab") as piece:
                 piece.write(whole[start : start + step])
-            time.sleep(1.0)  # each piece closed, then a pause shorter than the wait
-        wait_until(lambda: "pieces.jpg" in by_src(home), 15, "the picture decided")
+            if start + step < len(whole):  # not yet whole: wait until this very part was read
+                wait_until(
+                    lambda n=n: daemon.log_text().count("waiting_for_the_rest") == n,
+                    20,
+                    f"part {n} read and held",
+                )
+        wait_until(lambda: "pieces.jpg" in by_src(home), 20, "the picture decided")
         time.sleep(1.0)  # a second decision would show by now
         decisions = [e for e in home.file_events() if e["src"] == "pieces.jpg"]
         assert [e["event"] for e in decisions] == ["sorted"], decisions
